@@ -1,0 +1,59 @@
+//! vipd: a programmable Layer-4 director after US 6,061,349 ("multiple IP addresses on multiple ports").
+//!
+//! # Layout
+//!
+//! Pure parts (no I/O, no clock: `now` is always a parameter):
+//! - [`wire`]: Ethernet/IPv4/TCP/UDP/ICMP/ARP parsing on borrowed bytes, in-place NAT rewrites with
+//!   incremental checksums, and builders for the frames the director generates (RST, ICMP, ARP).
+//! - [`config`]: the TOML configuration users write, validated with file, line and key in every error.
+//! - [`binding`]: the virtual machines, real servers and port bindings compiled from a config
+//!   (patent FIGS. 4A, 4B, 6A, 6B, 6D): which virtual ports exist and which real ports serve them.
+//! - [`conntable`]: the connection objects (patent FIG. 6C), found by hash in both directions.
+//! - [`policy`]: the session distribution seam ([`policy::Selector`]) and the built-in policies.
+//! - [`director`]: the packet path (patent FIGS. 5, 7, 8, 9): one frame and `now` in, a [`director::Verdict`] out.
+//!
+//! I/O at the edge:
+//! - [`replay`]: drives the director from pcap files and writes what it sends to pcap files.
+//!
+//! # The path of a packet
+//!
+//! A frame from the outside interface is parsed by [`wire`], looked up in the [`conntable`] by
+//! (client, virtual address); a SYN with no connection asks [`binding`] whether the virtual port exists and
+//! the port's [`policy::Selector`] which real server takes it. The frame's destination is rewritten in place
+//! to the real server and it leaves on the inside interface. A frame from the inside interface is looked up by
+//! (real server, client) and its source is rewritten back to the virtual address before it leaves outside.
+
+pub mod binding;
+pub mod config;
+pub mod conntable;
+pub mod director;
+pub mod policy;
+pub mod replay;
+pub mod wire;
+
+/// The two sides of the director.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Interface {
+    /// Faces the clients; virtual addresses live here.
+    Outside,
+    /// Faces the real servers.
+    Inside,
+}
+
+impl Interface {
+    /// The interface a translated frame leaves by.
+    pub fn other(self) -> Interface {
+        match self {
+            Interface::Outside => Interface::Inside,
+            Interface::Inside => Interface::Outside,
+        }
+    }
+
+    /// The name used in config keys, metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interface::Outside => "outside",
+            Interface::Inside => "inside",
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Session distribution: the seam between the packet path and whoever picks a real server.
+//!
+//! The director asks a [`Selector`] once per new connection, never per packet. Built-in policies live here;
+//! the plugin host puts WebAssembly components behind the same trait.
+
+use std::net::SocketAddrV4;
+
+use crate::wire::Protocol;
+
+/// Health of a real server as the director sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServerState {
+    /// Takes new connections.
+    Up,
+    /// Keeps its connections, takes no new ones (weight 0, removed from config, or operator drain).
+    Draining,
+    /// Ditched too many connections or failed its health check; its backup stands in.
+    Failed,
+}
+
+impl ServerState {
+    /// The name used in metric labels and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Draining => "draining",
+            ServerState::Failed => "failed",
+        }
+    }
+}
+
+/// A new connection waiting for a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewConnection {
+    pub client: SocketAddrV4,
+    /// The virtual address and port the client asked for.
+    pub virtual_addr: SocketAddrV4,
+    pub protocol: Protocol,
+    /// Index of the virtual machine in the binding table.
+    pub virtual_id: u32,
+}
+
+/// One real server port a virtual port is bound to, with its live state.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    /// Index of the real server in the binding table.
+    pub real_id: u32,
+    /// Where the connection would go.
+    pub target: SocketAddrV4,
+    pub weight: u32,
+    pub state: ServerState,
+    /// Connections open now.
+    pub active: u32,
+    /// Connections given to it since start.
+    pub total: u64,
+    /// Smoothed time from SYN to SYN-ACK, microseconds; 0 when not yet measured.
+    pub syn_rtt_us: u32,
+    /// Connections it ditched in a row.
+    pub ditched: u32,
+}
+
+impl Candidate {
+    /// Whether a policy may give it a new connection.
+    pub fn eligible(&self) -> bool {
+        self.state == ServerState::Up && self.weight > 0
+    }
+}
+
+/// What a policy decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// Index into the candidate slice.
+    Pick(usize),
+    /// No server for this connection; the client gets an RST.
+    Reject,
+}
+
+/// Picks a real server for each new connection (the patent's session distribution scheme).
+pub trait Selector: Send {
+    /// Called once per new connection with the candidates bound to its virtual port.
+    fn select(&mut self, conn: &NewConnection, candidates: &[Candidate]) -> Selection;
+}
+
+/// Smooth weighted round-robin (the nginx algorithm): over any window of `sum(weight)` picks every eligible
+/// server gets exactly its weight, interleaved rather than in bursts.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    /// Running score per candidate position; resized only when the candidate count changes.
+    current: Vec<i64>,
+}
+
+impl RoundRobin {
+    pub fn new() -> RoundRobin {
+        RoundRobin::default()
+    }
+}
+
+impl Selector for RoundRobin {
+    fn select(&mut self, _conn: &NewConnection, candidates: &[Candidate]) -> Selection {
+        if self.current.len() != candidates.len() {
+            self.current.clear();
+            self.current.resize(candidates.len(), 0);
+        }
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, c) in candidates.iter().enumerate() {
+            if !c.eligible() {
+                continue;
+            }
+            let w = i64::from(c.weight);
+            self.current[i] += w;
+            total += w;
+            if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                best = Some(i);
+            }
+        }
+        match best {
+            Some(b) => {
+                self.current[b] -= total;
+                Selection::Pick(b)
+            }
+            None => Selection::Reject,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn candidate(real_id: u32, weight: u32, state: ServerState) -> Candidate {
+        Candidate {
+            real_id,
+            target: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, real_id as u8), 80),
+            weight,
+            state,
+            active: 0,
+            total: 0,
+            syn_rtt_us: 0,
+            ditched: 0,
+        }
+    }
+
+    fn conn() -> NewConnection {
+        NewConnection {
+            client: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 40000),
+            virtual_addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80),
+            protocol: Protocol::Tcp,
+            virtual_id: 0,
+        }
+    }
+
+    /// Weights 3:1 give exactly 3:1 over every window of four picks, interleaved.
+    #[test]
+    fn weighted_split_is_exact_and_smooth() {
+        let cands = [
+            candidate(0, 3, ServerState::Up),
+            candidate(1, 1, ServerState::Up),
+        ];
+        let mut rr = RoundRobin::new();
+        let picks: Vec<_> = (0..8).map(|_| rr.select(&conn(), &cands)).collect();
+        let p = |i| Selection::Pick(i);
+        assert_eq!(picks, [p(0), p(0), p(1), p(0), p(0), p(0), p(1), p(0)]);
+    }
+
+    /// Failed, draining and zero-weight servers get nothing; none left means reject.
+    #[test]
+    fn skips_ineligible_and_rejects_when_none() {
+        let cands = [
+            candidate(0, 1, ServerState::Failed),
+            candidate(1, 0, ServerState::Up),
+            candidate(2, 1, ServerState::Draining),
+            candidate(3, 1, ServerState::Up),
+        ];
+        let mut rr = RoundRobin::new();
+        for _ in 0..4 {
+            assert_eq!(rr.select(&conn(), &cands), Selection::Pick(3));
+        }
+        assert_eq!(rr.select(&conn(), &cands[..3]), Selection::Reject);
+    }
+}
