@@ -1,0 +1,41 @@
+# vipd: `make demo` runs the director on the bundled example, `make test` runs every test.
+# Both install what they need on a fresh Debian machine (as root).
+
+CARGO ?= cargo
+PLUGIN_DIR ?= target/plugins
+DEBIAN_PACKAGES = libpcap-dev nginx-light wrk curl ethtool iproute2 iputils-ping iperf3 tcpdump
+FUZZ_SECONDS ?= 600
+
+.PHONY: all deps build plugins test demo bench lint fuzz clean-netns
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+build: deps
+	$(CARGO) build --release -p vipd
+
+plugins: deps
+	@if [ -x plugins/build.sh ]; then plugins/build.sh $(PLUGIN_DIR); fi
+
+test: deps plugins
+	$(CARGO) test --workspace
+
+demo: deps
+	examples/demo.sh
+
+bench: deps plugins
+	$(CARGO) bench -p vipd
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fuzz:
+	$(CARGO) +nightly fuzz run packet -- -max_total_time=$(FUZZ_SECONDS)
