@@ -1547,6 +1547,19 @@ policy_args = { x = "y" }
         );
     }
 
+    /// Missing required keys of a table are reported at the table's header.
+    #[test]
+    fn missing_required_keys() {
+        let text = with_director(&format!(
+            "{ONE_REAL}[[real]]\nweight = 2\n[[virtual]]\nbind = [\"a\"]\n[[virtual.port]]\nprotocol = \"udp\"\n"
+        ));
+        assert_problem(&text, 7, "real[1].name", "required");
+        assert_problem(&text, 7, "real[1].address", "required");
+        assert_problem(&text, 9, "virtual[0].name", "required");
+        assert_problem(&text, 9, "virtual[0].address", "required");
+        assert_problem(&text, 11, "virtual[0].port[0].port", "required");
+    }
+
     /// Duplicate real server names are refused at the second one.
     #[test]
     fn duplicate_real_name() {
