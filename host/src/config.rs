@@ -22,7 +22,8 @@ use crate::conntable::Timeouts;
 use crate::wire::Protocol;
 
 /// `[director] listen` when not given.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9469));
 /// `[director] max_connections` when not given.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1_000_000;
 /// `[director] syn_retries` when not given.
@@ -468,9 +469,7 @@ impl Checker<'_> {
                 outside: String::new(),
                 inside: String::new(),
                 plugins: None,
-                listen: DEFAULT_LISTEN
-                    .parse()
-                    .expect("default listen address parses"),
+                listen: DEFAULT_LISTEN,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 syn_retries: DEFAULT_SYN_RETRIES,
                 admin_token: None,
@@ -514,12 +513,8 @@ impl Checker<'_> {
                     ),
                 );
                 DEFAULT_LISTEN
-                    .parse()
-                    .expect("default listen address parses")
             }),
-            None => DEFAULT_LISTEN
-                .parse()
-                .expect("default listen address parses"),
+            None => DEFAULT_LISTEN,
         };
         let max_connections = self.int(
             &raw.max_connections,
