@@ -1,0 +1,91 @@
+//! `vipd check --config FILE` run as a user would: exit codes, summary and problem lines.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn vipd_check(config: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vipd"))
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("vipd runs")
+}
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, text).expect("temp file written");
+    path
+}
+
+/// The bundled FIG. 3 example passes with a one-line summary and exit 0.
+#[test]
+fn good_config_exits_zero() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/fig3.toml");
+    let out = vipd_check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok: 3 virtual machines, 4 ports, 4 real servers"),
+        "{stdout}"
+    );
+}
+
+/// A broken config exits 1 and names file, line, column and key for every problem on stderr.
+#[test]
+fn bad_config_exits_one_with_every_problem() {
+    let path = write(
+        "check-bad.toml",
+        r#"[director]
+outside = "eth0"
+inside = "eth1"
+
+[[real]]
+name = "host-a"
+address = "10.0.0.1"
+backup = "host-z"
+
+[[virtual]]
+name = "site1"
+address = "192.0.2.1"
+  [[virtual.port]]
+  port = 80
+  bind = ["host-a", "ghost:8080"]
+"#,
+    );
+    let out = vipd_check(&path);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let file = path.display().to_string();
+    assert_eq!(
+        lines,
+        [
+            format!("{file}:8:10: real[0].backup: \"host-z\" is not a defined real server"),
+            format!(
+                "{file}:15:21: virtual[0].port[0].bind[1]: \"ghost\" is not a defined real server"
+            ),
+        ],
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// A syntax error exits 1 with its line.
+#[test]
+fn syntax_error_exits_one() {
+    let path = write(
+        "check-syntax.toml",
+        "[director]\noutside = \"eth0\ninside = \"eth1\"\n",
+    );
+    let out = vipd_check(&path);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:2:", path.display())),
+        "{stderr}"
+    );
+}
