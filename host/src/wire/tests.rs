@@ -1,0 +1,1 @@
+//! Byte-level and property tests of parsing and rewriting.
