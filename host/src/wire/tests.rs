@@ -1,0 +1,1031 @@
+//! Byte-level and property tests of parsing, rewriting and building, on frames built with etherparse.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use etherparse::{
+    Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice,
+    icmpv4::{DestUnreachableHeader, TimeExceededCode},
+};
+use proptest::prelude::*;
+
+use super::*;
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
+const DIRECTOR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xd1];
+const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x51];
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const REAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 21);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+
+// ---------------------------------------------------------------- frame makers
+
+fn tcp_frame(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: TcpFlags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1000, 64240);
+    if flags.contains(TcpFlags::SYN) {
+        b = b.syn();
+    }
+    if flags.contains(TcpFlags::FIN) {
+        b = b.fin();
+    }
+    if flags.contains(TcpFlags::RST) {
+        b = b.rst();
+    }
+    if flags.contains(TcpFlags::PSH) {
+        b = b.psh();
+    }
+    if flags.contains(TcpFlags::ACK) {
+        b = b.ack(5000);
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4_echo_request(id, seq)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// An ICMP error from `src` to `dst` quoting `quote_len` bytes (None: all) of the IP packet in `inner`.
+fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: Icmpv4Type,
+    inner: &[u8],
+    quote_len: Option<usize>,
+) -> Vec<u8> {
+    let ip = &inner[ETHERNET_HEADER_LEN..];
+    let q = match quote_len {
+        Some(n) => &ip[..n.min(ip.len())],
+        None => ip,
+    };
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4(kind)
+        .write(&mut v, q)
+        .unwrap();
+    v
+}
+
+fn frag_needed() -> Icmpv4Type {
+    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: 1400,
+    })
+}
+
+/// Recomputes the IPv4 header checksum of the packet at `ip` after a test changed header bytes.
+fn fix_ip_checksum(frame: &mut [u8], ip: usize) {
+    let ihl = usize::from(frame[ip] & 0x0f) * 4;
+    frame[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+    let c = checksum::finish(checksum::data(&frame[ip..ip + ihl]));
+    frame[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Inserts IPv4 options after the fixed header of the frame's packet, fixing IHL, length and checksum.
+fn with_ip_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0);
+    let mut v = frame[..34].to_vec();
+    v.extend_from_slice(options);
+    v.extend_from_slice(&frame[34..]);
+    v[14] = 0x40 | (5 + options.len() / 4) as u8;
+    let total = u16::from_be_bytes([v[16], v[17]]) + options.len() as u16;
+    v[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ip_checksum(&mut v, 14);
+    v
+}
+
+// ---------------------------------------------------------------- reference checks
+
+/// The IPv4 header at `ip` verifies (RFC 1071).
+fn ip_checksum_ok(frame: &[u8], ip: usize) -> bool {
+    let ihl = usize::from(frame[ip] & 0x0f) * 4;
+    checksum::verify(&frame[ip..ip + ihl])
+}
+
+/// The stored TCP/UDP checksum of a whole parsed frame equals etherparse's full recompute.
+fn transport_checksum_matches_recompute(frame: &[u8]) -> bool {
+    let sliced = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &sliced.net else {
+        panic!("not IPv4")
+    };
+    let (src, dst) = (ip.header().source(), ip.header().destination());
+    match sliced.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let expect = t
+                .to_header()
+                .calc_checksum_ipv4_raw(src, dst, t.payload())
+                .unwrap();
+            t.checksum() == expect
+        }
+        Some(TransportSlice::Udp(u)) => {
+            if u.checksum() == 0 {
+                return true;
+            }
+            let expect = u
+                .to_header()
+                .calc_checksum_ipv4_raw(src, dst, u.payload())
+                .unwrap();
+            u.checksum() == expect
+        }
+        other => panic!("not TCP/UDP: {other:?}"),
+    }
+}
+
+/// The ICMP message of an (outer) ICMP packet verifies.
+fn icmp_checksum_ok(frame: &[u8], p: &Packet) -> bool {
+    checksum::verify(&frame[p.l4..p.end])
+}
+
+/// A TCP/UDP segment (quoted in full or not) verifies against its pseudo-header.
+fn segment_checksum_ok(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, seg: &[u8]) -> bool {
+    let ph = checksum::pseudo_header(src, dst, proto, seg.len() as u16);
+    checksum::combine(&[ph, checksum::data(seg)]) == 0xFFFF
+}
+
+// ---------------------------------------------------------------- parse
+
+/// A client's SYN to a VIP parses with its addresses, ports, flags, sequence numbers and offsets.
+#[test]
+fn parse_tcp_syn() {
+    let f = tcp_frame(CLIENT, VIP, 40000, 80, TcpFlags::SYN, &[]);
+    let p = parse(&f).unwrap();
+    assert_eq!((p.src_mac, p.dst_mac), (CLIENT_MAC, DIRECTOR_MAC));
+    assert_eq!((p.ip, p.l4, p.end), (14, 34, 54));
+    assert_eq!((p.src, p.dst), (CLIENT, VIP));
+    assert_eq!(
+        p.transport,
+        Transport::Tcp {
+            src_port: 40000,
+            dst_port: 80,
+            flags: TcpFlags::SYN,
+            seq: 1000,
+            ack: 0,
+            payload_len: 0
+        }
+    );
+    assert_eq!(p.protocol(), Some(Protocol::Tcp));
+    assert_eq!(p.ports(), Some((40000, 80)));
+    let Transport::Tcp { flags, .. } = p.transport else {
+        unreachable!()
+    };
+    assert!(flags.is_syn_only() && !flags.is_syn_ack() && !flags.is_rst() && !flags.is_fin());
+}
+
+/// A data segment with ACK and PSH reports its payload length.
+#[test]
+fn parse_tcp_data() {
+    let f = tcp_frame(
+        CLIENT,
+        VIP,
+        40000,
+        80,
+        TcpFlags::ACK | TcpFlags::PSH,
+        b"GET / HTTP/1.0\r\n\r\n",
+    );
+    let p = parse(&f).unwrap();
+    let Transport::Tcp {
+        flags,
+        ack,
+        payload_len,
+        ..
+    } = p.transport
+    else {
+        panic!()
+    };
+    assert!(flags.contains(TcpFlags::ACK) && flags.contains(TcpFlags::PSH) && !flags.is_syn_only());
+    assert_eq!((ack, payload_len), (5000, 18));
+    assert_eq!(p.end, f.len());
+}
+
+/// A server's SYN-ACK is recognised as such.
+#[test]
+fn parse_tcp_syn_ack() {
+    let f = tcp_frame(
+        REAL,
+        CLIENT,
+        8001,
+        40000,
+        TcpFlags::SYN | TcpFlags::ACK,
+        &[],
+    );
+    let Transport::Tcp { flags, .. } = parse(&f).unwrap().transport else {
+        panic!()
+    };
+    assert!(flags.is_syn_ack() && !flags.is_syn_only());
+}
+
+/// A UDP datagram parses with its ports.
+#[test]
+fn parse_udp() {
+    let f = udp_frame(CLIENT, VIP, 5353, 53, b"query");
+    let p = parse(&f).unwrap();
+    assert_eq!(
+        p.transport,
+        Transport::Udp {
+            src_port: 5353,
+            dst_port: 53
+        }
+    );
+    assert_eq!(p.protocol(), Some(Protocol::Udp));
+    assert_eq!((p.l4, p.end), (34, 34 + 8 + 5));
+}
+
+/// An echo request parses as such; ICMP has no protocol or ports for the director.
+#[test]
+fn parse_icmp_echo() {
+    let f = echo_request(CLIENT, VIP, 7, 1, b"ping");
+    let p = parse(&f).unwrap();
+    assert_eq!(p.transport, Transport::Icmp(Icmp::EchoRequest));
+    assert_eq!((p.protocol(), p.ports()), (None, None));
+}
+
+/// A fragmentation-needed error quoting IP header + 8 bytes of a server's TCP reply carries the quote.
+#[test]
+fn parse_icmp_frag_needed() {
+    let inner = tcp_frame(VIP, CLIENT, 80, 40000, TcpFlags::ACK, &[0; 100]);
+    let f = icmp_error(ROUTER, VIP, frag_needed(), &inner, Some(28));
+    let p = parse(&f).unwrap();
+    let Transport::Icmp(Icmp::Error {
+        kind,
+        code,
+        embedded,
+    }) = p.transport
+    else {
+        panic!("{p:?}")
+    };
+    assert_eq!((kind, code), (3, 4));
+    assert_eq!(
+        embedded,
+        Embedded {
+            ip: 42,
+            l4: 62,
+            src: VIP,
+            dst: CLIENT,
+            protocol: Protocol::Tcp,
+            src_port: 80,
+            dst_port: 40000
+        }
+    );
+}
+
+/// A time-exceeded error quoting a whole UDP datagram parses.
+#[test]
+fn parse_icmp_time_exceeded() {
+    let inner = udp_frame(CLIENT, REAL, 5353, 53, b"q");
+    let f = icmp_error(
+        ROUTER,
+        CLIENT,
+        Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
+        &inner,
+        None,
+    );
+    let Transport::Icmp(Icmp::Error {
+        kind,
+        code,
+        embedded,
+    }) = parse(&f).unwrap().transport
+    else {
+        panic!()
+    };
+    assert_eq!((kind, code, embedded.protocol), (11, 0, Protocol::Udp));
+    assert_eq!((embedded.src_port, embedded.dst_port), (5353, 53));
+}
+
+/// An ICMP error quoting an ICMP echo is `Other`, not an error.
+#[test]
+fn parse_icmp_error_about_icmp() {
+    let inner = echo_request(VIP, CLIENT, 1, 2, &[0; 16]);
+    let f = icmp_error(ROUTER, VIP, frag_needed(), &inner, Some(28));
+    assert_eq!(parse(&f).unwrap().transport, Transport::Icmp(Icmp::Other));
+}
+
+/// An echo reply (and other ICMP types) is `Other`.
+#[test]
+fn parse_icmp_other() {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+        .ipv4(CLIENT.octets(), VIP.octets(), 64)
+        .icmpv4_echo_reply(1, 1)
+        .write(&mut v, &[])
+        .unwrap();
+    assert_eq!(parse(&v).unwrap().transport, Transport::Icmp(Icmp::Other));
+}
+
+/// IPv4 options move the transport header; parse and rewrite follow them.
+#[test]
+fn parse_ip_options() {
+    let plain = tcp_frame(CLIENT, VIP, 40000, 80, TcpFlags::SYN, &[]);
+    // Router alert (4 bytes) + NOP + NOP + NOP + EOL.
+    let mut f = with_ip_options(&plain, &[148, 4, 0, 0, 1, 1, 1, 0]);
+    let p = parse(&f).unwrap();
+    assert_eq!((p.l4, p.end), (42, 62));
+    assert_eq!(p.ports(), Some((40000, 80)));
+    rewrite_destination(&mut f, &p, REAL, 8001);
+    let q = parse(&f).unwrap();
+    assert_eq!((q.dst, q.ports()), (REAL, Some((40000, 8001))));
+    assert!(transport_checksum_matches_recompute(&f));
+}
+
+/// Ethernet padding after a short IP packet is outside `end` and survives a rewrite untouched.
+#[test]
+fn parse_ethernet_padding() {
+    let mut f = udp_frame(CLIENT, VIP, 5353, 53, b"x");
+    let ip_end = f.len();
+    f.resize(60, 0xEE);
+    let p = parse(&f).unwrap();
+    assert_eq!(p.end, ip_end);
+    rewrite_destination(&mut f, &p, REAL, 5300);
+    assert!(f[ip_end..].iter().all(|&b| b == 0xEE));
+    assert!(transport_checksum_matches_recompute(&f[..ip_end]));
+}
+
+// ---------------------------------------------------------------- errors
+
+/// Every error label is distinct snake_case, and `ALL` lists each variant once.
+#[test]
+fn error_labels() {
+    let mut seen = std::collections::HashSet::new();
+    for e in Error::ALL {
+        let s = e.as_str();
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "{s}"
+        );
+        assert!(seen.insert(s), "duplicate {s}");
+    }
+}
+
+/// IPv6, VLAN-tagged and ARP frames are not IPv4.
+#[test]
+fn error_not_ipv4() {
+    let mut f = udp_frame(CLIENT, VIP, 1, 2, &[]);
+    for et in [0x86DDu16, 0x8100, ETHERTYPE_ARP] {
+        f[12..14].copy_from_slice(&et.to_be_bytes());
+        assert_eq!(parse(&f), Err(Error::NotIpv4));
+    }
+}
+
+/// Frames ending inside the Ethernet, IPv4 (with options), TCP, UDP or ICMP header are truncated.
+#[test]
+fn error_truncated() {
+    let f = tcp_frame(CLIENT, VIP, 1, 2, TcpFlags::SYN, &[]);
+    assert_eq!(parse(&f[..10]), Err(Error::Truncated));
+    assert_eq!(parse(&f[..30]), Err(Error::Truncated));
+    let opts = with_ip_options(&f, &[1, 1, 1, 0]);
+    assert_eq!(parse(&opts[..36]), Err(Error::Truncated));
+    for (proto, short) in [(6u8, 19u16), (17, 7), (1, 7)] {
+        let mut g = f.clone();
+        g[23] = proto;
+        g[16..18].copy_from_slice(&(20 + short).to_be_bytes());
+        fix_ip_checksum(&mut g, 14);
+        assert_eq!(parse(&g), Err(Error::Truncated), "protocol {proto}");
+    }
+}
+
+/// Version != 4, IHL < 5, total length below the header or beyond the frame are bad IP headers.
+#[test]
+fn error_bad_ip_header() {
+    let f = udp_frame(CLIENT, VIP, 1, 2, &[0; 4]);
+    let mut v6 = f.clone();
+    v6[14] = 0x65;
+    assert_eq!(parse(&v6), Err(Error::BadIpHeader));
+    let mut ihl = f.clone();
+    ihl[14] = 0x44;
+    assert_eq!(parse(&ihl), Err(Error::BadIpHeader));
+    for total in [19u16, f.len() as u16 - 14 + 1] {
+        let mut g = f.clone();
+        g[16..18].copy_from_slice(&total.to_be_bytes());
+        fix_ip_checksum(&mut g, 14);
+        assert_eq!(parse(&g), Err(Error::BadIpHeader), "total length {total}");
+    }
+}
+
+/// A corrupted IPv4 header checksum is reported.
+#[test]
+fn error_bad_ip_checksum() {
+    let mut f = udp_frame(CLIENT, VIP, 1, 2, &[]);
+    f[24] ^= 0x01;
+    assert_eq!(parse(&f), Err(Error::BadIpChecksum));
+}
+
+/// A first fragment (MF) and a later fragment (offset) are both fragments.
+#[test]
+fn error_fragment() {
+    let f = udp_frame(CLIENT, VIP, 1, 2, &[]);
+    for flags in [[0x20u8, 0x00], [0x00, 0x10]] {
+        let mut g = f.clone();
+        g[20..22].copy_from_slice(&flags);
+        fix_ip_checksum(&mut g, 14);
+        assert_eq!(parse(&g), Err(Error::Fragment));
+    }
+}
+
+/// GRE is not a protocol the director translates.
+#[test]
+fn error_unsupported_protocol() {
+    let mut f = udp_frame(CLIENT, VIP, 1, 2, &[]);
+    f[23] = 47;
+    fix_ip_checksum(&mut f, 14);
+    assert_eq!(parse(&f), Err(Error::UnsupportedProtocol));
+}
+
+/// TCP data offset below 5, or pointing past the packet, is a bad TCP header.
+#[test]
+fn error_bad_tcp_header() {
+    let f = tcp_frame(CLIENT, VIP, 1, 2, TcpFlags::SYN, &[0; 8]);
+    for offset in [4u8, 15] {
+        let mut g = f.clone();
+        g[34 + 12] = offset << 4;
+        assert_eq!(parse(&g), Err(Error::BadTcpHeader), "data offset {offset}");
+    }
+}
+
+/// A UDP length below 8 or beyond the IP packet is a bad UDP header.
+#[test]
+fn error_bad_udp_header() {
+    let f = udp_frame(CLIENT, VIP, 1, 2, &[0; 4]);
+    for len in [7u16, 13] {
+        let mut g = f.clone();
+        g[38..40].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(parse(&g), Err(Error::BadUdpHeader), "length {len}");
+    }
+}
+
+/// An ICMP error quoting less than an IP header + 8 bytes, or not IPv4, is bad ICMP.
+#[test]
+fn error_bad_icmp() {
+    let inner = tcp_frame(VIP, CLIENT, 80, 40000, TcpFlags::ACK, &[]);
+    let short = icmp_error(ROUTER, VIP, frag_needed(), &inner, Some(27));
+    assert_eq!(parse(&short), Err(Error::BadIcmp));
+    let mut not_v4 = icmp_error(ROUTER, VIP, frag_needed(), &inner, Some(28));
+    not_v4[42] = 0x65;
+    assert_eq!(parse(&not_v4), Err(Error::BadIcmp));
+}
+
+// ---------------------------------------------------------------- rewrites
+
+/// Inbound NAT: VIP:80 -> real:8001, new MACs; all checksums stay valid.
+#[test]
+fn rewrite_destination_tcp() {
+    let mut f = tcp_frame(CLIENT, VIP, 40000, 80, TcpFlags::ACK, b"hello");
+    let p = parse(&f).unwrap();
+    rewrite_destination(&mut f, &p, REAL, 8001);
+    set_macs(&mut f, DIRECTOR_MAC, SERVER_MAC);
+    let q = parse(&f).unwrap();
+    assert_eq!(
+        (q.src, q.dst, q.ports()),
+        (CLIENT, REAL, Some((40000, 8001)))
+    );
+    assert_eq!((q.src_mac, q.dst_mac), (DIRECTOR_MAC, SERVER_MAC));
+    assert!(ip_checksum_ok(&f, 14));
+    assert!(transport_checksum_matches_recompute(&f));
+}
+
+/// Outbound NAT: real:8001 -> VIP:80 on a UDP reply.
+#[test]
+fn rewrite_source_udp() {
+    let mut f = udp_frame(REAL, CLIENT, 8001, 40000, b"answer");
+    let p = parse(&f).unwrap();
+    rewrite_source(&mut f, &p, VIP, 80);
+    let q = parse(&f).unwrap();
+    assert_eq!((q.src, q.ports()), (VIP, Some((80, 40000))));
+    assert!(ip_checksum_ok(&f, 14));
+    assert!(transport_checksum_matches_recompute(&f));
+}
+
+/// A UDP checksum of zero (none) stays zero.
+#[test]
+fn rewrite_udp_zero_checksum() {
+    let mut f = udp_frame(CLIENT, VIP, 5353, 53, b"q");
+    f[40..42].copy_from_slice(&[0, 0]);
+    let p = parse(&f).unwrap();
+    rewrite_destination(&mut f, &p, REAL, 5300);
+    assert_eq!(&f[40..42], &[0, 0]);
+    assert!(ip_checksum_ok(&f, 14));
+}
+
+/// A rewrite given a `Packet` of a longer frame does not panic on a short one.
+#[test]
+fn rewrite_mismatched_packet_no_panic() {
+    let big = tcp_frame(CLIENT, VIP, 1, 2, TcpFlags::ACK, &[0; 1400]);
+    let p = parse(&big).unwrap();
+    for n in 0..60 {
+        let mut small = vec![0u8; n];
+        rewrite_destination(&mut small, &p, REAL, 1);
+        rewrite_source(&mut small, &p, REAL, 1);
+        set_macs(&mut small, DIRECTOR_MAC, SERVER_MAC);
+    }
+    let inner = tcp_frame(VIP, CLIENT, 80, 40000, TcpFlags::ACK, &[]);
+    let e = icmp_error(ROUTER, VIP, frag_needed(), &inner, None);
+    let pe = parse(&e).unwrap();
+    for n in 0..e.len() {
+        let mut cut = e[..n].to_vec();
+        rewrite_icmp_error_inbound(&mut cut, &pe, REAL, SocketAddrV4::new(REAL, 8001));
+        rewrite_icmp_error_outbound(&mut cut, &pe, Some(VIP), SocketAddrV4::new(VIP, 80));
+    }
+}
+
+/// Checks every checksum of a translated ICMP error: outer IP, ICMP, quoted IP, quoted transport if whole.
+fn assert_icmp_error_checksums(f: &[u8]) -> (Packet, Embedded) {
+    let p = parse(f).unwrap();
+    let Transport::Icmp(Icmp::Error { embedded: e, .. }) = p.transport else {
+        panic!("{p:?}")
+    };
+    assert!(ip_checksum_ok(f, p.ip), "outer IP");
+    assert!(icmp_checksum_ok(f, &p), "ICMP");
+    assert!(ip_checksum_ok(f, e.ip), "quoted IP");
+    let quoted_total = usize::from(u16::from_be_bytes([f[e.ip + 2], f[e.ip + 3]]));
+    let udp_without_checksum = e.protocol == Protocol::Udp && f[e.l4 + 6..e.l4 + 8] == [0, 0];
+    if e.ip + quoted_total == p.end && !udp_without_checksum {
+        let proto = match e.protocol {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        };
+        assert!(
+            segment_checksum_ok(e.src, e.dst, proto, &f[e.l4..p.end]),
+            "quoted transport"
+        );
+    }
+    (p, e)
+}
+
+/// Fragmentation needed from a router about the VIP's reply reaches the real server with the quote
+/// translated back to real:8001 (Path MTU discovery through the director).
+#[test]
+fn icmp_error_inbound_frag_needed() {
+    let inner = tcp_frame(VIP, CLIENT, 80, 40000, TcpFlags::ACK, &[0; 1000]);
+    for quote in [Some(28), Some(60), None] {
+        let mut f = icmp_error(ROUTER, VIP, frag_needed(), &inner, quote);
+        let p = parse(&f).unwrap();
+        rewrite_icmp_error_inbound(&mut f, &p, REAL, SocketAddrV4::new(REAL, 8001));
+        let (q, e) = assert_icmp_error_checksums(&f);
+        assert_eq!((q.src, q.dst), (ROUTER, REAL));
+        assert_eq!(
+            (e.src, e.src_port, e.dst, e.dst_port),
+            (REAL, 8001, CLIENT, 40000)
+        );
+        // The MTU stays where it was.
+        assert_eq!(&f[q.l4 + 6..q.l4 + 8], &1400u16.to_be_bytes());
+    }
+}
+
+/// Port unreachable from the real server about a client's UDP datagram reaches the client as from the VIP.
+#[test]
+fn icmp_error_outbound_from_server() {
+    let inner = udp_frame(CLIENT, REAL, 5353, 5300, b"query");
+    let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+    for quote in [Some(28), None] {
+        let mut f = icmp_error(REAL, CLIENT, kind.clone(), &inner, quote);
+        let p = parse(&f).unwrap();
+        rewrite_icmp_error_outbound(&mut f, &p, Some(VIP), SocketAddrV4::new(VIP, 53));
+        let (q, e) = assert_icmp_error_checksums(&f);
+        assert_eq!((q.src, q.dst), (VIP, CLIENT));
+        assert_eq!(
+            (e.src, e.src_port, e.dst, e.dst_port),
+            (CLIENT, 5353, VIP, 53)
+        );
+    }
+}
+
+/// Time exceeded from a router on the inside keeps its own source address.
+#[test]
+fn icmp_error_outbound_from_router() {
+    let inner = tcp_frame(CLIENT, REAL, 40000, 8001, TcpFlags::SYN, &[]);
+    let kind = Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit);
+    let mut f = icmp_error(ROUTER, CLIENT, kind, &inner, None);
+    let p = parse(&f).unwrap();
+    rewrite_icmp_error_outbound(&mut f, &p, None, SocketAddrV4::new(VIP, 80));
+    let (q, e) = assert_icmp_error_checksums(&f);
+    assert_eq!((q.src, q.dst), (ROUTER, CLIENT));
+    assert_eq!((e.dst, e.dst_port), (VIP, 80));
+}
+
+/// An ICMP error rewrite on a frame that is not an ICMP error leaves it unchanged.
+#[test]
+fn icmp_error_rewrite_ignores_other_packets() {
+    let f = tcp_frame(CLIENT, VIP, 1, 2, TcpFlags::SYN, &[]);
+    let p = parse(&f).unwrap();
+    let mut g = f.clone();
+    rewrite_icmp_error_inbound(&mut g, &p, REAL, SocketAddrV4::new(REAL, 1));
+    rewrite_icmp_error_outbound(&mut g, &p, Some(VIP), SocketAddrV4::new(VIP, 1));
+    assert_eq!(f, g);
+}
+
+// ---------------------------------------------------------------- builders
+
+/// Parses a frame we built with etherparse and checks IP and transport checksums.
+fn check_built(out: &[u8]) -> SlicedPacket<'_> {
+    let sliced = SlicedPacket::from_ethernet(out).expect("etherparse parses it");
+    assert!(ip_checksum_ok(out, 14));
+    sliced
+}
+
+/// A SYN to an unsupported port gets RST+ACK: seq 0, ack = seq + 1, ports and addresses swapped, padded to 60.
+#[test]
+fn rst_for_syn() {
+    let f = tcp_frame(CLIENT, VIP, 40000, 81, TcpFlags::SYN, &[]);
+    let p = parse(&f).unwrap();
+    let mut out = [0xAAu8; 100];
+    let n = build_tcp_rst(&p, DIRECTOR_MAC, &mut out);
+    assert_eq!(n, 60);
+    assert!(out[54..60].iter().all(|&b| b == 0));
+    let out = &out[..n];
+    check_built(out);
+    let r = parse(out).unwrap();
+    assert_eq!(
+        (r.src_mac, r.dst_mac, r.src, r.dst),
+        (DIRECTOR_MAC, CLIENT_MAC, VIP, CLIENT)
+    );
+    assert_eq!(
+        r.transport,
+        Transport::Tcp {
+            src_port: 81,
+            dst_port: 40000,
+            flags: TcpFlags::RST | TcpFlags::ACK,
+            seq: 0,
+            ack: 1001,
+            payload_len: 0
+        }
+    );
+    assert!(transport_checksum_matches_recompute(&out[..r.end]));
+}
+
+/// A stray data segment with ACK gets seq = its ack, ack = seq + payload (+1 for FIN).
+#[test]
+fn rst_for_data_and_fin() {
+    let f = tcp_frame(
+        CLIENT,
+        VIP,
+        40000,
+        80,
+        TcpFlags::ACK | TcpFlags::FIN,
+        &[1, 2, 3],
+    );
+    let p = parse(&f).unwrap();
+    let mut out = [0u8; 60];
+    let n = build_tcp_rst(&p, DIRECTOR_MAC, &mut out);
+    let Transport::Tcp {
+        seq, ack, flags, ..
+    } = parse(&out[..n]).unwrap().transport
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (seq, ack, flags),
+        (5000, 1000 + 3 + 1, TcpFlags::RST | TcpFlags::ACK)
+    );
+}
+
+/// Builders return 0 for a buffer too small and for the wrong kind of packet.
+#[test]
+fn builders_too_small_or_wrong_kind() {
+    let syn = tcp_frame(CLIENT, VIP, 40000, 81, TcpFlags::SYN, &[]);
+    let p = parse(&syn).unwrap();
+    let mut small = [0u8; 59];
+    assert_eq!(build_tcp_rst(&p, DIRECTOR_MAC, &mut small), 0);
+    assert_eq!(
+        build_icmp_port_unreachable(&syn, &p, DIRECTOR_MAC, &mut small[..40]),
+        0
+    );
+    let mut out = [0u8; 200];
+    assert_eq!(
+        build_icmp_echo_reply(&syn, &p, DIRECTOR_MAC, &mut out),
+        0,
+        "not an echo request"
+    );
+    let udp = udp_frame(CLIENT, VIP, 1, 2, &[]);
+    assert_eq!(
+        build_tcp_rst(&parse(&udp).unwrap(), DIRECTOR_MAC, &mut out),
+        0,
+        "not TCP"
+    );
+}
+
+/// A UDP datagram to an unsupported port gets port unreachable quoting its IP header and 8 bytes.
+#[test]
+fn icmp_port_unreachable() {
+    let f = udp_frame(CLIENT, VIP, 5353, 54, b"0123456789abcdef");
+    let p = parse(&f).unwrap();
+    let mut out = [0u8; 200];
+    let n = build_icmp_port_unreachable(&f, &p, DIRECTOR_MAC, &mut out);
+    assert_eq!(n, 14 + 20 + 8 + 28);
+    let out = &out[..n];
+    let sliced = check_built(out);
+    let Some(TransportSlice::Icmpv4(icmp)) = sliced.transport else {
+        panic!()
+    };
+    assert_eq!(
+        icmp.icmp_type(),
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
+    );
+    let r = parse(out).unwrap();
+    assert!(icmp_checksum_ok(out, &r));
+    assert_eq!((r.src, r.dst, r.dst_mac), (VIP, CLIENT, CLIENT_MAC));
+    let Transport::Icmp(Icmp::Error {
+        kind: 3,
+        code: 3,
+        embedded,
+    }) = r.transport
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            embedded.src,
+            embedded.dst,
+            embedded.src_port,
+            embedded.dst_port
+        ),
+        (CLIENT, VIP, 5353, 54)
+    );
+    assert_eq!(&out[42..70], &f[14..42]);
+}
+
+/// An echo request to a VIP gets a reply with the same identifier, sequence number and data.
+#[test]
+fn icmp_echo_reply() {
+    let f = echo_request(CLIENT, VIP, 0x1234, 7, b"abcdefgh-payload");
+    let p = parse(&f).unwrap();
+    let mut out = [0u8; 200];
+    let n = build_icmp_echo_reply(&f, &p, DIRECTOR_MAC, &mut out);
+    assert_eq!(n, MIN_FRAME_LEN, "58 bytes padded to 60");
+    let out = &out[..n];
+    let sliced = check_built(out);
+    let Some(TransportSlice::Icmpv4(icmp)) = sliced.transport else {
+        panic!()
+    };
+    let Icmpv4Type::EchoReply(echo) = icmp.icmp_type() else {
+        panic!()
+    };
+    assert_eq!((echo.id, echo.seq), (0x1234, 7));
+    assert_eq!(icmp.payload(), b"abcdefgh-payload");
+    let r = parse(out).unwrap();
+    assert!(icmp_checksum_ok(out, &r));
+    assert_eq!((r.src, r.dst), (VIP, CLIENT));
+}
+
+// ---------------------------------------------------------------- properties
+
+fn arb_addr() -> impl Strategy<Value = Ipv4Addr> {
+    prop_oneof![
+        1 => Just(Ipv4Addr::UNSPECIFIED),
+        1 => Just(Ipv4Addr::BROADCAST),
+        8 => any::<u32>().prop_map(Ipv4Addr::from),
+    ]
+}
+
+fn arb_port() -> impl Strategy<Value = u16> {
+    prop_oneof![1 => Just(0u16), 1 => Just(u16::MAX), 8 => any::<u16>()]
+}
+
+/// A random TCP or UDP frame: (frame, is_udp).
+fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
+    (
+        arb_addr(),
+        arb_addr(),
+        arb_port(),
+        arb_port(),
+        proptest::collection::vec(any::<u8>(), 0..80),
+        0u8..3,
+        any::<u8>(),
+        any::<u32>(),
+        proptest::option::of(prop::sample::select(vec![0u8, 4, 8, 20])),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(src, dst, sp, dp, payload, kind, flags, seq, options, pad)| {
+                let mut f = match kind {
+                    0 => {
+                        let mut v = Vec::new();
+                        PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+                            .ipv4(src.octets(), dst.octets(), 64)
+                            .tcp(sp, dp, seq, 1024)
+                            .write(&mut v, &payload)
+                            .unwrap();
+                        v[34 + 13] = flags;
+                        // Flags are covered by the TCP checksum: recompute it.
+                        v[34 + 16..34 + 18].copy_from_slice(&[0, 0]);
+                        let seg = &v[34..];
+                        let c = checksum::finish(checksum::combine(&[
+                            checksum::pseudo_header(src, dst, 6, seg.len() as u16),
+                            checksum::data(seg),
+                        ]));
+                        v[34 + 16..34 + 18].copy_from_slice(&c.to_be_bytes());
+                        v
+                    }
+                    1 => udp_frame(src, dst, sp, dp, &payload),
+                    _ => {
+                        let mut v = udp_frame(src, dst, sp, dp, &payload);
+                        v[40..42].copy_from_slice(&[0, 0]);
+                        v
+                    }
+                };
+                if let Some(n) = options {
+                    let mut opts = vec![1u8; usize::from(n)];
+                    if let Some(last) = opts.last_mut() {
+                        *last = 0;
+                    }
+                    f = with_ip_options(&f, &opts);
+                }
+                if pad && f.len() < 60 {
+                    f.resize(60, 0);
+                }
+                f
+            },
+        )
+}
+
+/// An ICMP error frame quoting a random TCP/UDP packet, 8 bytes or whole, as seen inbound or outbound.
+fn arb_icmp_error() -> impl Strategy<Value = Vec<u8>> {
+    (
+        arb_frame(),
+        arb_addr(),
+        arb_addr(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(inner, src, dst, short, te)| {
+            let p = parse(&inner).unwrap();
+            let inner = &inner[..p.end];
+            let quote = if short { Some(p.l4 - p.ip + 8) } else { None };
+            let kind = if te {
+                Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit)
+            } else {
+                frag_needed()
+            };
+            icmp_error(src, dst, kind, inner, quote)
+        })
+}
+
+proptest! {
+    /// Parse never panics on arbitrary bytes, IPv4 EtherType or not.
+    #[test]
+    fn parse_arbitrary_bytes(mut bytes in proptest::collection::vec(any::<u8>(), 0..200), ipv4 in any::<bool>()) {
+        if ipv4 && bytes.len() >= 15 {
+            bytes[12] = 0x08;
+            bytes[13] = 0x00;
+            bytes[14] = 0x45;
+        }
+        let _ = parse(&bytes);
+        let _ = parse_arp(&bytes);
+    }
+
+    /// Parse never panics on a valid frame with random bytes corrupted or cut, and rewrites on what
+    /// still parses never panic.
+    #[test]
+    fn parse_corrupted_frames(
+        mut f in prop_oneof![arb_frame(), arb_icmp_error()],
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        for (i, b) in flips {
+            let i = i.index(f.len());
+            f[i] = b;
+        }
+        let n = cut.index(f.len() + 1);
+        f.truncate(n);
+        if let Ok(p) = parse(&f) {
+            let mut g = f.clone();
+            rewrite_destination(&mut g, &p, REAL, 1);
+            rewrite_source(&mut g, &p, VIP, 2);
+            rewrite_icmp_error_inbound(&mut g, &p, REAL, SocketAddrV4::new(REAL, 3));
+            rewrite_icmp_error_outbound(&mut g, &p, Some(VIP), SocketAddrV4::new(VIP, 4));
+        }
+    }
+
+    /// For random TCP/UDP frames and rewrites, incremental IP and transport checksums equal a full
+    /// recompute, the new fields parse back, and the reverse rewrite restores the original bytes.
+    #[test]
+    fn rewrite_matches_recompute_and_reverses(
+        f in arb_frame(),
+        addr in arb_addr(),
+        port in arb_port(),
+        source in any::<bool>(),
+    ) {
+        let p = parse(&f).unwrap();
+        let mut g = f.clone();
+        if source {
+            rewrite_source(&mut g, &p, addr, port);
+        } else {
+            rewrite_destination(&mut g, &p, addr, port);
+        }
+        let q = parse(&g).unwrap();
+        prop_assert!(ip_checksum_ok(&g, 14));
+        prop_assert!(transport_checksum_matches_recompute(&g[..q.end]));
+        let udp_zero = p.protocol() == Some(Protocol::Udp) && f[p.l4 + 6..p.l4 + 8] == [0, 0];
+        if udp_zero {
+            prop_assert_eq!(&g[q.l4 + 6..q.l4 + 8], &[0u8, 0][..]);
+        }
+        let (sp, dp) = p.ports().unwrap();
+        if source {
+            prop_assert_eq!((q.src, q.dst, q.ports()), (addr, p.dst, Some((port, dp))));
+            rewrite_source(&mut g, &q, p.src, sp);
+        } else {
+            prop_assert_eq!((q.src, q.dst, q.ports()), (p.src, addr, Some((sp, port))));
+            rewrite_destination(&mut g, &q, p.dst, dp);
+        }
+        prop_assert_eq!(g, f);
+    }
+
+    /// For random ICMP errors and translations, the outer IP, ICMP, quoted IP and (whole) quoted transport
+    /// checksums stay valid, and translating back restores the original bytes.
+    #[test]
+    fn icmp_error_matches_recompute_and_reverses(
+        f in arb_icmp_error(),
+        addr in arb_addr(),
+        to in (arb_addr(), arb_port()),
+        inbound in any::<bool>(),
+        from_server in any::<bool>(),
+    ) {
+        let p = parse(&f).unwrap();
+        let Transport::Icmp(Icmp::Error { embedded: e, .. }) = p.transport else { panic!() };
+        let to = SocketAddrV4::new(to.0, to.1);
+        let mut g = f.clone();
+        if inbound {
+            rewrite_icmp_error_inbound(&mut g, &p, addr, to);
+        } else {
+            rewrite_icmp_error_outbound(&mut g, &p, from_server.then_some(addr), to);
+        }
+        let (q, qe) = assert_icmp_error_checksums(&g);
+        if inbound {
+            prop_assert_eq!((q.src, q.dst), (p.src, addr));
+            prop_assert_eq!((qe.src, qe.src_port, qe.dst, qe.dst_port), (*to.ip(), to.port(), e.dst, e.dst_port));
+            rewrite_icmp_error_inbound(&mut g, &q, p.dst, SocketAddrV4::new(e.src, e.src_port));
+        } else {
+            let outer_src = if from_server { addr } else { p.src };
+            prop_assert_eq!((q.src, q.dst), (outer_src, p.dst));
+            prop_assert_eq!((qe.src, qe.src_port, qe.dst, qe.dst_port), (e.src, e.src_port, *to.ip(), to.port()));
+            rewrite_icmp_error_outbound(&mut g, &q, from_server.then_some(p.src), SocketAddrV4::new(e.dst, e.dst_port));
+        }
+        prop_assert_eq!(g, f);
+    }
+
+    /// Generated RSTs parse back (ours and etherparse's) with valid checksums, for any TCP segment.
+    #[test]
+    fn rst_always_valid(f in arb_frame()) {
+        let p = parse(&f).unwrap();
+        let mut out = [0u8; 128];
+        let n = build_tcp_rst(&p, DIRECTOR_MAC, &mut out);
+        if p.protocol() == Some(Protocol::Tcp) {
+            prop_assert_eq!(n, 60);
+            let r = parse(&out[..n]).unwrap();
+            prop_assert!(ip_checksum_ok(&out, 14));
+            prop_assert!(transport_checksum_matches_recompute(&out[..r.end]));
+            prop_assert_eq!((r.src, r.dst), (p.dst, p.src));
+        } else {
+            prop_assert_eq!(n, 0);
+        }
+    }
+}
+
+/// The incremental update hits the 0x0000 checksum edge: a rewrite whose result must be 0x0000 is 0x0000,
+/// not 0xFFFF (RFC 1624 §4), checked against a recompute on a real frame.
+#[test]
+fn rewrite_checksum_zero_edge() {
+    // Search destination ports until the recomputed TCP checksum is 0x0000, then rewrite to that port.
+    let f = tcp_frame(CLIENT, VIP, 40000, 80, TcpFlags::ACK, b"edge");
+    let p = parse(&f).unwrap();
+    let found = (0..=u16::MAX).find(|&port| {
+        let mut g = f.clone();
+        g[36..38].copy_from_slice(&port.to_be_bytes());
+        g[50..52].copy_from_slice(&[0, 0]);
+        let seg = &g[34..];
+        let ck = checksum::finish(checksum::combine(&[
+            checksum::pseudo_header(CLIENT, VIP, 6, seg.len() as u16),
+            checksum::data(seg),
+        ]));
+        ck == 0
+    });
+    let port = found.expect("some port gives a zero checksum");
+    let mut g = f.clone();
+    rewrite_destination(&mut g, &p, VIP, port);
+    assert_eq!(&g[50..52], &[0, 0]);
+    assert!(transport_checksum_matches_recompute(&g));
+}
