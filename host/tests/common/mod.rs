@@ -285,8 +285,16 @@ impl Netns {
         }
     }
 
-    /// `wrk` from this namespace.
-    pub fn wrk(&self, url: &str, threads: u32, connections: u32, duration: Duration) -> Wrk {
+    /// `wrk` from this namespace; `extra` goes before the URL (e.g. `["-H", "Connection: close"]` for a new
+    /// connection per request).
+    pub fn wrk(
+        &self,
+        url: &str,
+        threads: u32,
+        connections: u32,
+        duration: Duration,
+        extra: &[&str],
+    ) -> Wrk {
         let out = self.exec(
             "wrk",
             &[
@@ -298,8 +306,11 @@ impl Netns {
                 &format!("{}s", duration.as_secs().max(1)),
                 "--timeout",
                 "5s",
-                url,
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .chain([url])
+            .collect::<Vec<_>>(),
         );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
