@@ -13,6 +13,8 @@
 //! - [`director`]: the packet path (patent FIGS. 5, 7, 8, 9): one frame and `now` in, a [`director::Verdict`] out.
 //!
 //! I/O at the edge:
+//! - [`capture`]: libpcap on the outside and inside interfaces, one thread polling both, batches per wake-up.
+//! - [`ifcheck`]: start-up checks of the interfaces (present, up, offloads off) and of `ip_forward`.
 //! - [`replay`]: drives the director from pcap files and writes what it sends to pcap files.
 //!
 //! # The path of a packet
@@ -24,9 +26,11 @@
 //! (real server, client) and its source is rewritten back to the virtual address before it leaves outside.
 
 pub mod binding;
+pub mod capture;
 pub mod config;
 pub mod conntable;
 pub mod director;
+pub mod ifcheck;
 pub mod policy;
 pub mod replay;
 pub mod wire;

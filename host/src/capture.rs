@@ -1,0 +1,520 @@
+//! Live frames through libpcap: the `outside` and `inside` interfaces and the one thread that serves both.
+//!
+//! Owns the two capture handles and the data path loop ([`DataPath::run`]). Each interface is opened in
+//! immediate mode with a large kernel buffer, a fixed snap length, direction `In` and non-blocking; the
+//! socket also gets `PACKET_IGNORE_OUTGOING`, so the kernel does not copy the frames we inject back into
+//! our own capture (libpcap's direction filter alone runs after that copy). One thread polls both
+//! descriptors plus a wake-up eventfd; per wake-up it reads at most [`CaptureConfig::batch`] frames from
+//! each interface, alternating, so a flood on one side cannot starve the other and the work per wake-up is
+//! bounded (what is not read stays in the kernel ring; the kernel counts what the ring cannot hold, which
+//! we read back from `pcap_stats`).
+//!
+//! Per frame: one copy out of the ring into a reusable buffer, one [`Handler::handle`] call, at most one
+//! `send`. No allocation, no lock, no formatting. Frames cut by the snap length or larger than the
+//! interface's MTU allows (GRO/LRO super-frames) never reach the handler: they are counted and dropped.
+//!
+//! What may fail: opening an interface (missing, no permission: an error naming the interface), `poll`
+//! (fatal, returned). A failed `send` is counted, never fatal.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use pcap::{Active, Capture, Direction};
+
+use crate::Interface;
+
+/// What the data path does with a frame after the handler has seen it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send the frame (rewritten in place by the handler) out of that interface.
+    Send(Interface),
+    /// Send the frame in [`Handler::reply`] out of that interface; the received frame is dropped.
+    SendReply(Interface),
+    /// Nothing to send: the frame was dropped (counted by the handler) or consumed (e.g. an ARP reply).
+    Done,
+}
+
+/// The packet path as the data path loop sees it; the director implements it.
+pub trait Handler {
+    /// Decide about one frame received on `from`; may rewrite it in place.
+    fn handle(&mut self, from: Interface, frame: &mut [u8], now: Duration) -> Action;
+    /// The generated frame of the last [`Action::SendReply`].
+    fn reply(&self) -> &[u8];
+    /// Periodic work, called about every [`CaptureConfig::tick`]; frames to send go through `send`.
+    fn tick(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8]));
+}
+
+/// What the control callback tells the loop between batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Keep serving.
+    Continue,
+    /// Return from [`DataPath::run`].
+    Stop,
+}
+
+/// How the interfaces are opened and the loop is paced.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// Kernel ring size per interface, bytes.
+    pub buffer_bytes: usize,
+    /// Bytes captured per frame; a longer frame is counted as truncated and dropped.
+    pub snaplen: usize,
+    /// Most frames read per interface per wake-up.
+    pub batch: usize,
+    /// Interval of [`Handler::tick`] and of the control callback when idle.
+    pub tick: Duration,
+    /// Interval at which pcap's drop counters are read and logged when they grew.
+    pub stats_every: Duration,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            buffer_bytes: 32 << 20,
+            snaplen: 2048,
+            batch: 256,
+            tick: Duration::from_millis(10),
+            stats_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters of one interface, published by the loop once per wake-up (readers see them a batch late).
+#[derive(Debug, Default)]
+pub struct PortStats {
+    /// Frames read from the capture.
+    pub received: AtomicU64,
+    /// Frames sent out of this interface.
+    pub sent: AtomicU64,
+    /// Sends that failed (e.g. `ENOBUFS`, `EMSGSIZE`).
+    pub send_errors: AtomicU64,
+    /// Frames longer than the snap length or the interface's MTU (offloads on): dropped.
+    pub oversize: AtomicU64,
+    /// Wake-ups that stopped at the batch bound with frames left in the ring.
+    pub batch_full: AtomicU64,
+    /// pcap's `ps_drop`: frames the kernel ring had no room for.
+    pub pcap_drop: AtomicU64,
+    /// pcap's `ps_ifdrop`: frames the interface dropped.
+    pub pcap_ifdrop: AtomicU64,
+}
+
+/// Counters of both interfaces; shared with whoever reports them (logs, metrics).
+#[derive(Debug, Default)]
+pub struct CaptureStats {
+    /// The outside interface.
+    pub outside: PortStats,
+    /// The inside interface.
+    pub inside: PortStats,
+}
+
+impl CaptureStats {
+    /// The counters of one interface.
+    pub fn port(&self, iface: Interface) -> &PortStats {
+        match iface {
+            Interface::Outside => &self.outside,
+            Interface::Inside => &self.inside,
+        }
+    }
+}
+
+/// Plain counters kept by the loop; published into [`PortStats`] once per wake-up.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    received: u64,
+    sent: u64,
+    send_errors: u64,
+    oversize: u64,
+    batch_full: u64,
+    pcap_drop: u64,
+    pcap_ifdrop: u64,
+}
+
+impl Counts {
+    fn publish(&self, to: &PortStats) {
+        to.received.store(self.received, Ordering::Relaxed);
+        to.sent.store(self.sent, Ordering::Relaxed);
+        to.send_errors.store(self.send_errors, Ordering::Relaxed);
+        to.oversize.store(self.oversize, Ordering::Relaxed);
+        to.batch_full.store(self.batch_full, Ordering::Relaxed);
+        to.pcap_drop.store(self.pcap_drop, Ordering::Relaxed);
+        to.pcap_ifdrop.store(self.pcap_ifdrop, Ordering::Relaxed);
+    }
+}
+
+/// One opened interface.
+struct Port {
+    name: String,
+    iface: Interface,
+    cap: Capture<Active>,
+    /// Longest frame accepted: MTU + Ethernet header + one VLAN tag.
+    max_frame: usize,
+    counts: Counts,
+    /// Counts as of the last log line, to log growth only.
+    logged: Counts,
+}
+
+impl Port {
+    fn open(name: &str, iface: Interface, mtu: usize, cfg: &CaptureConfig) -> anyhow::Result<Port> {
+        let what = || format!("opening {} interface {name:?} with libpcap", iface.as_str());
+        let cap = Capture::from_device(name)
+            .with_context(what)?
+            .immediate_mode(true)
+            .buffer_size(i32::try_from(cfg.buffer_bytes).unwrap_or(i32::MAX))
+            .snaplen(i32::try_from(cfg.snaplen).unwrap_or(i32::MAX))
+            .promisc(true)
+            .open()
+            .with_context(what)?
+            .setnonblock()
+            .with_context(what)?;
+        cap.direction(Direction::In).with_context(what)?;
+        ignore_outgoing(cap.as_raw_fd()).with_context(what)?;
+        Ok(Port {
+            name: name.to_owned(),
+            iface,
+            cap,
+            max_frame: mtu + 18,
+            counts: Counts::default(),
+            logged: Counts::default(),
+        })
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        match self.cap.sendpacket(frame) {
+            Ok(()) => self.counts.sent += 1,
+            Err(_) => self.counts.send_errors += 1,
+        }
+    }
+
+    /// Reads pcap's counters and logs what grew since the last call.
+    fn report(&mut self) {
+        if let Ok(s) = self.cap.stats() {
+            self.counts.pcap_drop = u64::from(s.dropped);
+            self.counts.pcap_ifdrop = u64::from(s.if_dropped);
+        }
+        let (now, was) = (self.counts, self.logged);
+        if now.pcap_drop > was.pcap_drop || now.pcap_ifdrop > was.pcap_ifdrop {
+            tracing::warn!(
+                interface = %self.name,
+                side = self.iface.as_str(),
+                ring_drops = now.pcap_drop - was.pcap_drop,
+                interface_drops = now.pcap_ifdrop - was.pcap_ifdrop,
+                "capture dropped frames (kernel ring full: the loop is not keeping up)"
+            );
+        }
+        if now.send_errors > was.send_errors {
+            tracing::warn!(
+                interface = %self.name,
+                side = self.iface.as_str(),
+                errors = now.send_errors - was.send_errors,
+                "sending frames failed"
+            );
+        }
+        if now.oversize > was.oversize {
+            tracing::warn!(
+                interface = %self.name,
+                side = self.iface.as_str(),
+                frames = now.oversize - was.oversize,
+                "dropped frames larger than the MTU: turn GRO/LRO off on this interface"
+            );
+        }
+        self.logged = now;
+    }
+}
+
+/// Asks the kernel not to loop our own sent frames back into this packet socket.
+fn ignore_outgoing(fd: RawFd) -> anyhow::Result<()> {
+    const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is pcap's open packet socket; we pass a pointer to a live c_int and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            PACKET_IGNORE_OUTGOING,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt(PACKET_IGNORE_OUTGOING)");
+    }
+    Ok(())
+}
+
+/// An eventfd owned by the data path; [`Waker`]s write to it to end a `poll` early.
+struct EventFd(RawFd);
+
+impl EventFd {
+    fn new() -> anyhow::Result<Arc<EventFd>> {
+        // SAFETY: plain syscall; the returned descriptor is owned by the new EventFd.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("eventfd");
+        }
+        Ok(Arc::new(EventFd(fd)))
+    }
+
+    fn drain(&self) {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from our own non-blocking eventfd.
+        unsafe { libc::read(self.0, (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+impl Drop for EventFd {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor and close it once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Wakes the data path loop from another thread (a signal handler thread, a reload): the loop then calls
+/// its control callback at once instead of at the next tick.
+#[derive(Clone)]
+pub struct Waker(Arc<EventFd>);
+
+impl Waker {
+    /// Wakes the loop; cheap, never blocks.
+    pub fn wake(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64 to the eventfd, which the Arc keeps open.
+        unsafe { libc::write(self.0.0, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Both interfaces and the loop that serves them on one thread.
+pub struct DataPath {
+    outside: Port,
+    inside: Port,
+    wake: Arc<EventFd>,
+    stats: Arc<CaptureStats>,
+    cfg: CaptureConfig,
+    epoch: Instant,
+    /// The frame being handled: one copy out of the ring, rewritten in place.
+    frame: Box<[u8]>,
+}
+
+impl DataPath {
+    /// Opens both interfaces. `*_mtu` bound the frames accepted (see [`crate::ifcheck`]); `epoch` is the
+    /// instant `now` counts from, shared with whoever else hands `now` to the director.
+    pub fn open(
+        outside: (&str, usize),
+        inside: (&str, usize),
+        cfg: CaptureConfig,
+        epoch: Instant,
+    ) -> anyhow::Result<DataPath> {
+        if cfg.batch == 0 || cfg.snaplen < 64 {
+            bail!("capture: batch must be > 0 and snaplen >= 64");
+        }
+        Ok(DataPath {
+            outside: Port::open(outside.0, Interface::Outside, outside.1, &cfg)?,
+            inside: Port::open(inside.0, Interface::Inside, inside.1, &cfg)?,
+            wake: EventFd::new()?,
+            stats: Arc::new(CaptureStats::default()),
+            frame: vec![0; cfg.snaplen].into_boxed_slice(),
+            cfg,
+            epoch,
+        })
+    }
+
+    /// A handle that ends the loop's current wait.
+    pub fn waker(&self) -> Waker {
+        Waker(self.wake.clone())
+    }
+
+    /// The counters of both interfaces, updated once per wake-up.
+    pub fn stats(&self) -> Arc<CaptureStats> {
+        self.stats.clone()
+    }
+
+    fn port(&mut self, iface: Interface) -> &mut Port {
+        match iface {
+            Interface::Outside => &mut self.outside,
+            Interface::Inside => &mut self.inside,
+        }
+    }
+
+    /// Serves both interfaces until `control` returns [`Control::Stop`].
+    ///
+    /// `control` runs on this thread between batches: at every wake-up and at least every tick. It gets the
+    /// handler, so a reload (a new config published by another thread) is applied here, between frames.
+    pub fn run<H: Handler + ?Sized>(
+        &mut self,
+        handler: &mut H,
+        control: &mut dyn FnMut(&mut H) -> Control,
+    ) -> anyhow::Result<()> {
+        let mut fds = [
+            pollfd(self.outside.cap.as_raw_fd()),
+            pollfd(self.inside.cap.as_raw_fd()),
+            pollfd(self.wake.0),
+        ];
+        let mut next_tick = self.epoch.elapsed();
+        let mut next_stats = next_tick + self.cfg.stats_every;
+        tracing::info!(
+            outside = %self.outside.name,
+            inside = %self.inside.name,
+            batch = self.cfg.batch,
+            "data path running"
+        );
+        loop {
+            if control(handler) == Control::Stop {
+                break;
+            }
+            let now = self.epoch.elapsed();
+            if now >= next_tick {
+                let (outside, inside) = (&mut self.outside, &mut self.inside);
+                handler.tick(now, &mut |iface, frame| match iface {
+                    Interface::Outside => outside.send(frame),
+                    Interface::Inside => inside.send(frame),
+                });
+                next_tick = now + self.cfg.tick;
+            }
+            if now >= next_stats {
+                self.outside.report();
+                self.inside.report();
+                self.outside.counts.publish(&self.stats.outside);
+                self.inside.counts.publish(&self.stats.inside);
+                next_stats = now + self.cfg.stats_every;
+            }
+            let wait = next_tick.saturating_sub(self.epoch.elapsed());
+            let timeout = wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            for fd in &mut fds {
+                fd.revents = 0;
+            }
+            // SAFETY: `fds` is a live array of 3 pollfd for the duration of the call.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if rc < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err).context("poll on the capture descriptors");
+            }
+            if fds[2].revents != 0 {
+                self.wake.drain();
+            }
+            if fds[0].revents != 0 || fds[1].revents != 0 {
+                self.drain(handler);
+            }
+        }
+        self.outside.report();
+        self.inside.report();
+        self.outside.counts.publish(&self.stats.outside);
+        self.inside.counts.publish(&self.stats.inside);
+        Ok(())
+    }
+
+    /// Reads up to `batch` frames from each interface, alternating, and handles them.
+    fn drain<H: Handler + ?Sized>(&mut self, handler: &mut H) {
+        let now = self.epoch.elapsed();
+        let mut open = [true, true];
+        let mut n = 0;
+        while n < self.cfg.batch && (open[0] || open[1]) {
+            for (i, iface) in [Interface::Outside, Interface::Inside]
+                .into_iter()
+                .enumerate()
+            {
+                if open[i] {
+                    open[i] = self.one(iface, handler, now);
+                }
+            }
+            n += 1;
+        }
+        for (i, iface) in [Interface::Outside, Interface::Inside]
+            .into_iter()
+            .enumerate()
+        {
+            if open[i] {
+                self.port(iface).counts.batch_full += 1;
+            }
+        }
+        self.outside.counts.publish(&self.stats.outside);
+        self.inside.counts.publish(&self.stats.inside);
+    }
+
+    /// Handles one frame from `iface`; false when its ring is empty (or failed).
+    fn one<H: Handler + ?Sized>(
+        &mut self,
+        iface: Interface,
+        handler: &mut H,
+        now: Duration,
+    ) -> bool {
+        let frame = &mut self.frame;
+        let port = match iface {
+            Interface::Outside => &mut self.outside,
+            Interface::Inside => &mut self.inside,
+        };
+        let len = match port.cap.next_packet() {
+            Ok(p) => {
+                port.counts.received += 1;
+                let wire_len = p.header.len as usize;
+                if wire_len > p.data.len() || wire_len > port.max_frame {
+                    port.counts.oversize += 1;
+                    return true;
+                }
+                frame[..p.data.len()].copy_from_slice(p.data);
+                p.data.len()
+            }
+            // Non-blocking: nothing left in the ring.
+            Err(_) => return false,
+        };
+        match handler.handle(iface, &mut frame[..len], now) {
+            Action::Send(to) => {
+                let frame = &self.frame[..len];
+                match to {
+                    Interface::Outside => self.outside.send(frame),
+                    Interface::Inside => self.inside.send(frame),
+                }
+            }
+            Action::SendReply(to) => {
+                let reply = handler.reply();
+                match to {
+                    Interface::Outside => self.outside.send(reply),
+                    Interface::Inside => self.inside.send(reply),
+                }
+            }
+            Action::Done => {}
+        }
+        true
+    }
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    /// The defaults follow the measured design: immediate mode sizes, a bounded batch, a 10 ms tick.
+    fn defaults_are_sane() {
+        let c = CaptureConfig::default();
+        assert!(c.snaplen >= 1518 + 4 && c.batch >= 64 && c.tick <= Duration::from_millis(100));
+    }
+
+    #[test]
+    /// A waker can be used from another thread and drained without blocking.
+    fn waker_wakes_poll() {
+        let fd = EventFd::new().unwrap();
+        let w = Waker(fd.clone());
+        std::thread::spawn(move || w.wake()).join().unwrap();
+        let mut p = [pollfd(fd.0)];
+        // SAFETY: one live pollfd.
+        let rc = unsafe { libc::poll(p.as_mut_ptr(), 1, 1000) };
+        assert_eq!(rc, 1);
+        fd.drain();
+        // SAFETY: one live pollfd.
+        let rc = unsafe { libc::poll(p.as_mut_ptr(), 1, 0) };
+        assert_eq!(rc, 0);
+    }
+}

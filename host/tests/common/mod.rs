@@ -1,0 +1,661 @@
+//! End-to-end harness: network namespaces, veth pairs, processes and servers that are always removed.
+//!
+//! Every resource is an RAII value whose `Drop` removes it, also while a test panics. Namespace names carry
+//! the test process id and a counter (`vt<pid>x<n>-<role>`), so tests running in parallel, in this or another
+//! test binary, never collide; namespaces left by a killed test run (their pid is gone) are removed by the
+//! next run. Waiting is by polling a condition, never by a fixed sleep. Needs root (CI runs as root).
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Fails the test at once with a clear message when not root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "this end-to-end test creates network namespaces and needs root: run `sudo -E cargo test` \
+             (CI runs as root)"
+        );
+    }
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "`{cmd} {}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The namespace names present now (`ip netns list`).
+pub fn netns_list() -> BTreeSet<String> {
+    let out = run("ip", &["netns", "list"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// Removes namespaces left by test processes that no longer exist.
+fn reap_stale() {
+    for name in netns_list() {
+        let Some(rest) = name.strip_prefix("vt") else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('x') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            kill_all_in(&name);
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        }
+    }
+}
+
+fn kill_all_in(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: plain syscall on a process that lives in our test namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory under /tmp named after `prefix`, the pid and a counter.
+    pub fn new(prefix: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A network namespace, deleted (after killing what runs in it) on drop. Loopback is up; IPv6 is off,
+/// so the director sees no router solicitations.
+pub struct Netns {
+    /// The name `ip netns` knows it by.
+    pub name: String,
+}
+
+impl Netns {
+    /// A new namespace whose name ends with `role`.
+    pub fn new(role: &str) -> Netns {
+        require_root();
+        if COUNTER.load(Ordering::Relaxed) == 0 {
+            reap_stale();
+        }
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("vt{}x{n}-{role}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+        ns
+    }
+
+    /// `ip -n NAME ARGS...`
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+
+    /// Runs `cmd` inside the namespace and returns its output, whatever its exit status.
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, cmd])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd} in {}: {e}", self.name))
+    }
+
+    /// Runs `cmd` inside the namespace, panicking with its output when it fails.
+    pub fn exec_ok(&self, cmd: &str, args: &[&str]) -> Output {
+        let mut a = vec!["netns", "exec", &self.name, cmd];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+
+    /// `sysctl -w KEY=VALUE` inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec_ok("sysctl", &["-qw", &format!("{key}={value}")]);
+    }
+
+    /// Adds `addr` (CIDR) to `dev` and brings it up.
+    pub fn addr(&self, dev: &str, cidr: &str) {
+        self.ip(&["addr", "add", cidr, "dev", dev]);
+        self.ip(&["link", "set", dev, "up"]);
+    }
+
+    /// `ethtool -K DEV gro off lro off gso off tso off rx off tx off` inside the namespace (features a
+    /// driver lacks are ignored by ethtool's exit status for veth).
+    pub fn offloads_off(&self, dev: &str) {
+        self.exec_ok(
+            "ethtool",
+            &[
+                "-K", dev, "gro", "off", "gso", "off", "tso", "off", "rx", "off", "tx", "off",
+            ],
+        );
+    }
+
+    /// Starts `cmd` inside the namespace, its output going to a log file in `dir`.
+    pub fn spawn(&self, dir: &TempDir, label: &str, cmd: &str, args: &[&str]) -> Proc {
+        let log = dir.join(&format!("{label}.log"));
+        let f = File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, cmd])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd} in {}: {e}", self.name));
+        Proc {
+            label: label.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: its sockets live here.
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                // SAFETY: setns on this thread only, with a namespace file descriptor we hold open.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// Starts `f` on a new thread that has entered this namespace (sockets, packet captures and ioctls
+    /// live here; `/sys` does not follow: run a subprocess with [`Netns::exec`] for that).
+    pub fn thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: setns on this thread only, with a namespace file descriptor we hold open.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+
+    /// True when a TCP connect to `addr:port` from this namespace succeeds within 200 ms.
+    pub fn port_open(&self, addr: Ipv4Addr, port: u16) -> bool {
+        self.run_in(|| {
+            TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_millis(200))
+                .is_ok()
+        })
+    }
+
+    /// Waits until `addr:port` accepts connections from this namespace.
+    pub fn wait_port(&self, addr: Ipv4Addr, port: u16, timeout: Duration) {
+        wait_for(
+            &format!("{addr}:{port} open from {}", self.name),
+            timeout,
+            || self.port_open(addr, port),
+        );
+    }
+
+    /// A GET of `path` on `addr:port` from this namespace: (status, body).
+    pub fn http_get(
+        &self,
+        addr: Ipv4Addr,
+        port: u16,
+        path: &str,
+    ) -> std::io::Result<(u16, String)> {
+        self.run_in(|| http_get(addr, port, path))
+    }
+
+    /// `curl` from this namespace.
+    pub fn curl(&self, url: &str, timeout: Duration) -> Curl {
+        let t = format!("{}", timeout.as_secs_f64());
+        let out = self.exec(
+            "curl",
+            &["-sS", "--max-time", &t, "-w", "\n%{http_code}", url],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        Curl {
+            exit: out.status.code().unwrap_or(-1),
+            status: code.trim().parse().unwrap_or(0),
+            body: body.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `wrk` from this namespace; `extra` goes before the URL (e.g. `["-H", "Connection: close"]` for a new
+    /// connection per request).
+    pub fn wrk(
+        &self,
+        url: &str,
+        threads: u32,
+        connections: u32,
+        duration: Duration,
+        extra: &[&str],
+    ) -> Wrk {
+        let out = self.exec(
+            "wrk",
+            &[
+                "-t",
+                &threads.to_string(),
+                "-c",
+                &connections.to_string(),
+                "-d",
+                &format!("{}s", duration.as_secs().max(1)),
+                "--timeout",
+                "5s",
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .chain([url])
+            .collect::<Vec<_>>(),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "wrk failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Wrk::parse(&text)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        kill_all_in(&self.name);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A minimal HTTP/1.0 GET on the calling thread's namespace.
+pub fn http_get(addr: Ipv4Addr, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// What one curl run gave.
+#[derive(Debug)]
+pub struct Curl {
+    /// curl's exit code (0 ok, 7 connection refused, 28 timeout).
+    pub exit: i32,
+    /// The HTTP status, 0 when none.
+    pub status: u16,
+    /// The response body.
+    pub body: String,
+    /// curl's error message.
+    pub stderr: String,
+}
+
+/// The parts of wrk's summary the tests judge.
+#[derive(Debug, Default)]
+pub struct Wrk {
+    /// Completed requests.
+    pub requests: u64,
+    /// Requests per second.
+    pub rps: f64,
+    /// Socket errors: connect, read, write, timeout.
+    pub socket_errors: [u64; 4],
+    /// Non-2xx or 3xx responses.
+    pub non_2xx: u64,
+    /// The whole output, for messages.
+    pub text: String,
+}
+
+impl Wrk {
+    /// Parses wrk's summary.
+    pub fn parse(text: &str) -> Wrk {
+        let mut w = Wrk {
+            text: text.to_owned(),
+            ..Wrk::default()
+        };
+        for line in text.lines().map(str::trim) {
+            if line.contains(" requests in ") {
+                w.requests = line
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+            } else if let Some(r) = line.strip_prefix("Requests/sec:") {
+                w.rps = r.trim().parse().unwrap_or(0.0);
+            } else if let Some(r) = line.strip_prefix("Non-2xx or 3xx responses:") {
+                w.non_2xx = r.trim().parse().unwrap_or(0);
+            } else if let Some(r) = line.strip_prefix("Socket errors:") {
+                // "connect 0, read 0, write 0, timeout 0"
+                for (i, part) in r.split(',').enumerate().take(4) {
+                    w.socket_errors[i] = part
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                }
+            }
+        }
+        w
+    }
+
+    /// Total socket errors.
+    pub fn errors(&self) -> u64 {
+        self.socket_errors.iter().sum()
+    }
+}
+
+/// A process started in a namespace; killed and reaped on drop.
+pub struct Proc {
+    /// What it is, for messages.
+    pub label: String,
+    /// The child (`ip netns exec` execs the command, so this is its pid).
+    pub child: Child,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Panics with the log when it has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("{} exited ({st}):\n{}", self.label, self.log());
+        }
+    }
+
+    /// Waits until the log contains `needle`, failing early (with the log) when the process exits.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            self.assert_running();
+            if start.elapsed() > timeout {
+                panic!(
+                    "{}: no {needle:?} in its log after {timeout:?}:\n{}",
+                    self.label,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn stop(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx answering a fixed body per port, one process (`master_process off`), config in its own temp dir.
+pub struct Nginx {
+    /// The running nginx.
+    pub proc: Proc,
+    /// Its config, pid file and logs.
+    pub dir: TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx in `ns` answering `body` on each `(port, body)` and waits until every port is open.
+    pub fn start(ns: &Netns, sites: &[(u16, &str)]) -> Nginx {
+        let dir = TempDir::new("vipd-nginx");
+        let conf = nginx_conf(&dir.0, sites);
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let proc = ns.spawn(
+            &dir,
+            "nginx",
+            "nginx",
+            &[
+                "-p",
+                dir.0.to_str().unwrap(),
+                "-c",
+                dir.join("nginx.conf").to_str().unwrap(),
+            ],
+        );
+        let mut n = Nginx { proc, dir };
+        for &(port, _) in sites {
+            let start = Instant::now();
+            while !ns.port_open(Ipv4Addr::LOCALHOST, port) {
+                n.proc.assert_running();
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "nginx port {port}:\n{}",
+                    n.proc.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        n
+    }
+}
+
+/// An nginx config answering `body` (plus a newline) on each port.
+pub fn nginx_conf(dir: &Path, sites: &[(u16, &str)]) -> String {
+    let d = dir.display();
+    let mut c = format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         worker_rlimit_nofile 65536;\nevents {{ worker_connections 16384; }}\nhttp {{\n  access_log off;\n  \
+         client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
+         uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  keepalive_requests 1000000;\n"
+    );
+    for (port, body) in sites {
+        c += &format!(
+            "  server {{ listen {port} reuseport backlog=4096; location / {{ default_type text/plain; \
+             return 200 \"{body}\\n\"; }} }}\n"
+        );
+    }
+    c += "}\n";
+    c
+}
+
+/// A veth pair between two namespaces, offloads off on both ends, both ends up. Removed with the namespaces.
+pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) {
+    a.ip(&[
+        "link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", &b.name,
+    ]);
+    a.offloads_off(a_dev);
+    b.offloads_off(b_dev);
+    a.ip(&["link", "set", a_dev, "up"]);
+    b.ip(&["link", "set", b_dev, "up"]);
+}
+
+/// The client's address in [`Fig3`].
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The director's inside address, the real servers' default gateway.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 1);
+/// Real servers A, B, C.
+pub const SERVERS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(10, 20, 0, 10),
+    Ipv4Addr::new(10, 20, 0, 11),
+    Ipv4Addr::new(10, 20, 0, 12),
+];
+/// The virtual addresses' network, on-link for the client (so it ARPs for each VIP: proxy ARP).
+pub const VIP_NET: &str = "192.0.2.0/24";
+
+/// The patent's FIG. 3: a client, the director (outside `vipd-out` without an address, inside `vipd-in`
+/// 10.20.0.1/24, `ip_forward=0`), and servers A, B, C (10.20.0.10-12, gateway 10.20.0.1) on a bridge in
+/// the `lan` namespace. The client reaches 192.0.2.0/24 on-link through `eth0`.
+pub struct Fig3 {
+    /// 198.51.100.2/24 on `eth0`.
+    pub client: Netns,
+    /// `vipd-out` faces the client, `vipd-in` the bridge.
+    pub director: Netns,
+    /// The bridge `br0` joining the director and the servers.
+    pub lan: Netns,
+    /// Servers A, B, C, each with `eth0`.
+    pub servers: [Netns; 3],
+}
+
+impl Fig3 {
+    /// Builds the topology.
+    pub fn new() -> Fig3 {
+        let f = Fig3 {
+            client: Netns::new("client"),
+            director: Netns::new("director"),
+            lan: Netns::new("lan"),
+            servers: [Netns::new("a"), Netns::new("b"), Netns::new("c")],
+        };
+        veth(&f.client, "eth0", &f.director, "vipd-out");
+        f.client.addr("eth0", "198.51.100.2/24");
+        f.client.ip(&["route", "add", VIP_NET, "dev", "eth0"]);
+
+        f.lan.ip(&["link", "add", "br0", "type", "bridge"]);
+        f.lan.ip(&["link", "set", "br0", "up"]);
+        veth(&f.director, "vipd-in", &f.lan, "port-d");
+        f.lan.ip(&["link", "set", "port-d", "master", "br0"]);
+        f.director.addr("vipd-in", "10.20.0.1/24");
+        f.director.sysctl("net.ipv4.ip_forward", "0");
+        // The kernel answers ARP only for the inside address on the inside interface.
+        f.director.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+
+        for (i, s) in f.servers.iter().enumerate() {
+            let port = ["port-a", "port-b", "port-c"][i];
+            veth(s, "eth0", &f.lan, port);
+            f.lan.ip(&["link", "set", port, "master", "br0"]);
+            s.addr("eth0", &format!("{}/24", SERVERS[i]));
+            s.ip(&["route", "add", "default", "via", "10.20.0.1"]);
+        }
+        f
+    }
+
+    /// The namespaces' names.
+    pub fn names(&self) -> Vec<String> {
+        let mut v = vec![
+            self.client.name.clone(),
+            self.director.name.clone(),
+            self.lan.name.clone(),
+        ];
+        v.extend(self.servers.iter().map(|s| s.name.clone()));
+        v
+    }
+
+    /// Starts the sites of FIG. 3: A serves sites 1-3 on 8001-8003, B site 1 on 80, C sites 1-3 on
+    /// 9001-9003; each answers "site N on host X".
+    pub fn start_sites(&self) -> Vec<Nginx> {
+        vec![
+            Nginx::start(
+                &self.servers[0],
+                &[
+                    (8001, "site 1 on host A"),
+                    (8002, "site 2 on host A"),
+                    (8003, "site 3 on host A"),
+                ],
+            ),
+            Nginx::start(&self.servers[1], &[(80, "site 1 on host B")]),
+            Nginx::start(
+                &self.servers[2],
+                &[
+                    (9001, "site 1 on host C"),
+                    (9002, "site 2 on host C"),
+                    (9003, "site 3 on host C"),
+                ],
+            ),
+        ]
+    }
+
+    /// Starts `vipd run --config CONFIG` in the director namespace.
+    pub fn start_vipd(&self, dir: &TempDir, config: &Path, extra: &[&str]) -> Proc {
+        let mut args = vec!["run", "--config", config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.director
+            .spawn(dir, "vipd", env!("CARGO_BIN_EXE_vipd"), &args)
+    }
+}
