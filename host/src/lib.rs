@@ -16,6 +16,7 @@
 //! - [`capture`]: libpcap on the outside and inside interfaces, one thread polling both, batches per wake-up.
 //! - [`ifcheck`]: start-up checks of the interfaces (present, up, offloads off) and of `ip_forward`.
 //! - [`replay`]: drives the director from pcap files and writes what it sends to pcap files.
+//! - [`daemon`]: `vipd run`, the live director: config, interface checks, signals, reload.
 //!
 //! # The path of a packet
 //!
@@ -29,6 +30,7 @@ pub mod binding;
 pub mod capture;
 pub mod config;
 pub mod conntable;
+pub mod daemon;
 pub mod director;
 pub mod ifcheck;
 pub mod policy;

@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vipd::binding::BindingTable;
 use vipd::config::Config;
+use vipd::daemon::RunOptions;
+use vipd::director::{Layer2, Verdict};
+use vipd::replay::ReplayOptions;
+use std::net::Ipv4Addr;
 
 /// A programmable Layer-4 director: virtual IP addresses on many ports.
 #[derive(Parser)]
@@ -23,11 +27,135 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the director on the interfaces the config names.
+    Run {
+        /// The configuration file (TOML). `SIGHUP` reloads it.
+        #[arg(long)]
+        config: PathBuf,
+        /// Turn GRO/GSO/TSO and checksum offloads off on both interfaces instead of refusing to start.
+        #[arg(long)]
+        fix_offloads: bool,
+    },
+    /// Feed pcap captures through the packet path and write what the director sends.
+    Replay {
+        /// The configuration file (TOML); real servers need a static `mac`.
+        #[arg(long)]
+        config: PathBuf,
+        /// Frames arriving on the outside interface (from clients).
+        #[arg(long)]
+        outside: Option<PathBuf>,
+        /// Frames arriving on the inside interface (from real servers).
+        #[arg(long)]
+        inside: Option<PathBuf>,
+        /// Where to write the frames the director sends out of the outside interface.
+        #[arg(long)]
+        write_outside: Option<PathBuf>,
+        /// Where to write the frames the director sends out of the inside interface.
+        #[arg(long)]
+        write_inside: Option<PathBuf>,
+        /// The director's outside MAC address in the replay.
+        #[arg(long, default_value = "02:00:00:00:00:01", value_parser = parse_mac)]
+        outside_mac: [u8; 6],
+        /// The director's inside MAC address in the replay.
+        #[arg(long, default_value = "02:00:00:00:00:02", value_parser = parse_mac)]
+        inside_mac: [u8; 6],
+        /// Print nothing per frame, only the totals.
+        #[arg(long, short)]
+        quiet: bool,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
+        Command::Run { config, fix_offloads } => {
+            init_logging();
+            match vipd::daemon::run(&RunOptions { config, fix_offloads }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vipd: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Replay {
+            config,
+            outside,
+            inside,
+            write_outside,
+            write_inside,
+            outside_mac,
+            inside_mac,
+            quiet,
+        } => {
+            let layer2 = Layer2 { outside_mac, inside_mac, inside_ip: Ipv4Addr::UNSPECIFIED };
+            let options = ReplayOptions { outside, inside, write_outside, write_inside, layer2 };
+            replay(&config, &options, quiet)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address like 02:00:00:00:00:01"));
+    }
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+    }
+    Ok(mac)
+}
+
+/// `vipd replay`: one line per input frame (what arrived, what the director did, what left), then totals.
+fn replay(path: &std::path::Path, options: &ReplayOptions, quiet: bool) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = vipd::replay::replay(&config, options, |e| {
+        if quiet {
+            return;
+        }
+        let t = e.time.as_secs_f64();
+        let verdict = match e.verdict {
+            Verdict::Forward(to) => format!("-> {}", to.as_str()),
+            Verdict::Reply(to) => format!("reply {}", to.as_str()),
+            Verdict::Drop(reason) => format!("drop {}", reason.as_str()),
+            Verdict::Consumed => "consumed".to_string(),
+        };
+        match &e.after {
+            Some(after) => println!("{t:10.6} {:7} {}  {verdict}  {after}", e.from.as_str(), e.before),
+            None => println!("{t:10.6} {:7} {}  {verdict}", e.from.as_str(), e.before),
+        }
+    });
+    match result {
+        Ok(summary) => {
+            let c = &summary.counters;
+            println!(
+                "frames in: outside {} inside {}; out: outside {} inside {}; connections created {}, syn resends {}",
+                summary.frames_in[0],
+                summary.frames_in[1],
+                summary.frames_out[0],
+                summary.frames_out[1],
+                c.connections_created,
+                c.syn_resends
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vipd replay: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

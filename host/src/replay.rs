@@ -1,1 +1,197 @@
-//! TODO
+//! `vipd replay`: drives the director from pcap files, as if each file's frames arrived on that interface,
+//! and writes every frame the director sends to pcap files.
+//!
+//! Frames of the two inputs are merged in timestamp order and the capture's timestamps are the director's
+//! `now`, so timeouts behave as they would have live. What the director generates on its periodic tick (ARP
+//! requests, gratuitous ARP) is written too, stamped with the time of the frame that preceded it.
+
+use std::fmt::Write as _;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pcap::{Capture, Linktype, Offline, PacketHeader, Savefile};
+
+use crate::Interface;
+use crate::binding::BindingTable;
+use crate::config::Config;
+use crate::director::{Counters, Director, Layer2, Verdict};
+use crate::wire::{self, Transport};
+
+/// How often, in capture time, the director's tick runs during a replay.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What to replay and where to write it.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub outside: Option<PathBuf>,
+    pub inside: Option<PathBuf>,
+    pub write_outside: Option<PathBuf>,
+    pub write_inside: Option<PathBuf>,
+    pub layer2: Layer2,
+}
+
+/// What happened to one input frame; `vipd replay` prints one line per frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub time: Duration,
+    pub from: Interface,
+    pub verdict: Verdict,
+    /// The frame as it arrived and, for a forwarded or generated frame, as it left.
+    pub before: String,
+    pub after: Option<String>,
+}
+
+/// Totals of a replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub frames_in: [u64; 2],
+    pub frames_out: [u64; 2],
+    /// The director's counters at the end of the replay.
+    pub counters: Counters,
+}
+
+/// Replays the inputs through a director built from `config`, calling `on_event` per input frame.
+pub fn replay(config: &Config, options: &ReplayOptions, mut on_event: impl FnMut(&Event)) -> Result<Summary> {
+    let bindings = BindingTable::from_config(config);
+    let mut director = Director::new(config, bindings, options.layer2);
+    let mut inputs = [open_input(options.outside.as_deref())?, open_input(options.inside.as_deref())?];
+    let mut outputs = [
+        open_output(options.write_outside.as_deref())?,
+        open_output(options.write_inside.as_deref())?,
+    ];
+    let mut heads = [next_frame(&mut inputs[0])?, next_frame(&mut inputs[1])?];
+    let mut summary = Summary::default();
+    let mut next_tick = Duration::ZERO;
+    let mut buf = Vec::with_capacity(65536);
+
+    loop {
+        // The earlier of the two heads; on a tie the outside goes first.
+        let side = match (&heads[0], &heads[1]) {
+            (Some(a), Some(b)) => usize::from(b.0 < a.0),
+            (Some(_), None) => 0,
+            (None, Some(_)) => 1,
+            (None, None) => break,
+        };
+        let Some((time, header, data)) = heads[side].take() else { break };
+        heads[side] = next_frame(&mut inputs[side])?;
+        let from = if side == 0 { Interface::Outside } else { Interface::Inside };
+        summary.frames_in[side] += 1;
+
+        if time >= next_tick {
+            next_tick = time + TICK;
+            let mut sent: Vec<(Interface, Vec<u8>)> = Vec::new();
+            director.tick(time, &mut |to, frame| sent.push((to, frame.to_vec())));
+            for (to, frame) in sent {
+                write_frame(&mut outputs, &mut summary, to, &header, &frame);
+            }
+        }
+
+        buf.clear();
+        buf.extend_from_slice(&data);
+        let before = describe(&buf);
+        let verdict = director.handle(from, &mut buf, time);
+        let after = match verdict {
+            Verdict::Forward(to) => {
+                write_frame(&mut outputs, &mut summary, to, &header, &buf);
+                Some(describe(&buf))
+            }
+            Verdict::Reply(to) => {
+                let reply = director.reply().to_vec();
+                write_frame(&mut outputs, &mut summary, to, &header, &reply);
+                Some(describe(&reply))
+            }
+            Verdict::Drop(_) | Verdict::Consumed => None,
+        };
+        on_event(&Event { time, from, verdict, before, after });
+    }
+    for out in outputs.iter_mut().flatten() {
+        out.flush().context("flushing an output capture")?;
+    }
+    summary.counters = director.counters().clone();
+    Ok(summary)
+}
+
+fn open_input(path: Option<&Path>) -> Result<Option<Capture<Offline>>> {
+    let Some(path) = path else { return Ok(None) };
+    let capture =
+        Capture::from_file(path).with_context(|| format!("{}: cannot open as a pcap capture", path.display()))?;
+    anyhow::ensure!(
+        capture.get_datalink() == Linktype::ETHERNET,
+        "{}: link type {:?} is not Ethernet",
+        path.display(),
+        capture.get_datalink()
+    );
+    Ok(Some(capture))
+}
+
+fn open_output(path: Option<&Path>) -> Result<Option<Savefile>> {
+    let Some(path) = path else { return Ok(None) };
+    let dead = Capture::dead(Linktype::ETHERNET).context("libpcap: cannot create a capture to write")?;
+    let file = dead.savefile(path).with_context(|| format!("{}: cannot create", path.display()))?;
+    Ok(Some(file))
+}
+
+type Frame = (Duration, PacketHeader, Vec<u8>);
+
+fn next_frame(input: &mut Option<Capture<Offline>>) -> Result<Option<Frame>> {
+    let Some(capture) = input else { return Ok(None) };
+    match capture.next_packet() {
+        Ok(packet) => {
+            let h = *packet.header;
+            let time = Duration::new(h.ts.tv_sec.max(0) as u64, (h.ts.tv_usec.max(0) as u32).min(999_999) * 1000);
+            Ok(Some((time, h, packet.data.to_vec())))
+        }
+        Err(pcap::Error::NoMorePackets) => Ok(None),
+        Err(e) => Err(e).context("reading an input capture"),
+    }
+}
+
+fn write_frame(outputs: &mut [Option<Savefile>; 2], summary: &mut Summary, to: Interface, at: &PacketHeader, frame: &[u8]) {
+    summary.frames_out[to as usize] += 1;
+    if let Some(out) = &mut outputs[to as usize] {
+        let header = PacketHeader { ts: at.ts, caplen: frame.len() as u32, len: frame.len() as u32 };
+        out.write(&pcap::Packet::new(&header, frame));
+    }
+}
+
+/// One line for a frame: `TCP 198.51.100.2:40000 > 192.0.2.1:80 [S]`.
+pub fn describe(frame: &[u8]) -> String {
+    if let Some(arp) = wire::parse_arp(frame) {
+        return format!("ARP {:?} who-has {} tell {}", arp.operation, arp.target_ip, arp.sender_ip);
+    }
+    let p = match wire::parse(frame) {
+        Ok(p) => p,
+        Err(e) => return format!("malformed ({})", e.as_str()),
+    };
+    match p.transport {
+        Transport::Tcp { src_port, dst_port, flags, .. } => {
+            let mut f = String::new();
+            for (bit, c) in [
+                (wire::TcpFlags::SYN, 'S'),
+                (wire::TcpFlags::FIN, 'F'),
+                (wire::TcpFlags::RST, 'R'),
+                (wire::TcpFlags::PSH, 'P'),
+                (wire::TcpFlags::ACK, '.'),
+            ] {
+                if flags.contains(bit) {
+                    f.push(c);
+                }
+            }
+            let mut s = String::new();
+            let _ = write!(
+                s,
+                "TCP {} > {} [{}]",
+                SocketAddrV4::new(p.src, src_port),
+                SocketAddrV4::new(p.dst, dst_port),
+                f
+            );
+            s
+        }
+        Transport::Udp { src_port, dst_port } => {
+            format!("UDP {} > {}", SocketAddrV4::new(p.src, src_port), SocketAddrV4::new(p.dst, dst_port))
+        }
+        Transport::Icmp(icmp) => format!("ICMP {} > {} {:?}", p.src, p.dst, icmp),
+    }
+}
