@@ -588,6 +588,14 @@ impl ConnTable {
             .map(|(id, entry)| (id as ConnId, &entry.conn))
     }
 
+    /// Calls `f` on every live connection (config reload re-points `real_id` and `port_id`). `f` must not
+    /// change the key fields (`protocol`, `client`, `virtual_addr`, `real`): those go through [`ConnTable::retarget`].
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut Connection)) {
+        for entry in self.entries.iter_mut().filter(|entry| entry.is_live()) {
+            f(&mut entry.conn);
+        }
+    }
+
     /// Live connections per state, indexed like [`ConnState::ALL`].
     pub fn count_by_state(&self) -> [usize; 4] {
         self.counts

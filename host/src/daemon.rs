@@ -43,20 +43,33 @@ fn load(path: &Path) -> Result<Loaded> {
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bindings = BindingTable::from_config(&config);
     let selectors = selectors_for(&bindings);
-    Ok(Loaded { config, bindings, selectors })
+    Ok(Loaded {
+        config,
+        bindings,
+        selectors,
+    })
 }
 
 /// One selector per virtual port.
 fn selectors_for(bindings: &BindingTable) -> Vec<Box<dyn Selector>> {
-    bindings.ports.iter().map(|_| Box::new(RoundRobin::new()) as Box<dyn Selector>).collect()
+    bindings
+        .ports
+        .iter()
+        .map(|_| Box::new(RoundRobin::new()) as Box<dyn Selector>)
+        .collect()
 }
 
 /// Runs the director until `SIGTERM` or `SIGINT`.
 pub fn run(options: &RunOptions) -> Result<()> {
     let loaded = load(&options.config)?;
     let config = &loaded.config;
-    let offloads = if options.fix_offloads { Offloads::Disable } else { Offloads::Refuse };
-    let outside = ifcheck::check(&config.director.outside, offloads).context("outside interface")?;
+    let offloads = if options.fix_offloads {
+        Offloads::Disable
+    } else {
+        Offloads::Refuse
+    };
+    let outside =
+        ifcheck::check(&config.director.outside, offloads).context("outside interface")?;
     let inside = ifcheck::check(&config.director.inside, offloads).context("inside interface")?;
     if ifcheck::ip_forward_enabled().unwrap_or(false) {
         tracing::warn!(
@@ -76,7 +89,11 @@ pub fn run(options: &RunOptions) -> Result<()> {
         CaptureConfig::default(),
         epoch,
     )?;
-    let Loaded { config, bindings, selectors } = loaded;
+    let Loaded {
+        config,
+        bindings,
+        selectors,
+    } = loaded;
     tracing::info!(
         config = %options.config.display(),
         virtual_machines = bindings.virtuals.len(),
@@ -89,7 +106,8 @@ pub fn run(options: &RunOptions) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (reload_tx, reload_rx) = mpsc::channel::<Loaded>();
-    let mut signals = Signals::new([SIGHUP, SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let mut signals =
+        Signals::new([SIGHUP, SIGINT, SIGTERM]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
     let waker = datapath.waker();
     let signal_thread = {
@@ -122,7 +140,11 @@ pub fn run(options: &RunOptions) -> Result<()> {
             director.set_limits(&loaded.config);
             director.install(loaded.bindings, loaded.selectors);
         }
-        if stop.load(Ordering::Relaxed) { Control::Stop } else { Control::Continue }
+        if stop.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
     });
     signal_handle.close();
     let _ = signal_thread.join();

@@ -243,16 +243,25 @@ impl Director {
         selectors: Vec<Box<dyn Selector>>,
         l2: Layer2,
     ) -> Director {
-        assert_eq!(selectors.len(), bindings.ports.len(), "one selector per virtual port");
-        let max_targets = bindings.ports.iter().map(|p| p.targets.len()).max().unwrap_or(0);
+        assert_eq!(
+            selectors.len(),
+            bindings.ports.len(),
+            "one selector per virtual port"
+        );
+        let max_targets = bindings
+            .ports
+            .iter()
+            .map(|p| p.targets.len())
+            .max()
+            .unwrap_or(0);
         let mut director = Director {
             bindings: Arc::new(BindingTable::default()),
             selectors: Vec::new(),
             reals: Vec::new(),
             neighbours: HashMap::new(),
-            table: ConnTable::new(config.director.max_connections, config.timeouts),
+            table: ConnTable::new(config.director.max_connections as usize, config.timeouts),
             l2,
-            syn_retries: config.director.syn_retries,
+            syn_retries: config.director.syn_retries.min(255) as u8,
             counters: Counters::default(),
             reply: vec![0; REPLY_CAPACITY].into_boxed_slice(),
             reply_len: 0,
@@ -292,17 +301,29 @@ impl Director {
         // A server removed from the config keeps its connections until they end, and gets no new ones.
         for old in &self.reals {
             if old.active > 0 && !reals.iter().any(|r| r.name == old.name) {
-                reals.push(RealLive { state: ServerState::Draining, weight: 0, ..old.clone() });
+                reals.push(RealLive {
+                    state: ServerState::Draining,
+                    weight: 0,
+                    ..old.clone()
+                });
             }
         }
         // Re-point live connections at the new indexes.
         let old_reals = std::mem::take(&mut self.reals);
         let remap: Vec<u32> = old_reals
             .iter()
-            .map(|o| reals.iter().position(|r| r.name == o.name).map_or(u32::MAX, |i| i as u32))
+            .map(|o| {
+                reals
+                    .iter()
+                    .position(|r| r.name == o.name)
+                    .map_or(u32::MAX, |i| i as u32)
+            })
             .collect();
         self.table.for_each_mut(|conn| {
-            conn.real_id = remap.get(conn.real_id as usize).copied().unwrap_or(u32::MAX);
+            conn.real_id = remap
+                .get(conn.real_id as usize)
+                .copied()
+                .unwrap_or(u32::MAX);
             conn.port_id = u32::MAX;
         });
 
@@ -330,7 +351,12 @@ impl Director {
                 neighbours.entry(live.address).or_insert(*n);
             }
         }
-        let max_targets = bindings.ports.iter().map(|p| p.targets.len()).max().unwrap_or(0);
+        let max_targets = bindings
+            .ports
+            .iter()
+            .map(|p| p.targets.len())
+            .max()
+            .unwrap_or(0);
         self.candidates.reserve(max_targets);
         self.reals = reals;
         self.neighbours = neighbours;
@@ -343,7 +369,7 @@ impl Director {
     /// Applies the tunables of a reloaded config that the table holds.
     pub fn set_limits(&mut self, config: &Config) {
         self.table.set_timeouts(config.timeouts);
-        self.syn_retries = config.director.syn_retries;
+        self.syn_retries = config.director.syn_retries.min(255) as u8;
     }
 
     /// The binding table in force.
@@ -410,7 +436,12 @@ impl Director {
 
     /// Removes up to `budget` idle connections.
     pub fn expire(&mut self, now: Duration, budget: usize) {
-        let Director { table, reals, counters, .. } = self;
+        let Director {
+            table,
+            reals,
+            counters,
+            ..
+        } = self;
         table.expire(now, budget, |conn| {
             counters.expired += 1;
             release(reals, conn);
@@ -442,7 +473,8 @@ impl Director {
             };
             if due {
                 n.asked = now.max(Duration::from_nanos(1));
-                let len = wire::build_arp_request(self.l2.inside_mac, self.l2.inside_ip, *ip, &mut buf);
+                let len =
+                    wire::build_arp_request(self.l2.inside_mac, self.l2.inside_ip, *ip, &mut buf);
                 send(Interface::Inside, &buf[..len]);
             }
         }
@@ -461,14 +493,24 @@ impl Director {
             return Verdict::Drop(DropReason::NotVirtual);
         }
         match p.transport {
-            Transport::Tcp { src_port, dst_port, flags, .. } => {
-                self.inbound_flow(frame, &p, Protocol::Tcp, src_port, dst_port, flags, now)
-            }
-            Transport::Udp { src_port, dst_port } => {
-                self.inbound_flow(frame, &p, Protocol::Udp, src_port, dst_port, TcpFlags(0), now)
-            }
+            Transport::Tcp {
+                src_port,
+                dst_port,
+                flags,
+                ..
+            } => self.inbound_flow(frame, &p, Protocol::Tcp, src_port, dst_port, flags, now),
+            Transport::Udp { src_port, dst_port } => self.inbound_flow(
+                frame,
+                &p,
+                Protocol::Udp,
+                src_port,
+                dst_port,
+                TcpFlags(0),
+                now,
+            ),
             Transport::Icmp(Icmp::EchoRequest) => {
-                self.reply_len = wire::build_icmp_echo_reply(frame, &p, self.l2.outside_mac, &mut self.reply);
+                self.reply_len =
+                    wire::build_icmp_echo_reply(frame, &p, self.l2.outside_mac, &mut self.reply);
                 self.generated(Interface::Outside)
             }
             Transport::Icmp(Icmp::Error { embedded, .. }) => {
@@ -560,7 +602,9 @@ impl Director {
     ) -> Result<ConnId, Verdict> {
         let port_id = match self.bindings.lookup(*virt.ip(), protocol, virt.port()) {
             Lookup::Port(id) => id,
-            Lookup::UnsupportedPort { .. } => return Err(self.refuse(frame, p, protocol, DropReason::UnsupportedPort)),
+            Lookup::UnsupportedPort { .. } => {
+                return Err(self.refuse(frame, p, protocol, DropReason::UnsupportedPort));
+            }
             Lookup::NotVirtual => return Err(Verdict::Drop(DropReason::NotVirtual)),
         };
         let Some((real_id, target)) = self.select(port_id, client, virt, protocol) else {
@@ -601,7 +645,9 @@ impl Director {
                 Ok(inserted.id)
             }
             Err(InsertError::Full) => Err(self.refuse(frame, p, protocol, DropReason::TableFull)),
-            Err(InsertError::Collision) => Err(self.refuse(frame, p, protocol, DropReason::Collision)),
+            Err(InsertError::Collision) => {
+                Err(self.refuse(frame, p, protocol, DropReason::Collision))
+            }
             // Unreachable: the caller looked the connection up first. Treat as a stray packet.
             Err(InsertError::Exists) => Err(Verdict::Drop(DropReason::NoConnection)),
         }
@@ -642,16 +688,31 @@ impl Director {
                 ditched: live.ditched,
             });
         }
-        let new = NewConnection { client, virtual_addr: virt, protocol, virtual_id: port.virtual_id };
+        let new = NewConnection {
+            client,
+            virtual_addr: virt,
+            protocol,
+            virtual_id: port.virtual_id,
+        };
         let selector = self.selectors.get_mut(port_id as usize)?;
         match selector.select(&new, &self.candidates) {
-            Selection::Pick(i) => self.candidates.get(i).filter(|c| c.eligible()).map(|c| (c.real_id, c.target)),
+            Selection::Pick(i) => self
+                .candidates
+                .get(i)
+                .filter(|c| c.eligible())
+                .map(|c| (c.real_id, c.target)),
             Selection::Reject => None,
         }
     }
 
     /// Answers a connection attempt that cannot be served: RST for TCP, ICMP port unreachable for UDP.
-    fn refuse(&mut self, frame: &[u8], p: &Packet, protocol: Protocol, reason: DropReason) -> Verdict {
+    fn refuse(
+        &mut self,
+        frame: &[u8],
+        p: &Packet,
+        protocol: Protocol,
+        reason: DropReason,
+    ) -> Verdict {
         self.counters.refused[reason as usize] += 1;
         let mac = self.l2.outside_mac;
         self.reply_len = match protocol {
@@ -695,8 +756,15 @@ impl Director {
             Err(e) => return Verdict::Drop(e.into()),
         };
         let (protocol, src_port, dst_port, flags) = match p.transport {
-            Transport::Tcp { src_port, dst_port, flags, .. } => (Protocol::Tcp, src_port, dst_port, flags),
-            Transport::Udp { src_port, dst_port } => (Protocol::Udp, src_port, dst_port, TcpFlags(0)),
+            Transport::Tcp {
+                src_port,
+                dst_port,
+                flags,
+                ..
+            } => (Protocol::Tcp, src_port, dst_port, flags),
+            Transport::Udp { src_port, dst_port } => {
+                (Protocol::Udp, src_port, dst_port, TcpFlags(0))
+            }
             Transport::Icmp(Icmp::Error { embedded, .. }) => {
                 // About a packet the server got from the client: client -> real.
                 let real = SocketAddrV4::new(embedded.dst, embedded.dst_port);
@@ -732,11 +800,21 @@ impl Director {
     fn track_server_flags(&mut self, id: ConnId, flags: TcpFlags, now: Duration) {
         let conn = self.table.get(id);
         let state = conn.state;
-        if state == ConnState::SynSent && flags.contains(TcpFlags::SYN) && flags.contains(TcpFlags::ACK) {
-            let rtt = now.saturating_sub(conn.created).as_micros().min(u128::from(u32::MAX)) as u32;
+        if state == ConnState::SynSent
+            && flags.contains(TcpFlags::SYN)
+            && flags.contains(TcpFlags::ACK)
+        {
+            let rtt = now
+                .saturating_sub(conn.created)
+                .as_micros()
+                .min(u128::from(u32::MAX)) as u32;
             if let Some(r) = self.reals.get_mut(conn.real_id as usize) {
                 // Smoothed like TCP's SRTT (RFC 6298): 7/8 old + 1/8 sample.
-                r.syn_rtt_us = if r.syn_rtt_us == 0 { rtt.max(1) } else { (r.syn_rtt_us / 8 * 7 + rtt / 8).max(1) };
+                r.syn_rtt_us = if r.syn_rtt_us == 0 {
+                    rtt.max(1)
+                } else {
+                    (r.syn_rtt_us / 8 * 7 + rtt / 8).max(1)
+                };
                 r.ditched = 0;
             }
             self.table.set_state(id, ConnState::Established, now);
@@ -767,7 +845,8 @@ impl Director {
         if !announced {
             return Verdict::Drop(DropReason::Ignored);
         }
-        self.reply_len = wire::build_arp_reply(self.l2.outside_mac, arp.target_ip, arp, &mut self.reply);
+        self.reply_len =
+            wire::build_arp_reply(self.l2.outside_mac, arp.target_ip, arp, &mut self.reply);
         self.generated(Interface::Outside)
     }
 

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::net::Ipv4Addr;
 use vipd::binding::BindingTable;
 use vipd::config::Config;
 use vipd::daemon::RunOptions;
 use vipd::director::{Layer2, Verdict};
 use vipd::replay::ReplayOptions;
-use std::net::Ipv4Addr;
 
 /// A programmable Layer-4 director: virtual IP addresses on many ports.
 #[derive(Parser)]
@@ -68,9 +68,15 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
-        Command::Run { config, fix_offloads } => {
+        Command::Run {
+            config,
+            fix_offloads,
+        } => {
             init_logging();
-            match vipd::daemon::run(&RunOptions { config, fix_offloads }) {
+            match vipd::daemon::run(&RunOptions {
+                config,
+                fix_offloads,
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("vipd: {e:#}");
@@ -88,8 +94,18 @@ fn main() -> ExitCode {
             inside_mac,
             quiet,
         } => {
-            let layer2 = Layer2 { outside_mac, inside_mac, inside_ip: Ipv4Addr::UNSPECIFIED };
-            let options = ReplayOptions { outside, inside, write_outside, write_inside, layer2 };
+            let layer2 = Layer2 {
+                outside_mac,
+                inside_mac,
+                inside_ip: Ipv4Addr::UNSPECIFIED,
+            };
+            let options = ReplayOptions {
+                outside,
+                inside,
+                write_outside,
+                write_inside,
+                layer2,
+            };
             replay(&config, &options, quiet)
         }
     }
@@ -98,7 +114,10 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -134,7 +153,11 @@ fn replay(path: &std::path::Path, options: &ReplayOptions, quiet: bool) -> ExitC
             Verdict::Consumed => "consumed".to_string(),
         };
         match &e.after {
-            Some(after) => println!("{t:10.6} {:7} {}  {verdict}  {after}", e.from.as_str(), e.before),
+            Some(after) => println!(
+                "{t:10.6} {:7} {}  {verdict}  {after}",
+                e.from.as_str(),
+                e.before
+            ),
             None => println!("{t:10.6} {:7} {}  {verdict}", e.from.as_str(), e.before),
         }
     });

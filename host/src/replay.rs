@@ -53,10 +53,17 @@ pub struct Summary {
 }
 
 /// Replays the inputs through a director built from `config`, calling `on_event` per input frame.
-pub fn replay(config: &Config, options: &ReplayOptions, mut on_event: impl FnMut(&Event)) -> Result<Summary> {
+pub fn replay(
+    config: &Config,
+    options: &ReplayOptions,
+    mut on_event: impl FnMut(&Event),
+) -> Result<Summary> {
     let bindings = BindingTable::from_config(config);
     let mut director = Director::new(config, bindings, options.layer2);
-    let mut inputs = [open_input(options.outside.as_deref())?, open_input(options.inside.as_deref())?];
+    let mut inputs = [
+        open_input(options.outside.as_deref())?,
+        open_input(options.inside.as_deref())?,
+    ];
     let mut outputs = [
         open_output(options.write_outside.as_deref())?,
         open_output(options.write_inside.as_deref())?,
@@ -74,9 +81,15 @@ pub fn replay(config: &Config, options: &ReplayOptions, mut on_event: impl FnMut
             (None, Some(_)) => 1,
             (None, None) => break,
         };
-        let Some((time, header, data)) = heads[side].take() else { break };
+        let Some((time, header, data)) = heads[side].take() else {
+            break;
+        };
         heads[side] = next_frame(&mut inputs[side])?;
-        let from = if side == 0 { Interface::Outside } else { Interface::Inside };
+        let from = if side == 0 {
+            Interface::Outside
+        } else {
+            Interface::Inside
+        };
         summary.frames_in[side] += 1;
 
         if time >= next_tick {
@@ -104,7 +117,13 @@ pub fn replay(config: &Config, options: &ReplayOptions, mut on_event: impl FnMut
             }
             Verdict::Drop(_) | Verdict::Consumed => None,
         };
-        on_event(&Event { time, from, verdict, before, after });
+        on_event(&Event {
+            time,
+            from,
+            verdict,
+            before,
+            after,
+        });
     }
     for out in outputs.iter_mut().flatten() {
         out.flush().context("flushing an output capture")?;
@@ -115,8 +134,8 @@ pub fn replay(config: &Config, options: &ReplayOptions, mut on_event: impl FnMut
 
 fn open_input(path: Option<&Path>) -> Result<Option<Capture<Offline>>> {
     let Some(path) = path else { return Ok(None) };
-    let capture =
-        Capture::from_file(path).with_context(|| format!("{}: cannot open as a pcap capture", path.display()))?;
+    let capture = Capture::from_file(path)
+        .with_context(|| format!("{}: cannot open as a pcap capture", path.display()))?;
     anyhow::ensure!(
         capture.get_datalink() == Linktype::ETHERNET,
         "{}: link type {:?} is not Ethernet",
@@ -128,19 +147,27 @@ fn open_input(path: Option<&Path>) -> Result<Option<Capture<Offline>>> {
 
 fn open_output(path: Option<&Path>) -> Result<Option<Savefile>> {
     let Some(path) = path else { return Ok(None) };
-    let dead = Capture::dead(Linktype::ETHERNET).context("libpcap: cannot create a capture to write")?;
-    let file = dead.savefile(path).with_context(|| format!("{}: cannot create", path.display()))?;
+    let dead =
+        Capture::dead(Linktype::ETHERNET).context("libpcap: cannot create a capture to write")?;
+    let file = dead
+        .savefile(path)
+        .with_context(|| format!("{}: cannot create", path.display()))?;
     Ok(Some(file))
 }
 
 type Frame = (Duration, PacketHeader, Vec<u8>);
 
 fn next_frame(input: &mut Option<Capture<Offline>>) -> Result<Option<Frame>> {
-    let Some(capture) = input else { return Ok(None) };
+    let Some(capture) = input else {
+        return Ok(None);
+    };
     match capture.next_packet() {
         Ok(packet) => {
             let h = *packet.header;
-            let time = Duration::new(h.ts.tv_sec.max(0) as u64, (h.ts.tv_usec.max(0) as u32).min(999_999) * 1000);
+            let time = Duration::new(
+                h.ts.tv_sec.max(0) as u64,
+                (h.ts.tv_usec.max(0) as u32).min(999_999) * 1000,
+            );
             Ok(Some((time, h, packet.data.to_vec())))
         }
         Err(pcap::Error::NoMorePackets) => Ok(None),
@@ -148,10 +175,20 @@ fn next_frame(input: &mut Option<Capture<Offline>>) -> Result<Option<Frame>> {
     }
 }
 
-fn write_frame(outputs: &mut [Option<Savefile>; 2], summary: &mut Summary, to: Interface, at: &PacketHeader, frame: &[u8]) {
+fn write_frame(
+    outputs: &mut [Option<Savefile>; 2],
+    summary: &mut Summary,
+    to: Interface,
+    at: &PacketHeader,
+    frame: &[u8],
+) {
     summary.frames_out[to as usize] += 1;
     if let Some(out) = &mut outputs[to as usize] {
-        let header = PacketHeader { ts: at.ts, caplen: frame.len() as u32, len: frame.len() as u32 };
+        let header = PacketHeader {
+            ts: at.ts,
+            caplen: frame.len() as u32,
+            len: frame.len() as u32,
+        };
         out.write(&pcap::Packet::new(&header, frame));
     }
 }
@@ -159,14 +196,22 @@ fn write_frame(outputs: &mut [Option<Savefile>; 2], summary: &mut Summary, to: I
 /// One line for a frame: `TCP 198.51.100.2:40000 > 192.0.2.1:80 [S]`.
 pub fn describe(frame: &[u8]) -> String {
     if let Some(arp) = wire::parse_arp(frame) {
-        return format!("ARP {:?} who-has {} tell {}", arp.operation, arp.target_ip, arp.sender_ip);
+        return format!(
+            "ARP {:?} who-has {} tell {}",
+            arp.operation, arp.target_ip, arp.sender_ip
+        );
     }
     let p = match wire::parse(frame) {
         Ok(p) => p,
         Err(e) => return format!("malformed ({})", e.as_str()),
     };
     match p.transport {
-        Transport::Tcp { src_port, dst_port, flags, .. } => {
+        Transport::Tcp {
+            src_port,
+            dst_port,
+            flags,
+            ..
+        } => {
             let mut f = String::new();
             for (bit, c) in [
                 (wire::TcpFlags::SYN, 'S'),
@@ -190,7 +235,11 @@ pub fn describe(frame: &[u8]) -> String {
             s
         }
         Transport::Udp { src_port, dst_port } => {
-            format!("UDP {} > {}", SocketAddrV4::new(p.src, src_port), SocketAddrV4::new(p.dst, dst_port))
+            format!(
+                "UDP {} > {}",
+                SocketAddrV4::new(p.src, src_port),
+                SocketAddrV4::new(p.dst, dst_port)
+            )
         }
         Transport::Icmp(icmp) => format!("ICMP {} > {} {:?}", p.src, p.dst, icmp),
     }

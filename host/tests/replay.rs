@@ -74,11 +74,21 @@ fn read_sent(path: &Path) -> Vec<Sent> {
     let mut capture = pcap::Capture::from_file(path).unwrap();
     let mut out = Vec::new();
     while let Ok(packet) = capture.next_packet() {
-        let Ok(sliced) = SlicedPacket::from_ethernet(packet.data) else { continue };
-        let Some(NetSlice::Ipv4(ip)) = &sliced.net else { continue };
+        let Ok(sliced) = SlicedPacket::from_ethernet(packet.data) else {
+            continue;
+        };
+        let Some(NetSlice::Ipv4(ip)) = &sliced.net else {
+            continue;
+        };
         let h = ip.header().to_header();
-        assert_eq!(h.calc_header_checksum(), h.header_checksum, "IPv4 header checksum of a sent frame");
-        let Some(etherparse::LinkSlice::Ethernet2(eth)) = &sliced.link else { continue };
+        assert_eq!(
+            h.calc_header_checksum(),
+            h.header_checksum,
+            "IPv4 header checksum of a sent frame"
+        );
+        let Some(etherparse::LinkSlice::Ethernet2(eth)) = &sliced.link else {
+            continue;
+        };
         let mut sent = Sent {
             src_mac: eth.source(),
             dst_mac: eth.destination(),
@@ -92,7 +102,9 @@ fn read_sent(path: &Path) -> Vec<Sent> {
         match &sliced.transport {
             Some(TransportSlice::Tcp(t)) => {
                 let th = t.to_header();
-                let sum = th.calc_checksum_ipv4_raw(h.source, h.destination, t.payload()).unwrap();
+                let sum = th
+                    .calc_checksum_ipv4_raw(h.source, h.destination, t.payload())
+                    .unwrap();
                 assert_eq!(sum, th.checksum, "TCP checksum of a sent frame");
                 sent.src.1 = th.source_port;
                 sent.dst.1 = th.destination_port;
@@ -105,7 +117,9 @@ fn read_sent(path: &Path) -> Vec<Sent> {
                 sent.src.1 = uh.source_port;
                 sent.dst.1 = uh.destination_port;
                 if uh.checksum != 0 {
-                    let sum = uh.calc_checksum_ipv4_raw(h.source, h.destination, u.payload()).unwrap();
+                    let sum = uh
+                        .calc_checksum_ipv4_raw(h.source, h.destination, u.payload())
+                        .unwrap();
                     assert_eq!(sum, uh.checksum, "UDP checksum of a sent frame");
                 }
             }
@@ -125,7 +139,11 @@ fn read_sent(path: &Path) -> Vec<Sent> {
 fn internet_checksum(bytes: &[u8]) -> u16 {
     let mut sum = 0u32;
     for chunk in bytes.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from(chunk[0]) << 8 };
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from(chunk[0]) << 8
+        };
         sum += u32::from(word);
     }
     while sum > 0xffff {
@@ -142,8 +160,16 @@ fn drops(run: &Run, reason: DropReason) -> u64 {
 #[test]
 fn patent_example_round_trip() {
     let r = run("patent", "patent.toml");
-    assert_eq!(r.inside.len(), 9, "three segments per connection reach the server");
-    assert_eq!(r.outside.len(), 9, "three segments per connection reach the client");
+    assert_eq!(
+        r.inside.len(),
+        9,
+        "three segments per connection reach the server"
+    );
+    assert_eq!(
+        r.outside.len(),
+        9,
+        "three segments per connection reach the client"
+    );
     for s in &r.inside {
         let n = s.src.1 - 40000;
         assert_eq!(s.src, (CLIENT, 40000 + n));
@@ -153,27 +179,60 @@ fn patent_example_round_trip() {
     }
     for s in &r.outside {
         let n = s.dst.1 - 40000;
-        assert_eq!(s.src, (vip(n as u8), 80), "the answer comes from the virtual machine");
+        assert_eq!(
+            s.src,
+            (vip(n as u8), 80),
+            "the answer comes from the virtual machine"
+        );
         assert_eq!(s.dst, (CLIENT, 40000 + n));
-        assert_eq!(s.dst_mac, CLIENT_MAC, "back to the MAC the client's frames came from");
+        assert_eq!(
+            s.dst_mac, CLIENT_MAC,
+            "back to the MAC the client's frames came from"
+        );
         assert_eq!(s.src_mac, L2.outside_mac);
     }
-    let bodies: Vec<_> = r.outside.iter().filter(|s| !s.data.is_empty()).map(|s| s.data.clone()).collect();
-    assert_eq!(bodies, [b"site1\n".to_vec(), b"site2\n".to_vec(), b"site3\n".to_vec()]);
+    let bodies: Vec<_> = r
+        .outside
+        .iter()
+        .filter(|s| !s.data.is_empty())
+        .map(|s| s.data.clone())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            b"site1\n".to_vec(),
+            b"site2\n".to_vec(),
+            b"site3\n".to_vec()
+        ]
+    );
     assert_eq!(r.summary.counters.connections_created, 3);
-    assert!(r.events.iter().all(|e| matches!(e.verdict, Verdict::Forward(_))), "{:#?}", r.events);
+    assert!(
+        r.events
+            .iter()
+            .all(|e| matches!(e.verdict, Verdict::Forward(_))),
+        "{:#?}",
+        r.events
+    );
 }
 
 /// A resent SYN finds its connection object: same server, counted as a resend.
 #[test]
 fn syn_resend_goes_to_the_same_server() {
     let r = run("syn-resend", "patent.toml");
-    let syns: Vec<_> = r.inside.iter().filter(|s| s.tcp_flags.is_some_and(|f| f.0)).collect();
+    let syns: Vec<_> = r
+        .inside
+        .iter()
+        .filter(|s| s.tcp_flags.is_some_and(|f| f.0))
+        .collect();
     assert_eq!(syns.len(), 2);
     assert!(syns.iter().all(|s| s.dst == (HOST_A, 8001)));
     assert_eq!(r.summary.counters.syn_resends, 1);
     assert_eq!(r.summary.counters.connections_created, 1);
-    assert_eq!(r.inside.len(), 3, "the ACK after the handshake goes through too");
+    assert_eq!(
+        r.inside.len(),
+        3,
+        "the ACK after the handshake goes through too"
+    );
 }
 
 /// An unsupported port is refused at once: RST (ack = seq + 1) for TCP, ICMP port unreachable for UDP.
@@ -189,9 +248,16 @@ fn unsupported_port_is_refused() {
     assert_eq!(rst.dst, (CLIENT, 40200));
     assert_eq!(rst.dst_mac, CLIENT_MAC);
     let icmp = &r.outside[1];
-    assert_eq!(icmp.icmp, Some((3, 3)), "destination unreachable, port unreachable");
+    assert_eq!(
+        icmp.icmp,
+        Some((3, 3)),
+        "destination unreachable, port unreachable"
+    );
     assert_eq!(icmp.src.0, vip(1));
-    assert_eq!(r.summary.counters.refused[DropReason::UnsupportedPort as usize], 2);
+    assert_eq!(
+        r.summary.counters.refused[DropReason::UnsupportedPort as usize],
+        2
+    );
 }
 
 /// Stray and malformed frames are dropped and counted by reason; the director still serves afterwards.
@@ -199,14 +265,22 @@ fn unsupported_port_is_refused() {
 fn stray_and_malformed_frames_are_dropped() {
     let r = run("stray", "patent.toml");
     let verdicts: Vec<_> = r.events.iter().map(|e| e.verdict).collect();
-    assert_eq!(verdicts[0], Verdict::Drop(DropReason::NoConnection), "ACK without a connection");
+    assert_eq!(
+        verdicts[0],
+        Verdict::Drop(DropReason::NoConnection),
+        "ACK without a connection"
+    );
     assert_eq!(verdicts[1], Verdict::Drop(DropReason::NotVirtual));
     assert_eq!(verdicts[2], Verdict::Drop(DropReason::Truncated));
     assert_eq!(verdicts[3], Verdict::Drop(DropReason::Fragment));
     assert_eq!(verdicts[4], Verdict::Drop(DropReason::BadIpHeader));
     assert_eq!(verdicts[5], Verdict::Drop(DropReason::NotIpv4));
     assert!(matches!(verdicts[6], Verdict::Drop(_)), "random bytes");
-    assert_eq!(verdicts[7], Verdict::Forward(Interface::Inside), "a SYN with IP options is served");
+    assert_eq!(
+        verdicts[7],
+        Verdict::Forward(Interface::Inside),
+        "a SYN with IP options is served"
+    );
     assert_eq!(r.inside.len(), 1);
     assert_eq!(r.inside[0].dst, (HOST_A, 8001));
     assert_eq!(drops(&r, DropReason::NoConnection), 1);
@@ -218,8 +292,22 @@ fn stray_and_malformed_frames_are_dropped() {
 fn binding_modes() {
     let r = run("binding-modes", "binding-modes.toml");
     let targets: Vec<_> = r.inside.iter().map(|s| s.dst).collect();
-    let (a, b, c) = (HOST_A, Ipv4Addr::new(10, 20, 0, 11), Ipv4Addr::new(10, 20, 0, 12));
-    assert_eq!(targets, [(b, 80), (b, 443), (a, 8001), (a, 8001), (a, 8080), (c, 8443)]);
+    let (a, b, c) = (
+        HOST_A,
+        Ipv4Addr::new(10, 20, 0, 11),
+        Ipv4Addr::new(10, 20, 0, 12),
+    );
+    assert_eq!(
+        targets,
+        [
+            (b, 80),
+            (b, 443),
+            (a, 8001),
+            (a, 8001),
+            (a, 8080),
+            (c, 8443)
+        ]
+    );
 }
 
 /// Idle connections expire: a half-open one after the SYN timeout, an established one after its idle timeout.
@@ -229,9 +317,17 @@ fn idle_connections_expire() {
     let verdicts: Vec<_> = r.events.iter().map(|e| e.verdict).collect();
     let fwd = Verdict::Forward(Interface::Inside);
     assert_eq!(verdicts[0], fwd, "SYN");
-    assert_eq!(verdicts[1], Verdict::Drop(DropReason::NoConnection), "ACK after the 2 s SYN timeout");
+    assert_eq!(
+        verdicts[1],
+        Verdict::Drop(DropReason::NoConnection),
+        "ACK after the 2 s SYN timeout"
+    );
     assert_eq!(verdicts[5], fwd, "established, idle 3.9 s of 5 s");
-    assert_eq!(verdicts[6], Verdict::Drop(DropReason::NoConnection), "idle 6 s of 5 s");
+    assert_eq!(
+        verdicts[6],
+        Verdict::Drop(DropReason::NoConnection),
+        "idle 6 s of 5 s"
+    );
     assert_eq!(r.summary.counters.expired, 2);
 }
 
@@ -242,12 +338,23 @@ fn full_table_evicts_half_open_then_refuses() {
     let verdicts: Vec<_> = r.events.iter().map(|e| e.verdict).collect();
     let fwd = Verdict::Forward(Interface::Inside);
     assert_eq!(verdicts[..3], [fwd, fwd, fwd]);
-    assert_eq!(verdicts[3], Verdict::Drop(DropReason::NoConnection), "the evicted connection is gone");
+    assert_eq!(
+        verdicts[3],
+        Verdict::Drop(DropReason::NoConnection),
+        "the evicted connection is gone"
+    );
     assert_eq!(verdicts[4], Verdict::Forward(Interface::Outside));
     assert_eq!(verdicts[5], Verdict::Forward(Interface::Outside));
-    assert_eq!(verdicts[6], Verdict::Reply(Interface::Outside), "RST when full of established connections");
+    assert_eq!(
+        verdicts[6],
+        Verdict::Reply(Interface::Outside),
+        "RST when full of established connections"
+    );
     assert_eq!(r.summary.counters.evicted_half_open, 1);
-    assert_eq!(r.summary.counters.refused[DropReason::TableFull as usize], 1);
+    assert_eq!(
+        r.summary.counters.refused[DropReason::TableFull as usize],
+        1
+    );
     let rst = r.outside.last().unwrap();
     assert_eq!(rst.tcp_flags.map(|f| f.3), Some(true));
 }
@@ -271,8 +378,15 @@ fn replay_command_line() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("198.51.100.2:40001 > 192.0.2.1:80"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("198.51.100.2:40001 > 192.0.2.1:80"),
+        "{stdout}"
+    );
     assert!(stdout.contains("10.20.0.10:8001"), "{stdout}");
     assert_eq!(read_sent(&dir.path().join("i.pcap")).len(), 9);
     assert_eq!(read_sent(&dir.path().join("o.pcap")).len(), 9);
