@@ -155,13 +155,16 @@ if [[ $TOPOLOGY_ONLY -eq 1 ]]; then
 fi
 
 # --- vipd in the director namespace ----------------------------------------------------------------------
-# The virtual machines and their ports, from the config: "ADDRESS PORT" lines.
+# The virtual machines and their TCP ports, from the config: "ADDRESS PORT" lines.
 mapfile -t VPORTS < <(awk '
-    /^\[\[virtual\]\]/      { sect = "v"; next }
-    /^[ \t]*\[\[virtual\.port\]\]/ { sect = "p"; next }
-    /^[ \t]*\[/             { sect = ""; next }
-    sect == "v" && $1 == "address" { gsub(/"/, "", $3); addr = $3 }
-    sect == "p" && $1 == "port"    { print addr, $3 }
+    function flush() { if (port != "" && proto == "tcp") print addr, port; port = "" }
+    /^\[\[virtual\]\]/      { flush(); sect = "v"; next }
+    /^[ \t]*\[\[virtual\.port\]\]/ { flush(); sect = "p"; proto = "tcp"; next }
+    /^[ \t]*\[/             { flush(); sect = ""; next }
+    sect == "v" && $1 == "address"  { gsub(/"/, "", $3); addr = $3 }
+    sect == "p" && $1 == "port"     { port = $3 }
+    sect == "p" && $1 == "protocol" { gsub(/"/, "", $3); proto = $3 }
+    END { flush() }
 ' "$CONFIG")
 if [[ ${#VPORTS[@]} -eq 0 ]]; then
     echo "demo: no [[virtual]] address with [[virtual.port]] found in $CONFIG" >&2

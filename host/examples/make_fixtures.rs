@@ -295,17 +295,18 @@ fn main() {
 
     // The three binding modes of FIG. 4A; one SYN to each virtual port.
     let mut s = Scenario::default();
-    let mut port = 40400;
-    for (n, vport) in [
+    let targets = [
         (10u8, 80u16),
         (10, 443),
         (11, 80),
         (11, 443),
         (12, 80),
         (12, 443),
-    ] {
+    ];
+    for (port, (n, vport)) in (40400u16..).zip(targets) {
+        let ms = u64::from(port - 40400);
         s.tcp(
-            u64::from(port - 40400),
+            ms,
             Side::Outside,
             (CLIENT, port),
             (vip(n), vport),
@@ -314,7 +315,6 @@ fn main() {
             0,
             &[],
         );
-        port += 1;
     }
     s.write(&dir, "binding-modes");
 

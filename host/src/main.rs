@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::io::Write as _;
 use std::net::Ipv4Addr;
 use vipd::binding::BindingTable;
 use vipd::config::Config;
@@ -116,6 +117,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -141,8 +143,10 @@ fn replay(path: &std::path::Path, options: &ReplayOptions, quiet: bool) -> ExitC
             return ExitCode::FAILURE;
         }
     };
+    let mut stdout = std::io::stdout().lock();
+    let mut closed = false;
     let result = vipd::replay::replay(&config, options, |e| {
-        if quiet {
+        if quiet || closed {
             return;
         }
         let t = e.time.as_secs_f64();
@@ -152,19 +156,28 @@ fn replay(path: &std::path::Path, options: &ReplayOptions, quiet: bool) -> ExitC
             Verdict::Drop(reason) => format!("drop {}", reason.as_str()),
             Verdict::Consumed => "consumed".to_string(),
         };
-        match &e.after {
-            Some(after) => println!(
+        let line = match &e.after {
+            Some(after) => writeln!(
+                stdout,
                 "{t:10.6} {:7} {}  {verdict}  {after}",
                 e.from.as_str(),
                 e.before
             ),
-            None => println!("{t:10.6} {:7} {}  {verdict}", e.from.as_str(), e.before),
-        }
+            None => writeln!(
+                stdout,
+                "{t:10.6} {:7} {}  {verdict}",
+                e.from.as_str(),
+                e.before
+            ),
+        };
+        // A closed pipe (`vipd replay ... | head`) ends the printing, not the replay.
+        closed = line.is_err();
     });
     match result {
         Ok(summary) => {
             let c = &summary.counters;
-            println!(
+            let _ = writeln!(
+                stdout,
                 "frames in: outside {} inside {}; out: outside {} inside {}; connections created {}, syn resends {}",
                 summary.frames_in[0],
                 summary.frames_in[1],
