@@ -180,3 +180,32 @@ fn unsupported_port_is_refused_at_once() {
         Some("site")
     );
 }
+
+#[test]
+/// wrk with 1,000 concurrent keep-alive connections for 10 s through one VIP (three servers): no socket
+/// error, no non-2xx answer, and neither capture ring dropped a frame.
+fn load_1000_connections_without_errors_or_capture_drops() {
+    let _serial = serial();
+    raise_nofile(65536);
+    let mut live = Live::start("examples/fig3.toml", "http://192.0.2.1/");
+    let w = live
+        .fig
+        .client
+        .wrk("http://192.0.2.1/", 2, 1000, Duration::from_secs(10), &[]);
+    let stats = live.vipd.vipd_stop();
+    eprintln!("{}", w.text);
+    eprintln!("{stats:?}");
+    assert!(w.requests > 1000, "{}", w.text);
+    assert_eq!((w.errors(), w.non_2xx), (0, 0), "{}", w.text);
+    for key in [
+        "pcap_drop_outside",
+        "pcap_drop_inside",
+        "pcap_ifdrop_outside",
+        "pcap_ifdrop_inside",
+        "send_errors_outside",
+        "send_errors_inside",
+    ] {
+        assert_eq!(stats.get(key), 0, "{key}: {stats:?}");
+    }
+    assert!(stats.get("connections_created") >= 1000, "{stats:?}");
+}
