@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -208,4 +208,283 @@ fn load_1000_connections_without_errors_or_capture_drops() {
         assert_eq!(stats.get(key), 0, "{key}: {stats:?}");
     }
     assert!(stats.get("connections_created") >= 1000, "{stats:?}");
+}
+
+/// Hand-built frames for the stray-frame test.
+mod frames {
+    use std::net::Ipv4Addr;
+
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const GRE: u8 = 47;
+    pub const SYN: u8 = 0x02;
+    pub const ACK: u8 = 0x10;
+    pub const FIN: u8 = 0x01;
+    pub const RST: u8 = 0x04;
+    /// IPv4 flags/fragment field: more fragments.
+    pub const MF: u16 = 0x2000;
+    /// IPv4 flags/fragment field: don't fragment.
+    pub const DF: u16 = 0x4000;
+
+    pub fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(14 + payload.len());
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn checksum(b: &[u8]) -> u16 {
+        let mut sum = 0u32;
+        for c in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// An IPv4 packet with a correct header checksum; `options` must be a multiple of 4 bytes.
+    pub fn ipv4(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        protocol: u8,
+        frag: u16,
+        options: &[u8],
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let hlen = 20 + options.len();
+        let total = (hlen + payload.len()) as u16;
+        let mut h = vec![0x40 | (hlen / 4) as u8, 0];
+        h.extend_from_slice(&total.to_be_bytes());
+        h.extend_from_slice(&[0x12, 0x34]);
+        h.extend_from_slice(&frag.to_be_bytes());
+        h.extend_from_slice(&[64, protocol, 0, 0]);
+        h.extend_from_slice(&src.octets());
+        h.extend_from_slice(&dst.octets());
+        h.extend_from_slice(options);
+        let c = checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h.extend_from_slice(payload);
+        h
+    }
+
+    /// Rewrites the header checksum after a test has broken the header on purpose.
+    pub fn fix_checksum(ip: &mut [u8]) {
+        let hlen = usize::from(ip[0] & 0x0f) * 4;
+        ip[10] = 0;
+        ip[11] = 0;
+        let c = checksum(&ip[..hlen.min(ip.len())]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// A 20-byte TCP header (checksum left zero: the director does not verify it).
+    pub fn tcp(src_port: u16, dst_port: u16, flags: u8) -> Vec<u8> {
+        let mut t = Vec::with_capacity(20);
+        t.extend_from_slice(&src_port.to_be_bytes());
+        t.extend_from_slice(&dst_port.to_be_bytes());
+        t.extend_from_slice(&1000u32.to_be_bytes());
+        t.extend_from_slice(&2000u32.to_be_bytes());
+        t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        t
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift).
+    pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Malformed and stray frames from `src` (MAC, IP) to `dst` (MAC, IP); `port` is a port that exists
+    /// on `dst` for a SYN. Returns the frames and the drop reason each must be counted under (`None`: any).
+    pub fn strays(
+        src: ([u8; 6], Ipv4Addr),
+        dst: ([u8; 6], Ipv4Addr),
+        port: u16,
+    ) -> Vec<(Vec<u8>, Option<&'static str>)> {
+        let e = |payload: &[u8]| eth(dst.0, src.0, 0x0800, payload);
+        let ip = |protocol: u8, frag: u16, options: &[u8], payload: &[u8]| {
+            ipv4(src.1, dst.1, protocol, frag, options, payload)
+        };
+        let syn = tcp(40000, port, SYN);
+        let ack = tcp(40001, port, ACK);
+        let mut v: Vec<(Vec<u8>, Option<&'static str>)> = Vec::new();
+        // Truncated: the IP header stops after 10 bytes.
+        v.push((e(&ip(TCP, DF, &[], &syn)[..10]), Some("truncated")));
+        // Options announced (IHL 15: 60 bytes) but only 24 bytes of header present.
+        let mut p = ip(TCP, DF, &[1, 1, 1, 1], &[]);
+        p[0] = 0x4f;
+        fix_checksum(&mut p);
+        v.push((e(&p), Some("truncated")));
+        // Total length beyond the frame.
+        let mut p = ip(TCP, DF, &[], &syn);
+        p[2..4].copy_from_slice(&1000u16.to_be_bytes());
+        fix_checksum(&mut p);
+        v.push((e(&p), Some("bad_ip_header")));
+        // IHL 4, below the minimum.
+        let mut p = ip(TCP, DF, &[], &syn);
+        p[0] = 0x44;
+        v.push((e(&p), Some("bad_ip_header")));
+        // Bad header checksum.
+        let mut p = ip(TCP, DF, &[], &syn);
+        p[10] ^= 0x55;
+        v.push((e(&p), Some("bad_ip_checksum")));
+        // A first fragment (MF) and a later one (offset 185 * 8), both of a SYN.
+        v.push((e(&ip(TCP, MF, &[], &syn)), Some("fragment")));
+        v.push((e(&ip(TCP, 185, &[], &syn)), Some("fragment")));
+        // Valid IP options (4 NOPs) on a segment of no connection.
+        v.push((e(&ip(TCP, DF, &[1, 1, 1, 1], &ack)), Some("no_connection")));
+        // TCP without SYN: ACK, FIN+ACK, RST.
+        v.push((e(&ip(TCP, DF, &[], &ack)), Some("no_connection")));
+        v.push((
+            e(&ip(TCP, DF, &[], &tcp(40002, port, FIN | ACK))),
+            Some("no_connection"),
+        ));
+        v.push((
+            e(&ip(TCP, DF, &[], &tcp(40003, port, RST))),
+            Some("no_connection"),
+        ));
+        // TCP data offset 3.
+        let mut t = tcp(40004, port, SYN);
+        t[12] = 0x30;
+        v.push((e(&ip(TCP, DF, &[], &t)), Some("bad_tcp_header")));
+        // UDP length 4.
+        let mut u = vec![0u8; 8];
+        u[0..2].copy_from_slice(&40005u16.to_be_bytes());
+        u[2..4].copy_from_slice(&port.to_be_bytes());
+        u[4..6].copy_from_slice(&4u16.to_be_bytes());
+        v.push((e(&ip(UDP, DF, &[], &u)), Some("bad_udp_header")));
+        // Neither TCP, UDP nor ICMP.
+        v.push((e(&ip(GRE, DF, &[], &[0; 8])), Some("unsupported_protocol")));
+        // Not IPv4.
+        v.push((eth(dst.0, src.0, 0x88b5, &[0xab; 46]), Some("not_ipv4")));
+        // Random bytes after a real Ethernet header, and random whole frames.
+        v.push((e(&noise(7, 60)), None));
+        v.push((noise(11, 64), None));
+        v.push((noise(13, 200), None));
+        v
+    }
+}
+
+/// The counters that grew between two stats lines, by drop reason.
+fn drop_deltas(before: &VipdStats, after: &VipdStats) -> std::collections::BTreeMap<String, u64> {
+    after
+        .drops()
+        .into_iter()
+        .map(|(k, v)| {
+            let was = before.drop(&k);
+            (k, v - was)
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// Sends `frames` from `dev` eth0 of `ns` and checks that vipd counted each under its drop reason and
+/// forwarded none.
+fn inject_and_count(
+    vipd: &mut Proc,
+    ns: &Netns,
+    side: &str,
+    frames: Vec<(Vec<u8>, Option<&'static str>)>,
+) {
+    let mut expect = std::collections::BTreeMap::<String, u64>::new();
+    for (_, reason) in &frames {
+        if let Some(r) = reason {
+            *expect.entry(r.to_string()).or_default() += 1;
+        }
+    }
+    let total = frames.len() as u64;
+    let sum = |s: &VipdStats| s.drops().values().sum::<u64>();
+    let before = vipd.vipd_stats();
+    let to_send: Vec<Vec<u8>> = frames.into_iter().map(|(f, _)| f).collect();
+    send_frames(ns, "eth0", &to_send);
+    let start = Instant::now();
+    let after = loop {
+        let s = vipd.vipd_stats();
+        if sum(&s) >= sum(&before) + total || start.elapsed() > Duration::from_secs(3) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let got = drop_deltas(&before, &after);
+    eprintln!("{side}: expected at least {expect:?}, counted {got:?}");
+    for (reason, n) in &expect {
+        assert!(
+            got.get(reason).copied().unwrap_or(0) >= *n,
+            "{side}: {reason}: expected {n}, counted {got:?}"
+        );
+    }
+    assert!(got.values().sum::<u64>() >= total, "{side}: {got:?}");
+    for key in ["forwarded_inside", "forwarded_outside"] {
+        assert_eq!(
+            after.get(key),
+            before.get(key),
+            "{side}: {key}: a stray frame was forwarded"
+        );
+    }
+}
+
+#[test]
+/// Truncated, bad-length, fragmented, IP-option, non-IP, random and SYN-less frames injected on both sides
+/// are each counted under their drop reason and not forwarded, and the director keeps serving.
+fn stray_and_malformed_frames_are_counted_and_dropped() {
+    let mut live = Live::start("examples/fig3.toml", "http://192.0.2.1/");
+    // The bridge's multicast snooping and br_netfilter (when loaded on this machine) validate IPv4 headers
+    // and would drop the malformed ones before they reach the director: a plain switch does not.
+    live.fig.lan.ip(&[
+        "link",
+        "set",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ]);
+    live.fig
+        .lan
+        .exec("sysctl", &["-qw", "net.bridge.bridge-nf-call-iptables=0"]);
+    let f = &live.fig;
+    let client_mac = mac_of(&f.client, "eth0");
+    let outside_mac = mac_of(&f.director, "vipd-out");
+    let inside_mac = mac_of(&f.director, "vipd-in");
+    let a_mac = mac_of(&f.servers[0], "eth0");
+    let mut outside = frames::strays(
+        (client_mac, CLIENT),
+        (outside_mac, Ipv4Addr::new(192, 0, 2, 1)),
+        80,
+    );
+    // To an address that is no VIP.
+    outside.push((
+        frames::eth(
+            outside_mac,
+            client_mac,
+            0x0800,
+            &frames::ipv4(
+                CLIENT,
+                Ipv4Addr::new(192, 0, 2, 99),
+                frames::TCP,
+                frames::DF,
+                &[],
+                &frames::tcp(40010, 80, frames::SYN),
+            ),
+        ),
+        Some("not_virtual"),
+    ));
+    // From server A to the client, as if answering connections that do not exist.
+    let inside = frames::strays((a_mac, SERVERS[0]), (inside_mac, CLIENT), 40000);
+    let client = &live.fig.client;
+    let server_a = &live.fig.servers[0];
+    inject_and_count(&mut live.vipd, client, "outside", outside);
+    inject_and_count(&mut live.vipd, server_a, "inside", inside);
+    live.vipd.assert_running();
+    assert!(live.get("http://192.0.2.1/").starts_with("site 1 on host"));
 }
