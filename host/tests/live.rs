@@ -488,3 +488,47 @@ fn stray_and_malformed_frames_are_counted_and_dropped() {
     live.vipd.assert_running();
     assert!(live.get("http://192.0.2.1/").starts_with("site 1 on host"));
 }
+
+#[test]
+/// The client reaches a VIP on its own subnet by ARP alone (vipd answers with its outside MAC); when a real
+/// server's MAC changes (its veth recreated), vipd finds the new MAC and the VIP is reached again.
+fn arp_for_vips_and_a_real_server_whose_mac_changes() {
+    let live = Live::start("tests/configs/modes.toml", "http://192.0.2.12:80/");
+    let f = &live.fig;
+    // No route via a gateway and no static neighbour entry: the client ARPs for 192.0.2.10 itself.
+    let routes = String::from_utf8_lossy(&f.client.ip(&["route"]).stdout).into_owned();
+    assert!(
+        routes.contains("192.0.2.0/24 dev eth0") && !routes.contains("via"),
+        "{routes}"
+    );
+    f.client.ip(&["neigh", "flush", "dev", "eth0"]);
+    assert_eq!(live.get("http://192.0.2.10:9001/"), "site 1 on host C");
+    let neigh =
+        String::from_utf8_lossy(&f.client.ip(&["neigh", "show", "192.0.2.10"]).stdout).into_owned();
+    let outside_mac = format_mac(mac_of(&f.director, "vipd-out"));
+    assert!(
+        neigh.contains(&format!("lladdr {outside_mac}")) && !neigh.contains("PERMANENT"),
+        "client's neighbour entry for the VIP: {neigh:?}, director outside MAC {outside_mac}"
+    );
+
+    // Server C gets a new cable: a new veth pair, so a new MAC, same address. 192.0.2.10 is bound to C only.
+    let old_mac = mac_of(&f.servers[2], "eth0");
+    f.lan.ip(&["link", "del", "port-c"]);
+    veth(&f.servers[2], "eth0", &f.lan, "port-c");
+    f.lan.ip(&["link", "set", "port-c", "master", "br0"]);
+    f.servers[2].addr("eth0", "10.20.0.12/24");
+    f.servers[2].ip(&["route", "add", "default", "via", "10.20.0.1"]);
+    let new_mac = mac_of(&f.servers[2], "eth0");
+    assert_ne!(old_mac, new_mac);
+    let start = Instant::now();
+    let c = f
+        .client
+        .curl("http://192.0.2.10:9001/", Duration::from_secs(20));
+    let took = start.elapsed();
+    eprintln!("reached the server with its new MAC after {took:?}");
+    assert_eq!(
+        (c.exit, c.body.trim()),
+        (0, "site 1 on host C"),
+        "after the MAC change: {c:?}"
+    );
+}
