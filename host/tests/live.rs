@@ -600,3 +600,95 @@ fn path_mtu_discovery_through_the_director() {
     assert!(route.contains("mtu 1280"), "server C's route: {route}");
     live.vipd.assert_running();
 }
+
+#[test]
+/// SIGHUP while wrk opens new connections: host C is added and bindings change with no failed request, new
+/// connections follow the new bindings, and a broken config is refused (logged with its file name) while
+/// traffic continues on the config in force.
+fn reload_under_load() {
+    let _serial = serial();
+    raise_nofile(65536);
+    let fig = Fig3::new();
+    let sites = fig.start_sites();
+    fig.client
+        .sysctl("net.ipv4.ip_local_port_range", "10000 65000");
+    let conf_dir = TempDir::new("vipd-reload");
+    let config = conf_dir.join("vipd.toml");
+    let copy = |from: &str| {
+        let text = std::fs::read_to_string(repo_file(from)).unwrap();
+        // Write then rename, so vipd never reads a half-written file.
+        std::fs::write(conf_dir.join("next.toml"), text).unwrap();
+        std::fs::rename(conf_dir.join("next.toml"), &config).unwrap();
+    };
+    copy("tests/configs/reload-before.toml");
+    let mut live = Live::with(fig, sites, &config, "http://192.0.2.2/");
+    assert_eq!(
+        live.bodies("http://192.0.2.2/", 4),
+        set(&["site 2 on host A"])
+    );
+    assert_eq!(
+        live.bodies("http://192.0.2.1/", 4),
+        set(&["site 1 on host A", "site 1 on host B"])
+    );
+
+    let Live { fig, vipd, .. } = &mut live;
+    let (w, created_before) = std::thread::scope(|s| {
+        let client = &fig.client;
+        let wrk = s.spawn(move || {
+            client.wrk(
+                "http://192.0.2.2/",
+                2,
+                50,
+                Duration::from_secs(6),
+                &["-H", "Connection: close"],
+            )
+        });
+        // Reload once wrk is well under way.
+        let base = vipd.vipd_stats().get("connections_created");
+        let start = Instant::now();
+        while vipd.vipd_stats().get("connections_created") < base + 500 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "wrk is not running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let created_before = vipd.vipd_stats().get("connections_created");
+        copy("tests/configs/reload-after.toml");
+        vipd.signal(libc::SIGHUP);
+        vipd.wait_log("config reloaded", Duration::from_secs(5));
+        // New connections use the new bindings: C joins site 2, and site 1 moves from A to C.
+        let get = |url: &str| {
+            let c = client.curl(url, Duration::from_secs(5));
+            assert_eq!((c.exit, c.status), (0, 200), "{url}: {c:?}");
+            c.body.trim().to_owned()
+        };
+        let site2: BTreeSet<String> = (0..6).map(|_| get("http://192.0.2.2/")).collect();
+        assert!(site2.contains("site 2 on host C"), "{site2:?}");
+        let site1: BTreeSet<String> = (0..4).map(|_| get("http://192.0.2.1/")).collect();
+        assert_eq!(site1, set(&["site 1 on host B", "site 1 on host C"]));
+        // A broken file is refused, named in the log, and the running config stays.
+        copy("tests/configs/reload-broken.toml");
+        vipd.signal(libc::SIGHUP);
+        vipd.wait_log("config reload refused", Duration::from_secs(5));
+        let log = vipd.log();
+        assert!(
+            log.contains(config.to_str().unwrap()) && log.contains("host-z"),
+            "the refusal must name the file and the problem:\n{log}"
+        );
+        assert_eq!(log.matches("config reloaded").count(), 1, "{log}");
+        let site1: BTreeSet<String> = (0..4).map(|_| get("http://192.0.2.1/")).collect();
+        assert_eq!(site1, set(&["site 1 on host B", "site 1 on host C"]));
+        vipd.assert_running();
+        (wrk.join().unwrap(), created_before)
+    });
+    let stats = live.vipd.vipd_stop();
+    eprintln!("{}\n{stats:?}", w.text);
+    assert!(w.requests > 1000, "{}", w.text);
+    assert_eq!((w.errors(), w.non_2xx), (0, 0), "{}", w.text);
+    // wrk kept opening connections after the reloads.
+    assert!(
+        stats.get("connections_created") > created_before + 500,
+        "{stats:?}"
+    );
+}
