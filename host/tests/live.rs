@@ -692,3 +692,77 @@ fn reload_under_load() {
         "{stats:?}"
     );
 }
+
+#[test]
+/// tests/configs/idle.toml (established: 2 s): an idle keep-alive connection outlives nothing: its connection
+/// object expires, the director's count returns to 0, and a request sent on it afterwards gets no answer.
+fn idle_connections_expire() {
+    let mut live = Live::start("tests/configs/idle.toml", "http://192.0.2.1/");
+    // The readiness checks' connections (closing: 1 s) expire first.
+    let start = Instant::now();
+    while live.vipd.vipd_stats().get("connections") != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "connections never expired"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let request = b"GET / HTTP/1.1\r\nHost: 192.0.2.1\r\n\r\n";
+    let (mut stream, first) = live.fig.client.run_in(|| {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from(([192, 0, 2, 1], 80)),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+        (s, first)
+    });
+    assert!(
+        first.starts_with("HTTP/1.1 200") && first.contains("site 1 on host B"),
+        "{first}"
+    );
+    let used = Instant::now();
+    let stats = live.vipd.vipd_stats();
+    assert_eq!(stats.get("connections"), 1, "{stats:?}");
+    let expired_before = stats.get("expired");
+
+    // Idle past the established timeout: the connection object goes.
+    let stats = loop {
+        let s = live.vipd.vipd_stats();
+        if s.get("connections") == 0 {
+            break s;
+        }
+        assert!(
+            used.elapsed() < Duration::from_secs(10),
+            "never expired: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let idle = used.elapsed();
+    assert!(
+        idle >= Duration::from_millis(1900),
+        "expired after {idle:?}"
+    );
+    assert_eq!(stats.get("expired"), expired_before + 1, "{stats:?}");
+    let no_connection = stats.drop("no_connection");
+
+    // The client's next request on it reaches nobody: no answer, and vipd counts it as no connection.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let r = stream.read(&mut [0u8; 1024]);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut),
+        "an expired connection answered: {r:?}"
+    );
+    let stats = live.vipd.vipd_stats();
+    assert!(stats.drop("no_connection") > no_connection, "{stats:?}");
+    assert_eq!(stats.get("connections"), 0, "{stats:?}");
+    // New connections are served.
+    assert_eq!(live.get("http://192.0.2.1/"), "site 1 on host B");
+}
