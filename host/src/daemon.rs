@@ -1,6 +1,7 @@
 //! `vipd run`: the live director. Wires the config, the interface checks, the [`Director`] and the capture
 //! loop together, and handles signals: `SIGHUP` reloads the config (validated first; on error the running
-//! config stays), `SIGTERM` and `SIGINT` stop cleanly.
+//! config stays), `SIGUSR1` logs one `vipd stats` line (connections, drops by reason, capture drops), and
+//! `SIGTERM` and `SIGINT` stop cleanly, logging the same figures in the final `vipd stopped` line.
 //!
 //! Threads: the data path (this module's caller's thread) runs [`DataPath::run`] with the director; a signal
 //! thread loads and validates a new config off the packet path and hands the result over through a channel
@@ -13,14 +14,14 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::Interface;
 use crate::binding::BindingTable;
-use crate::capture::{Action, CaptureConfig, Control, DataPath, Handler};
+use crate::capture::{Action, CaptureConfig, CaptureStats, Control, DataPath, Handler};
 use crate::config::Config;
-use crate::director::{Director, Layer2, Verdict};
+use crate::director::{Director, DropReason, Layer2, Verdict};
 use crate::ifcheck::{self, Offloads};
 use crate::policy::{RoundRobin, Selector};
 
@@ -105,13 +106,16 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let mut director = Director::with_selectors(&config, bindings, selectors, l2);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let report = Arc::new(AtomicBool::new(false));
+    let capture_stats = datapath.stats();
     let (reload_tx, reload_rx) = mpsc::channel::<Loaded>();
     let mut signals =
-        Signals::new([SIGHUP, SIGINT, SIGTERM]).context("installing signal handlers")?;
+        Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
     let waker = datapath.waker();
     let signal_thread = {
         let stop = Arc::clone(&stop);
+        let report = Arc::clone(&report);
         let path = options.config.clone();
         std::thread::Builder::new().name("vipd-signals".into()).spawn(move || {
             for signal in signals.forever() {
@@ -125,6 +129,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
                         }
                         Err(e) => tracing::error!("config reload refused, the running config stays:\n{e:#}"),
                     },
+                    SIGUSR1 => report.store(true, Ordering::Relaxed),
                     _ => {
                         tracing::info!(signal, "stopping");
                         stop.store(true, Ordering::Relaxed);
@@ -140,6 +145,9 @@ pub fn run(options: &RunOptions) -> Result<()> {
             director.set_limits(&loaded.config);
             director.install(loaded.bindings, loaded.selectors);
         }
+        if report.swap(false, Ordering::Relaxed) {
+            log_stats(director, &capture_stats, "vipd stats");
+        }
         if stop.load(Ordering::Relaxed) {
             Control::Stop
         } else {
@@ -148,14 +156,48 @@ pub fn run(options: &RunOptions) -> Result<()> {
     });
     signal_handle.close();
     let _ = signal_thread.join();
+    log_stats(&director, &capture_stats, "vipd stopped");
+    result
+}
+
+/// Logs the director's and the capture's counters on one line (`SIGUSR1`, and at exit); off the packet
+/// path. `drops` lists the non-zero drop reasons as `reason:count,...`.
+fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
     let counters = director.counters();
+    let mut drops = String::new();
+    for reason in DropReason::ALL {
+        let n = counters.drops[reason as usize];
+        if n > 0 {
+            if !drops.is_empty() {
+                drops.push(',');
+            }
+            drops.push_str(&format!("{}:{n}", reason.as_str()));
+        }
+    }
+    if drops.is_empty() {
+        drops.push('-');
+    }
+    let get = |iface: Interface,
+               f: fn(&crate::capture::PortStats) -> &std::sync::atomic::AtomicU64| {
+        f(capture.port(iface)).load(Ordering::Relaxed)
+    };
     tracing::info!(
+        connections = director.table().len(),
         connections_created = counters.connections_created,
+        expired = counters.expired,
         forwarded_inside = counters.forwarded[Interface::Inside as usize],
         forwarded_outside = counters.forwarded[Interface::Outside as usize],
-        "vipd stopped"
+        drops = %drops,
+        pcap_drop_outside = get(Interface::Outside, |p| &p.pcap_drop),
+        pcap_drop_inside = get(Interface::Inside, |p| &p.pcap_drop),
+        pcap_ifdrop_outside = get(Interface::Outside, |p| &p.pcap_ifdrop),
+        pcap_ifdrop_inside = get(Interface::Inside, |p| &p.pcap_ifdrop),
+        send_errors_outside = get(Interface::Outside, |p| &p.send_errors),
+        send_errors_inside = get(Interface::Inside, |p| &p.send_errors),
+        oversize_outside = get(Interface::Outside, |p| &p.oversize),
+        oversize_inside = get(Interface::Inside, |p| &p.oversize),
+        "{message}"
     );
-    result
 }
 
 impl Handler for Director {

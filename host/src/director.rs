@@ -204,6 +204,8 @@ struct Neighbour {
     updated: Duration,
     asked: Duration,
     static_entry: bool,
+    /// Ask again at the next tick although the entry is fresh (see `Director::reask_neighbour`).
+    suspect: bool,
 }
 
 /// The packet path. See the module documentation.
@@ -336,12 +338,14 @@ impl Director {
                     updated: Duration::ZERO,
                     asked: Duration::ZERO,
                     static_entry: true,
+                    suspect: false,
                 },
                 None => old.filter(|n| !n.static_entry).unwrap_or(Neighbour {
                     mac: None,
                     updated: Duration::ZERO,
                     asked: Duration::ZERO,
                     static_entry: false,
+                    suspect: false,
                 }),
             };
             neighbours.entry(live.address).or_insert(entry);
@@ -469,7 +473,10 @@ impl Director {
             }
             let due = match n.mac {
                 None => n.asked == Duration::ZERO || now >= n.asked + NEIGHBOUR_RETRY,
-                Some(_) => now >= n.updated + NEIGHBOUR_REFRESH && now >= n.asked + NEIGHBOUR_RETRY,
+                Some(_) => {
+                    (n.suspect || now >= n.updated + NEIGHBOUR_REFRESH)
+                        && now >= n.asked + NEIGHBOUR_RETRY
+                }
             };
             if due {
                 n.asked = now.max(Duration::from_nanos(1));
@@ -565,6 +572,8 @@ impl Director {
                         self.counters.syn_resends += 1;
                         let conn = self.table.get_mut(id);
                         conn.syn_resends = conn.syn_resends.saturating_add(1);
+                        let real = *conn.real.ip();
+                        self.reask_neighbour(real);
                         id
                     }
                 }
@@ -856,9 +865,22 @@ impl Director {
             Some(n) if !n.static_entry => {
                 n.mac = Some(arp.sender_mac);
                 n.updated = now;
+                n.suspect = false;
                 Verdict::Consumed
             }
             _ => Verdict::Drop(DropReason::Ignored),
+        }
+    }
+
+    /// A resent SYN may mean the real server's MAC changed (a new NIC, a recreated veth) and our frames go
+    /// nowhere: make its entry due for an ARP request at the next tick (at most one per
+    /// [`NEIGHBOUR_RETRY`]). The old MAC stays in use until the answer replaces it.
+    fn reask_neighbour(&mut self, ip: Ipv4Addr) {
+        if let Some(n) = self.neighbours.get_mut(&ip)
+            && !n.static_entry
+            && n.mac.is_some()
+        {
+            n.suspect = true;
         }
     }
 
