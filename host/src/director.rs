@@ -263,6 +263,8 @@ struct Health {
     retry_after: Duration,
     /// Failed by ditched connections; cleared by a SYN-ACK from it.
     ditch_failed: bool,
+    /// Has an active health check in the config in force; verdicts for others are ignored.
+    checked: bool,
     /// Failed by its active health check; cleared by the check only.
     check_failed: bool,
     /// Set by the operator: `Draining` or `Failed`; `None` follows the rest.
@@ -280,6 +282,7 @@ impl Health {
             failure_threshold: crate::config::DEFAULT_FAILURE_THRESHOLD,
             retry_after: crate::config::DEFAULT_RETRY_AFTER,
             ditch_failed: false,
+            checked: false,
             check_failed: false,
             operator: None,
             config_drain: false,
@@ -414,6 +417,7 @@ impl Director {
             published: Arc::new(Mutex::new(Snapshot::default())),
         };
         director.install(bindings, selectors);
+        director.set_checked(config);
         director
     }
 
@@ -576,7 +580,8 @@ impl Director {
     }
 
     /// The active health check of `name` came to a verdict: `up` after `rise` successes in a row, down
-    /// after `fall` failures. A check that passes also clears a failure by ditched connections.
+    /// after `fall` failures. A check that passes also clears a failure by ditched connections. Ignored for
+    /// a server without a check in the config in force (a verdict from before a reload).
     pub fn set_check_result(
         &mut self,
         name: &str,
@@ -586,6 +591,9 @@ impl Director {
         let real_id = self.real_named(name)?;
         self.now = self.now.max(now);
         let (h, live) = (&mut self.health[real_id], &mut self.reals[real_id]);
+        if !h.checked {
+            return Ok(());
+        }
         if up {
             h.check_failed = false;
             h.ditch_failed = false;
@@ -598,14 +606,16 @@ impl Director {
         Ok(())
     }
 
-    /// Forgets check failures of real servers that have no active check in `config` (after a reload
-    /// removed it), so nothing is left waiting for a check that no longer runs.
+    /// Tells the director which real servers have an active check in `config` (call after each
+    /// [`Director::install`]); the others forget any check failure, so none waits for a check that no
+    /// longer runs.
     pub fn set_checked(&mut self, config: &Config) {
         for real_id in 0..self.health.len() {
             let checked = config
                 .reals
                 .iter()
                 .any(|r| *r.name == *self.health[real_id].name && r.check.is_some());
+            self.health[real_id].checked = checked;
             if !checked && self.health[real_id].check_failed {
                 self.health[real_id].check_failed = false;
                 self.update_state(real_id, StateReason::Config);
@@ -1297,7 +1307,12 @@ mod tests {
     const SOLO: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
     /// Servers a, b, c behind `web`; `primary` with backup `spare` behind `solo`. Static MACs: no ARP.
-    fn config(syn_retries: u32, weight_a: u32, with_a: bool) -> Config {
+    fn config(syn_retries: u32, weight_a: u32, with_a: bool, checks: bool) -> Config {
+        let check = if checks {
+            "check = { kind = \"tcp\", port = 80 }\n"
+        } else {
+            ""
+        };
         let a = if with_a {
             format!(
                 "[[real]]\nname = \"a\"\naddress = \"10.0.0.1\"\nmac = \"02:00:00:00:02:01\"\n\
@@ -1313,8 +1328,8 @@ mod tests {
         };
         let text = format!(
             "[director]\noutside = \"o\"\ninside = \"i\"\nsyn_retries = {syn_retries}\n{a}\
-             [[real]]\nname = \"b\"\naddress = \"10.0.0.2\"\nmac = \"02:00:00:00:02:02\"\nfailure_threshold = 2\n\
-             [[real]]\nname = \"c\"\naddress = \"10.0.0.3\"\nmac = \"02:00:00:00:02:03\"\nfailure_threshold = 2\n\
+             [[real]]\nname = \"b\"\naddress = \"10.0.0.2\"\nmac = \"02:00:00:00:02:02\"\nfailure_threshold = 2\n{check}\
+             [[real]]\nname = \"c\"\naddress = \"10.0.0.3\"\nmac = \"02:00:00:00:02:03\"\nfailure_threshold = 2\n{check}\
              [[real]]\nname = \"primary\"\naddress = \"10.0.0.4\"\nmac = \"02:00:00:00:02:04\"\n\
              backup = \"spare\"\nfailure_threshold = 1\nretry_after = \"10s\"\n\
              [[real]]\nname = \"spare\"\naddress = \"10.0.0.5\"\nmac = \"02:00:00:00:02:05\"\n\
@@ -1325,7 +1340,7 @@ mod tests {
     }
 
     fn director(syn_retries: u32) -> Director {
-        let config = config(syn_retries, 1, true);
+        let config = config(syn_retries, 1, true, true);
         let bindings = BindingTable::from_config(&config);
         Director::new(&config, bindings, L2)
     }
@@ -1640,7 +1655,7 @@ mod tests {
         assert_eq!(events(&mut d)[0].3, StateReason::Operator);
 
         // Reload with weight 0: draining, by config.
-        let c = config(2, 0, true);
+        let c = config(2, 0, true, true);
         d.install(
             BindingTable::from_config(&c),
             vec![Box::new(RoundRobin::new()), Box::new(RoundRobin::new())],
@@ -1660,7 +1675,7 @@ mod tests {
         }
 
         // Reload without a: it stays, draining, while its connection lives.
-        let c = config(2, 1, false);
+        let c = config(2, 1, false, true);
         d.install(
             BindingTable::from_config(&c),
             vec![Box::new(RoundRobin::new()), Box::new(RoundRobin::new())],
@@ -1725,13 +1740,19 @@ mod tests {
             ServerState::Failed,
             "the check still says down"
         );
-        d.set_checked(&config(2, 1, true));
+        d.set_checked(&config(2, 1, true, false));
         assert_eq!(
             real(&d, "c").state,
             ServerState::Up,
             "no check in the config: forgotten"
         );
         assert_eq!(events(&mut d).len(), 2);
+        d.set_check_result("c", false, secs(5)).unwrap();
+        assert_eq!(
+            real(&d, "c").state,
+            ServerState::Up,
+            "a late verdict of a check that no longer runs"
+        );
     }
 
     /// The event queue keeps the newest changes and counts the ones it dropped.
