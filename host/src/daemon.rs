@@ -209,18 +209,18 @@ fn log_state_change(change: &StateChange) {
     if change.to == ServerState::Failed {
         tracing::warn!(
             real = %change.real,
-            from = change.from.as_str(),
-            to = change.to.as_str(),
-            reason = change.reason.as_str(),
+            from = %change.from.as_str(),
+            to = %change.to.as_str(),
+            reason = %change.reason.as_str(),
             ditched = change.ditched,
             "real server state changed"
         );
     } else {
         tracing::info!(
             real = %change.real,
-            from = change.from.as_str(),
-            to = change.to.as_str(),
-            reason = change.reason.as_str(),
+            from = %change.from.as_str(),
+            to = %change.to.as_str(),
+            reason = %change.reason.as_str(),
             ditched = change.ditched,
             "real server state changed"
         );
