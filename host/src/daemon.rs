@@ -5,7 +5,8 @@
 //!
 //! Threads: the data path (this module's caller's thread) runs [`DataPath::run`] with the director; a signal
 //! thread loads and validates a new config off the packet path and hands the result over through a channel
-//! that the data path looks at between batches.
+//! that the data path looks at between batches; the [`health`] checker threads send their verdicts through
+//! another. Between batches the data path also logs the director's real server state changes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -21,8 +22,10 @@ use crate::Interface;
 use crate::binding::BindingTable;
 use crate::capture::{Action, CaptureConfig, CaptureStats, Control, DataPath, Handler};
 use crate::config::Config;
-use crate::director::{Director, DropReason, Layer2, Verdict};
+use crate::director::{Director, DropReason, Layer2, StateChange, Verdict};
+use crate::health::{self, Checker};
 use crate::ifcheck::{self, Offloads};
+use crate::policy::ServerState;
 use crate::policy::{RoundRobin, Selector};
 
 /// How `vipd run` was asked to start.
@@ -105,6 +108,23 @@ pub fn run(options: &RunOptions) -> Result<()> {
     );
     let mut director = Director::with_selectors(&config, bindings, selectors, l2);
 
+    // Health check verdicts: checker threads -> channel -> the data path, between batches.
+    let (health_tx, health_rx) = mpsc::channel::<health::Report>();
+    let notify: health::Notify = {
+        let tx = std::sync::Mutex::new(health_tx);
+        let waker = datapath.waker();
+        Arc::new(move |report| {
+            if let Ok(tx) = tx.lock() {
+                let _ = tx.send(report);
+            }
+            waker.wake();
+        })
+    };
+    let checker = Checker::start(&config, Arc::clone(&notify))?;
+    if !checker.is_empty() {
+        tracing::info!(checked = checker.len(), "health checks running");
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
     let report = Arc::new(AtomicBool::new(false));
     let capture_stats = datapath.stats();
@@ -117,14 +137,24 @@ pub fn run(options: &RunOptions) -> Result<()> {
         let stop = Arc::clone(&stop);
         let report = Arc::clone(&report);
         let path = options.config.clone();
+        let mut checker = Some(checker);
         std::thread::Builder::new().name("vipd-signals".into()).spawn(move || {
             for signal in signals.forever() {
                 match signal {
                     SIGHUP => match load(&path) {
                         Ok(loaded) => {
                             tracing::info!(config = %path.display(), "config reloaded; installing");
+                            // Old checks stop first; the new ones start after the config is queued, so
+                            // the data path installs it before it sees their first verdicts.
+                            drop(checker.take());
+                            let config = loaded.config.clone();
                             if reload_tx.send(loaded).is_err() {
                                 break;
+                            }
+                            waker.wake();
+                            match Checker::start(&config, Arc::clone(&notify)) {
+                                Ok(c) => checker = Some(c),
+                                Err(e) => tracing::error!("health checks not restarted: {e:#}"),
                             }
                         }
                         Err(e) => tracing::error!("config reload refused, the running config stays:\n{e:#}"),
@@ -144,6 +174,22 @@ pub fn run(options: &RunOptions) -> Result<()> {
         while let Ok(loaded) = reload_rx.try_recv() {
             director.set_limits(&loaded.config);
             director.install(loaded.bindings, loaded.selectors);
+            director.set_checked(&loaded.config);
+        }
+        while let Ok(report) = health_rx.try_recv() {
+            tracing::info!(
+                real = %report.real,
+                up = report.up,
+                detail = %report.detail,
+                "health check verdict"
+            );
+            if let Err(e) = director.set_check_result(&report.real, report.up, epoch.elapsed()) {
+                tracing::debug!("health check verdict ignored: {e}");
+            }
+        }
+        for change in director.drain_events() {
+            log_state_change(&change);
+            // The plugin host passes these on to plugins as server-state-changed.
         }
         if report.swap(false, Ordering::Relaxed) {
             log_stats(director, &capture_stats, "vipd stats");
@@ -198,6 +244,29 @@ fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
         oversize_inside = get(Interface::Inside, |p| &p.oversize),
         "{message}"
     );
+}
+
+/// Logs one real server state change with its reason (a failure as a warning).
+fn log_state_change(change: &StateChange) {
+    if change.to == ServerState::Failed {
+        tracing::warn!(
+            real = %change.real,
+            from = %change.from.as_str(),
+            to = %change.to.as_str(),
+            reason = %change.reason.as_str(),
+            ditched = change.ditched,
+            "real server state changed"
+        );
+    } else {
+        tracing::info!(
+            real = %change.real,
+            from = %change.from.as_str(),
+            to = %change.to.as_str(),
+            reason = %change.reason.as_str(),
+            ditched = change.ditched,
+            "real server state changed"
+        );
+    }
 }
 
 impl Handler for Director {
