@@ -13,6 +13,7 @@
 //! - [`director`]: the packet path (patent FIGS. 5, 7, 8, 9): one frame and `now` in, a [`director::Verdict`] out.
 //!
 //! I/O at the edge:
+//! - [`plugin`]: the WebAssembly plugin host (wasmtime): selection and binding policies, sandboxed, hot reloaded.
 //! - [`replay`]: drives the director from pcap files and writes what it sends to pcap files.
 //!
 //! # The path of a packet
@@ -27,6 +28,7 @@ pub mod binding;
 pub mod config;
 pub mod conntable;
 pub mod director;
+pub mod plugin;
 pub mod policy;
 pub mod replay;
 pub mod wire;
