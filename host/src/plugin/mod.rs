@@ -415,3 +415,6 @@ fn check_header(bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

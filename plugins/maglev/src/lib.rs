@@ -14,7 +14,7 @@ use vipd_plugin_sdk::{
 };
 
 /// Probes of table building done per `select` call: well under a millisecond.
-pub const BUILD_STEPS_PER_CALL: u64 = 100_000;
+pub const BUILD_STEPS_PER_CALL: u64 = 20_000;
 
 /// The policy state.
 pub struct Maglev {
@@ -132,7 +132,7 @@ mod tests {
     }
 
     fn warm(m: &mut Maglev, c: &[Candidate]) {
-        for _ in 0..100 {
+        for _ in 0..200 {
             m.pick(0, c, BUILD_STEPS_PER_CALL);
         }
         assert!(m.building.is_none() && m.table.is_some());

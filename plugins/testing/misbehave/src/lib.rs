@@ -45,7 +45,7 @@ impl Selector for Misbehave {
             "hog" => {
                 let mut keep: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    keep.push(vec![1u8; 1 << 20]);
+                    keep.push(Vec::<u8>::with_capacity(1 << 20));
                     std::hint::black_box(&keep);
                 }
             }
