@@ -15,6 +15,7 @@
 //! I/O at the edge:
 //! - [`capture`]: libpcap on the outside and inside interfaces, one thread polling both, batches per wake-up.
 //! - [`ifcheck`]: start-up checks of the interfaces (present, up, offloads off) and of `ip_forward`.
+//! - [`plugin`]: the WebAssembly plugin host (wasmtime): selection and binding policies, sandboxed, hot reloaded.
 //! - [`replay`]: drives the director from pcap files and writes what it sends to pcap files.
 //! - [`health`]: active health checks (TCP connect, HTTP GET), one thread per checked real server; their
 //!   verdicts reach the director between batches.
@@ -36,6 +37,7 @@ pub mod daemon;
 pub mod director;
 pub mod health;
 pub mod ifcheck;
+pub mod plugin;
 pub mod policy;
 pub mod replay;
 pub mod wire;

@@ -64,11 +64,26 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Work with policy plugins (WebAssembly components).
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Say whether FILE is a valid vipd plugin and which worlds it implements, or why not (exit 1).
+    Check {
+        /// The plugin file (NAME.wasm).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
+        Command::Plugin { cmd } => plugin(cmd),
         Command::Run {
             config,
             fix_offloads,
@@ -212,6 +227,25 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(err) => {
             eprintln!("{err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `vipd plugin check`: what the file implements, or why it is no vipd plugin.
+fn plugin(cmd: PluginCommand) -> ExitCode {
+    use vipd::plugin::{PluginHost, PluginLimits};
+    match cmd {
+        PluginCommand::Check { file } => {
+            match PluginHost::new(PluginLimits::default()).and_then(|h| h.check_file(&file)) {
+                Ok(info) => {
+                    print!("{info}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -1,0 +1,420 @@
+//! The plugin host: server-selection and binding policies as sandboxed WebAssembly components (`wit/`,
+//! package `vipd:policy@0.1.0`).
+//!
+//! Owns the wasmtime [`Engine`] and its epoch ticker ([`PluginHost`]); compiles plugin files off the packet
+//! path and validates them against the worlds ([`PluginHost::load_file`], [`PluginHost::check_file`]); runs
+//! them behind the [`crate::policy::Selector`] seam ([`PluginSelector`]) and as binders ([`Binder`]); and
+//! swaps new versions in from a watched folder ([`PluginDir`]).
+//!
+//! Sandbox: a plugin gets the host functions of `wit/host.wit` and nothing else: WASI imports resolve but
+//! grant no files, environment, arguments or network, and blocking traps. Each instance has a memory limit
+//! and each call a CPU deadline (epoch interruption). A trap, timeout, memory exhaustion or bad answer is
+//! counted ([`PluginStats`]) and that connection goes to the built-in [`crate::policy::RoundRobin`]; after
+//! [`QUARANTINE_AFTER`] failures in a row a selector stops calling the plugin until a new version is loaded.
+//! Nothing here panics on what a plugin does; loading errors are `anyhow` errors naming the file.
+
+mod binder;
+mod bindings;
+mod dir;
+mod sandbox;
+mod selector;
+mod stats;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwapOption;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+pub use binder::{Binder, BindingOut, RealInfo, VirtualInfo};
+pub use dir::{PluginDir, SETTLE};
+pub use selector::{PluginSelector, QUARANTINE_AFTER};
+pub use stats::{CallResult, DURATION_BUCKETS, MetricKind, PluginMetric, PluginStats};
+
+use bindings::{BinderPre, SelectorPre};
+use sandbox::PluginState;
+
+/// The sandbox limits every plugin instance runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Most linear memory one instance may have.
+    pub memory_bytes: usize,
+    /// CPU time one `select` may take; `init`, `bind` and instantiation get [`SLOW_CALL_FACTOR`] times it.
+    pub deadline: Duration,
+}
+
+impl Default for PluginLimits {
+    fn default() -> PluginLimits {
+        PluginLimits {
+            memory_bytes: 16 << 20,
+            deadline: Duration::from_millis(1),
+        }
+    }
+}
+
+/// How many deadlines `init`, `bind` and instantiation may take: they run rarely, off the connection rate.
+pub const SLOW_CALL_FACTOR: u32 = 50;
+
+/// Epoch ticks per deadline: a call is interrupted between 1 and 1.5 deadlines after it starts.
+const TICKS_PER_DEADLINE: u32 = 2;
+
+/// The worlds of `wit/worlds.wit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum World {
+    /// Exports `vipd:policy/selection`: usable as `policy = "NAME"`.
+    Selector,
+    /// Exports `vipd:policy/binding`: usable as `binder = "NAME"`.
+    Binder,
+}
+
+impl World {
+    /// The world's name in `wit/`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Selector => "selector",
+            World::Binder => "binder",
+        }
+    }
+}
+
+/// Owns the wasmtime engine, the linker and the epoch ticker thread; cheap to clone, Send + Sync.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<HostInner>,
+}
+
+pub(crate) struct HostInner {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    limits: PluginLimits,
+    /// Epoch ticks for one call's deadline, and for slow calls.
+    call_ticks: u64,
+    slow_ticks: u64,
+    /// Zero point of the plugins' `now-us`.
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl Drop for HostInner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Numbers the loaded versions of all plugins, so a selector notices a swap by comparing one number.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// One compiled and validated version of a plugin file.
+#[derive(Clone)]
+pub struct LoadedPlugin(Arc<Version>);
+
+pub(crate) struct Version {
+    name: String,
+    path: PathBuf,
+    version: u64,
+    /// Size and modification time of the file it was compiled from.
+    signature: (u64, Option<SystemTime>),
+    selector: Option<SelectorPre<PluginState>>,
+    binder: Option<BinderPre<PluginState>>,
+}
+
+impl LoadedPlugin {
+    /// The plugin's name: the file name without `.wasm`.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The file it was compiled from.
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// A number unique to this load, increasing.
+    pub fn version(&self) -> u64 {
+        self.0.version
+    }
+
+    /// The file's modification time when it was loaded.
+    pub fn modified(&self) -> Option<SystemTime> {
+        self.0.signature.1
+    }
+
+    /// The worlds it implements.
+    pub fn worlds(&self) -> Vec<World> {
+        let mut w = Vec::new();
+        if self.0.selector.is_some() {
+            w.push(World::Selector);
+        }
+        if self.0.binder.is_some() {
+            w.push(World::Binder);
+        }
+        w
+    }
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.0.name)
+            .field("path", &self.0.path)
+            .field("version", &self.0.version)
+            .field("worlds", &self.worlds())
+            .finish()
+    }
+}
+
+/// What `vipd plugin check` reports about a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub path: PathBuf,
+    /// Worlds the component implements.
+    pub worlds: Vec<World>,
+    /// Worlds it does not implement, with the reason.
+    pub missing: Vec<(World, String)>,
+}
+
+impl fmt::Display for PluginInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self.worlds.iter().map(|w| w.as_str()).collect();
+        writeln!(
+            f,
+            "{}: a valid vipd plugin (vipd:policy@0.1.0), world {}",
+            self.path.display(),
+            names.join(", ")
+        )?;
+        for (w, why) in &self.missing {
+            writeln!(f, "  not a {}: {why}", w.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// A plugin by name whose current version may be swapped ([`PluginDir`]); what selectors and binders hold.
+#[derive(Clone)]
+pub struct PluginHandle {
+    slot: Arc<Slot>,
+}
+
+struct Slot {
+    name: String,
+    current: ArcSwapOption<Version>,
+    stats: Arc<PluginStats>,
+}
+
+impl PluginHandle {
+    /// A handle serving `plugin` until something publishes another version.
+    pub fn new(plugin: LoadedPlugin) -> PluginHandle {
+        let h = PluginHandle::empty(plugin.name());
+        h.publish(plugin);
+        h
+    }
+
+    fn empty(name: &str) -> PluginHandle {
+        PluginHandle {
+            slot: Arc::new(Slot {
+                name: name.to_string(),
+                current: ArcSwapOption::empty(),
+                stats: Arc::new(PluginStats::default()),
+            }),
+        }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.slot.name
+    }
+
+    /// The version serving now, if one loaded.
+    pub fn current(&self) -> Option<LoadedPlugin> {
+        self.slot.current.load_full().map(LoadedPlugin)
+    }
+
+    /// The plugin's counters (shared by all its versions and users).
+    pub fn stats(&self) -> &Arc<PluginStats> {
+        &self.slot.stats
+    }
+
+    /// Makes `plugin` the version new calls use.
+    pub fn publish(&self, plugin: LoadedPlugin) {
+        self.slot.current.store(Some(plugin.0));
+    }
+}
+
+impl PluginHost {
+    /// An engine with the component model and epoch interruption, and its ticker thread.
+    pub fn new(limits: PluginLimits) -> Result<PluginHost> {
+        if limits.deadline.is_zero() {
+            bail!("plugin deadline must be above zero");
+        }
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("creating the WebAssembly engine")?;
+        let linker = sandbox::linker(&engine).context("linking the plugin host functions")?;
+        let tick = (limits.deadline / TICKS_PER_DEADLINE).max(Duration::from_micros(50));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("vipd-plugin-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .context("starting the plugin epoch ticker")?
+        };
+        let call_ticks = u64::from(TICKS_PER_DEADLINE) + 1;
+        Ok(PluginHost {
+            inner: Arc::new(HostInner {
+                engine,
+                linker,
+                limits,
+                call_ticks,
+                slow_ticks: call_ticks * u64::from(SLOW_CALL_FACTOR),
+                start: Instant::now(),
+                stop,
+                ticker: Some(ticker),
+            }),
+        })
+    }
+
+    /// The limits plugins run under.
+    pub fn limits(&self) -> PluginLimits {
+        self.inner.limits
+    }
+
+    /// Compiles `path` and validates it against the worlds; the error names the file and what is wrong.
+    pub fn load_file(&self, path: &Path) -> Result<LoadedPlugin> {
+        let (compiled, info) = self.compile(path)?;
+        if info.worlds.is_empty() {
+            let why: Vec<_> = info
+                .missing
+                .iter()
+                .map(|(w, why)| format!("not a {}: {why}", w.as_str()))
+                .collect();
+            bail!(
+                "{}: not a vipd plugin (vipd:policy@0.1.0): {}",
+                path.display(),
+                why.join("; ")
+            );
+        }
+        Ok(compiled)
+    }
+
+    /// Says which worlds `path` implements and why not the others; an error if it is no component at all.
+    pub fn check_file(&self, path: &Path) -> Result<PluginInfo> {
+        let (_, info) = self.compile(path)?;
+        if info.worlds.is_empty() {
+            let why: Vec<_> = info
+                .missing
+                .iter()
+                .map(|(w, why)| format!("not a {}: {why}", w.as_str()))
+                .collect();
+            bail!(
+                "{}: not a vipd plugin (vipd:policy@0.1.0): {}",
+                path.display(),
+                why.join("; ")
+            );
+        }
+        Ok(info)
+    }
+
+    fn compile(&self, path: &Path) -> Result<(LoadedPlugin, PluginInfo)> {
+        let name = plugin_name(path)?;
+        let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+        check_header(&bytes).with_context(|| format!("{}", path.display()))?;
+        let component = Component::new(&self.inner.engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{}: not a valid WebAssembly component", path.display()))?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(|| {
+            format!(
+                "{}: imports something vipd does not give plugins (only vipd:policy/host and powerless WASI)",
+                path.display()
+            )
+        })?;
+        let mut missing = Vec::new();
+        let selector = SelectorPre::new(pre.clone())
+            .map_err(|e| missing.push((World::Selector, format!("{:#}", anyhow::Error::from(e)))))
+            .ok();
+        let binder = BinderPre::new(pre)
+            .map_err(|e| missing.push((World::Binder, format!("{:#}", anyhow::Error::from(e)))))
+            .ok();
+        let version = Version {
+            name,
+            path: path.to_path_buf(),
+            version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
+            signature: (meta.len(), meta.modified().ok()),
+            selector,
+            binder,
+        };
+        let plugin = LoadedPlugin(Arc::new(version));
+        let info = PluginInfo {
+            path: path.to_path_buf(),
+            worlds: plugin.worlds(),
+            missing,
+        };
+        Ok((plugin, info))
+    }
+
+    /// A selector running `plugin` with `args`, instantiated and initialised now so a bad argument is an
+    /// error here, at configuration time.
+    pub fn selector(
+        &self,
+        plugin: &PluginHandle,
+        args: &[(String, String)],
+    ) -> Result<PluginSelector> {
+        PluginSelector::new(self.inner.clone(), plugin.clone(), args.to_vec())
+    }
+
+    /// A binder running `plugin` with `args`, instantiated and initialised now.
+    pub fn binder(&self, plugin: &PluginHandle, args: &[(String, String)]) -> Result<Binder> {
+        Binder::new(self.inner.clone(), plugin.clone(), args.to_vec())
+    }
+
+    /// Loads every `NAME.wasm` in `dir` and watches it for new, changed and deleted files.
+    pub fn watch_dir(&self, dir: &Path) -> Result<PluginDir> {
+        PluginDir::watch(self.clone(), dir)
+    }
+}
+
+fn plugin_name(path: &Path) -> Result<String> {
+    match (path.file_stem(), path.extension()) {
+        (Some(stem), Some(ext)) if ext == "wasm" => stem
+            .to_str()
+            .map(str::to_string)
+            .with_context(|| format!("{}: plugin name is not UTF-8", path.display())),
+        _ => bail!("{}: a plugin file must be named NAME.wasm", path.display()),
+    }
+}
+
+/// Tells a core module or a non-Wasm file from a component with a message that says what to do.
+fn check_header(bytes: &[u8]) -> Result<()> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        bail!("not a WebAssembly file (no \\0asm header; truncated or not Wasm)");
+    }
+    if bytes[4..8] == [1, 0, 0, 0] {
+        bail!(
+            "a core WebAssembly module, not a component: build the plugin with \
+             `cargo build --target wasm32-wasip2 --release`"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,321 @@
+//! [`PluginSelector`]: a [`Selector`] backed by a plugin instance, with fallback to round-robin and
+//! quarantine.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use wasmtime::Store;
+
+use super::bindings::{
+    InitError, SelectError, SelectorWorld, WitCandidate, WitConnection, WitProtocol, WitServerState,
+};
+use super::sandbox::{self, PluginState};
+use super::stats::CallResult;
+use super::{HostInner, PluginHandle, Version};
+use crate::policy::{Candidate, NewConnection, RoundRobin, Selection, Selector, ServerState};
+use crate::wire::Protocol;
+
+/// Failures in a row (trap, timeout, memory, bad answer) after which a selector stops calling its plugin
+/// until a new version of the file is loaded.
+pub const QUARANTINE_AFTER: u32 = 5;
+
+/// Runs a selector plugin once per new connection. Keeps its instance between calls (plugins keep state);
+/// after a trap the instance is discarded and a fresh one is created and initialised at the next call.
+pub struct PluginSelector {
+    host: Arc<HostInner>,
+    plugin: PluginHandle,
+    args: Vec<(String, String)>,
+    /// The version `live` (or the failures) belong to.
+    version: u64,
+    live: Option<Live>,
+    failures: u32,
+    quarantined: bool,
+    fallback: RoundRobin,
+    /// Candidates in WIT form, reused between calls.
+    scratch: Vec<WitCandidate>,
+}
+
+struct Live {
+    store: Store<PluginState>,
+    world: SelectorWorld,
+}
+
+impl PluginSelector {
+    pub(crate) fn new(
+        host: Arc<HostInner>,
+        plugin: PluginHandle,
+        args: Vec<(String, String)>,
+    ) -> Result<PluginSelector> {
+        let current = plugin
+            .slot
+            .current
+            .load_full()
+            .with_context(|| format!("plugin {}: no valid version loaded", plugin.name()))?;
+        let live = instantiate(&host, &plugin, &current, &args)?;
+        Ok(PluginSelector {
+            host,
+            version: current.version,
+            plugin,
+            args,
+            live: Some(live),
+            failures: 0,
+            quarantined: false,
+            fallback: RoundRobin::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The plugin this selector runs.
+    pub fn plugin(&self) -> &PluginHandle {
+        &self.plugin
+    }
+
+    /// Whether repeated failures made it stop calling the plugin (until a new version is loaded).
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined
+    }
+
+    /// Tells the plugin a connection it placed on `real_id` closed.
+    pub fn connection_closed(&mut self, conn: &NewConnection, real_id: u32) {
+        let c = wit_connection(conn);
+        self.notify(|w, s| {
+            w.vipd_policy_selection()
+                .call_connection_closed(s, c, real_id)
+        });
+    }
+
+    /// Tells the plugin a connection it placed on `real_id` was ditched.
+    pub fn connection_ditched(&mut self, conn: &NewConnection, real_id: u32) {
+        let c = wit_connection(conn);
+        self.notify(|w, s| {
+            w.vipd_policy_selection()
+                .call_connection_ditched(s, c, real_id)
+        });
+    }
+
+    /// Tells the plugin real server `real_id` changed state.
+    pub fn server_state_changed(&mut self, real_id: u32, state: ServerState) {
+        let st = wit_state(state);
+        self.notify(|w, s| {
+            w.vipd_policy_selection()
+                .call_server_state_changed(s, real_id, st)
+        });
+    }
+
+    fn notify(
+        &mut self,
+        call: impl FnOnce(&SelectorWorld, &mut Store<PluginState>) -> wasmtime::Result<()>,
+    ) {
+        if self.quarantined
+            || self.plugin.slot.current.load().as_ref().map(|v| v.version) != Some(self.version)
+        {
+            return;
+        }
+        if let Some(live) = self.live.as_mut() {
+            live.store.set_epoch_deadline(self.host.call_ticks);
+            if let Err(e) = call(&live.world, &mut live.store) {
+                tracing::debug!(plugin = self.plugin.name(), "notification failed: {e:#}");
+                self.live = None;
+            }
+        }
+    }
+
+    /// One call into the plugin; `Err` carries how it failed.
+    fn call(
+        &mut self,
+        current: &Version,
+        conn: &NewConnection,
+        candidates: &[Candidate],
+    ) -> Result<Selection, (CallResult, String)> {
+        if self.live.is_none() {
+            let live = instantiate(&self.host, &self.plugin, current, &self.args)
+                .map_err(|e| (CallResult::Trap, format!("{e:#}")))?;
+            self.live = Some(live);
+        }
+        let live = self.live.as_mut().expect("instantiated above");
+        self.scratch.clear();
+        self.scratch.extend(
+            candidates
+                .iter()
+                .enumerate()
+                .map(|(i, c)| wit_candidate(i, c)),
+        );
+        live.store.data_mut().limiter.hit = false;
+        live.store.set_epoch_deadline(self.host.call_ticks);
+        let answer = live.world.vipd_policy_selection().call_select(
+            &mut live.store,
+            wit_connection(conn),
+            &self.scratch,
+        );
+        match answer {
+            Ok(Ok(i)) => match candidates.get(i as usize) {
+                Some(c) if c.eligible() => Ok(Selection::Pick(i as usize)),
+                Some(c) => Err((
+                    CallResult::BadAnswer,
+                    format!(
+                        "picked candidate {i}, which is {} with weight {}",
+                        c.state.as_str(),
+                        c.weight
+                    ),
+                )),
+                None => Err((
+                    CallResult::BadAnswer,
+                    format!("picked candidate {i} of {}", candidates.len()),
+                )),
+            },
+            Ok(Err(SelectError::Reject | SelectError::NoServer)) => Ok(Selection::Reject),
+            Ok(Err(SelectError::Defer)) => Err((CallResult::Deferred, String::new())),
+            Err(e) => {
+                let kind = if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
+                {
+                    CallResult::Timeout
+                } else if live.store.data().limiter.hit {
+                    CallResult::Memory
+                } else {
+                    CallResult::Trap
+                };
+                // A trapped component instance may not be entered again.
+                self.live = None;
+                Err((kind, format!("{:#}", anyhow::Error::from(e))))
+            }
+        }
+    }
+}
+
+impl Selector for PluginSelector {
+    fn select(&mut self, conn: &NewConnection, candidates: &[Candidate]) -> Selection {
+        let start = Instant::now();
+        let guard = self.plugin.slot.current.load();
+        let Some(current) = guard.as_ref() else {
+            return self.fallback.select(conn, candidates);
+        };
+        if current.version != self.version {
+            // A new version was published: start over with it.
+            self.version = current.version;
+            self.live = None;
+            self.failures = 0;
+            self.quarantined = false;
+        }
+        let stats = self.plugin.stats().clone();
+        if self.quarantined {
+            let s = self.fallback.select(conn, candidates);
+            stats.record_call(CallResult::Quarantined, start.elapsed());
+            return s;
+        }
+        let current = Arc::clone(current);
+        drop(guard);
+        match self.call(&current, conn, candidates) {
+            Ok(selection) => {
+                self.failures = 0;
+                let r = match selection {
+                    Selection::Pick(_) => CallResult::Ok,
+                    Selection::Reject => CallResult::Reject,
+                };
+                stats.record_call(r, start.elapsed());
+                selection
+            }
+            Err((result, why)) => {
+                if result.is_failure() {
+                    self.failures += 1;
+                    tracing::warn!(
+                        plugin = self.plugin.name(),
+                        file = %current.path.display(),
+                        result = result.as_str(),
+                        "plugin failed, round-robin serves this connection: {why}"
+                    );
+                    if self.failures >= QUARANTINE_AFTER {
+                        self.quarantined = true;
+                        self.live = None;
+                        tracing::error!(
+                            plugin = self.plugin.name(),
+                            file = %current.path.display(),
+                            "plugin quarantined after {} failures in a row; round-robin serves until the file changes",
+                            self.failures
+                        );
+                    }
+                }
+                let s = self.fallback.select(conn, candidates);
+                stats.record_call(result, start.elapsed());
+                s
+            }
+        }
+    }
+}
+
+/// A fresh instance of `version` in its own store, initialised with `args`.
+fn instantiate(
+    host: &HostInner,
+    plugin: &PluginHandle,
+    version: &Version,
+    args: &[(String, String)],
+) -> Result<Live> {
+    let file = version.path.display();
+    let pre = version.selector.as_ref().with_context(|| {
+        format!("{file}: not a selector plugin (does not export vipd:policy/selection)")
+    })?;
+    let mut store = sandbox::new_store(
+        &host.engine,
+        &host.limits,
+        plugin.name().into(),
+        plugin.stats().clone(),
+        host.start,
+    );
+    store.set_epoch_deadline(host.slow_ticks);
+    let world = pre
+        .instantiate(&mut store)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{file}: instantiating"))?;
+    world
+        .vipd_policy_selection()
+        .call_init(&mut store, args)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{file}: init trapped"))?
+        .map_err(|e| anyhow!("{file}: init refused the arguments: {}", init_error(&e)))?;
+    Ok(Live { store, world })
+}
+
+pub(crate) fn init_error(e: &InitError) -> String {
+    match e {
+        InitError::UnknownArgument(k) => format!("unknown argument {k:?}"),
+        InitError::InvalidArgument(m) => format!("invalid argument: {m}"),
+        InitError::Other(m) => m.clone(),
+    }
+}
+
+fn wit_connection(c: &NewConnection) -> WitConnection {
+    WitConnection {
+        client_addr: u32::from(*c.client.ip()),
+        client_port: c.client.port(),
+        virtual_addr: u32::from(*c.virtual_addr.ip()),
+        virtual_port: c.virtual_addr.port(),
+        protocol: match c.protocol {
+            Protocol::Tcp => WitProtocol::Tcp,
+            Protocol::Udp => WitProtocol::Udp,
+        },
+        virtual_id: c.virtual_id,
+    }
+}
+
+fn wit_state(s: ServerState) -> WitServerState {
+    match s {
+        ServerState::Up => WitServerState::Up,
+        ServerState::Draining => WitServerState::Draining,
+        ServerState::Failed => WitServerState::Failed,
+    }
+}
+
+fn wit_candidate(index: usize, c: &Candidate) -> WitCandidate {
+    WitCandidate {
+        index: index as u32,
+        real_id: c.real_id,
+        addr: u32::from(*c.target.ip()),
+        port: c.target.port(),
+        weight: c.weight,
+        state: wit_state(c.state),
+        active: c.active,
+        total: c.total,
+        syn_rtt_us: c.syn_rtt_us,
+        ditched: c.ditched,
+    }
+}

@@ -1,0 +1,63 @@
+//! A selector that misbehaves on demand, for the host's sandbox and fallback tests. Never ship it.
+//!
+//! Argument `mode`: `trap` (panics, a Wasm trap), `spin` (loops forever), `hog` (allocates without bound),
+//! `out-of-range` (answers an index past the list), `ineligible` (answers a failed server), `fail-init`
+//! (refuses `init`), `first` (answers index 0: behaves). `after` (default 0): behave like `first` for that
+//! many calls before misbehaving.
+
+use vipd_plugin_sdk::{
+    Args, Candidate, Connection, InitError, SelectError, Selector, export_selector,
+};
+
+/// The test plugin.
+pub struct Misbehave {
+    mode: String,
+    after: u64,
+    calls: u64,
+}
+
+impl Selector for Misbehave {
+    fn init(args: &Args) -> Result<Self, InitError> {
+        let mode = args.get("mode").unwrap_or("first").to_string();
+        if mode == "fail-init" {
+            return Err(InitError::Other("asked to fail".into()));
+        }
+        Ok(Misbehave {
+            mode,
+            after: args.parse_or("after", 0)?,
+            calls: 0,
+        })
+    }
+
+    fn select(&mut self, _conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError> {
+        self.calls += 1;
+        if self.calls <= self.after {
+            return Ok(0);
+        }
+        match self.mode.as_str() {
+            "trap" => panic!("asked to trap"),
+            "spin" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "hog" => {
+                let mut keep: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    keep.push(Vec::<u8>::with_capacity(1 << 20));
+                    std::hint::black_box(&keep);
+                }
+            }
+            "out-of-range" => Ok(candidates.len() as u32 + 10),
+            "ineligible" => candidates
+                .iter()
+                .find(|c| !c.eligible())
+                .map(|c| c.index)
+                .ok_or(SelectError::NoServer),
+            _ => Ok(0),
+        }
+    }
+}
+
+export_selector!(Misbehave);
