@@ -22,7 +22,7 @@ build: deps
 	$(CARGO) build --release -p vipd
 
 plugins: deps
-	@if [ -x plugins/build.sh ]; then plugins/build.sh $(PLUGIN_DIR); fi
+	plugins/build.sh $(PLUGIN_DIR) --testing
 
 test: deps plugins
 	$(CARGO) test --workspace
