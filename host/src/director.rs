@@ -522,6 +522,28 @@ impl Director {
         Arc::clone(&self.published)
     }
 
+    /// Sets a real server's state by name (operator drain, enable, disable); false when no server has
+    /// that name. Connections in progress are not touched.
+    pub fn set_real_state(&mut self, name: &str, state: ServerState, now: Duration) -> bool {
+        let _ = now;
+        match self.reals.iter_mut().find(|r| r.name == name) {
+            Some(r) => {
+                if r.state != state {
+                    tracing::info!(
+                        real = name,
+                        from = r.state.as_str(),
+                        to = state.as_str(),
+                        "real server state changed"
+                    );
+                }
+                r.state = state;
+                self.publish_due = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Handles one frame that arrived on `from` at `now`.
     pub fn handle(&mut self, from: Interface, frame: &mut [u8], now: Duration) -> Verdict {
         let side = from as usize;
