@@ -17,6 +17,9 @@
 //! - [`ifcheck`]: start-up checks of the interfaces (present, up, offloads off) and of `ip_forward`.
 //! - [`replay`]: drives the director from pcap files and writes what it sends to pcap files.
 //! - [`daemon`]: `vipd run`, the live director: config, interface checks, signals, reload.
+//! - [`metrics`]: Prometheus rendering of the director's published snapshot.
+//! - [`admin`]: the HTTP server on `[director] listen`: `/metrics`, `/status`, `/connections`, operator
+//!   commands to the data path.
 //!
 //! # The path of a packet
 //!
@@ -26,6 +29,7 @@
 //! to the real server and it leaves on the inside interface. A frame from the inside interface is looked up by
 //! (real server, client) and its source is rewritten back to the virtual address before it leaves outside.
 
+pub mod admin;
 pub mod binding;
 pub mod capture;
 pub mod config;
@@ -33,6 +37,7 @@ pub mod conntable;
 pub mod daemon;
 pub mod director;
 pub mod ifcheck;
+pub mod metrics;
 pub mod policy;
 pub mod replay;
 pub mod wire;
