@@ -4,7 +4,8 @@
 //!
 //! Threads: the data path (this module's caller's thread) runs [`DataPath::run`] with the director; a signal
 //! thread loads and validates a new config off the packet path and hands the result over through a channel
-//! that the data path looks at between batches.
+//! that the data path looks at between batches. The admin thread ([`crate::admin`]) serves `/metrics` and the
+//! admin API on `[director] listen`; its operator commands reach the data path over another channel.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::Interface;
+use crate::admin::{self, Admin};
 use crate::binding::BindingTable;
 use crate::capture::{Action, CaptureConfig, Control, DataPath, Handler};
 use crate::config::Config;
@@ -104,6 +106,21 @@ pub fn run(options: &RunOptions) -> Result<()> {
     );
     let mut director = Director::with_selectors(&config, bindings, selectors, l2);
 
+    crate::metrics::install();
+    let (admin_tx, admin_rx) = mpsc::channel::<admin::Command>();
+    admin::spawn(
+        config.director.listen,
+        Admin {
+            snapshot: director.published(),
+            capture: Some(datapath.stats()),
+            commands: admin_tx,
+            waker: Some(datapath.waker()),
+            token: config.director.admin_token.clone(),
+            plugins: Arc::new(Vec::new),
+        },
+    )?;
+    tracing::info!(listen = %config.director.listen, "metrics and admin API");
+
     let stop = Arc::new(AtomicBool::new(false));
     let (reload_tx, reload_rx) = mpsc::channel::<Loaded>();
     let mut signals =
@@ -118,12 +135,16 @@ pub fn run(options: &RunOptions) -> Result<()> {
                 match signal {
                     SIGHUP => match load(&path) {
                         Ok(loaded) => {
+                            crate::metrics::config_reloaded(true);
                             tracing::info!(config = %path.display(), "config reloaded; installing");
                             if reload_tx.send(loaded).is_err() {
                                 break;
                             }
                         }
-                        Err(e) => tracing::error!("config reload refused, the running config stays:\n{e:#}"),
+                        Err(e) => {
+                            crate::metrics::config_reloaded(false);
+                            tracing::error!("config reload refused, the running config stays:\n{e:#}")
+                        }
                     },
                     _ => {
                         tracing::info!(signal, "stopping");
@@ -139,6 +160,9 @@ pub fn run(options: &RunOptions) -> Result<()> {
         while let Ok(loaded) = reload_rx.try_recv() {
             director.set_limits(&loaded.config);
             director.install(loaded.bindings, loaded.selectors);
+        }
+        while let Ok(command) = admin_rx.try_recv() {
+            admin::apply(director, command, epoch.elapsed());
         }
         if stop.load(Ordering::Relaxed) {
             Control::Stop
