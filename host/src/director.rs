@@ -612,6 +612,11 @@ impl Director {
         });
     }
 
+    /// Publishes a [`Snapshot`] now (after an operator command, so a read after the write sees it).
+    pub fn publish_now(&mut self, now: Duration) {
+        self.publish(now);
+    }
+
     fn publish(&mut self, now: Duration) {
         self.published_at = Some(now);
         self.publish_due = false;
