@@ -140,6 +140,7 @@ pub fn apply(director: &mut Director, command: Command, now: Duration) {
             reply,
         } => {
             let found = director.set_real_state(&name, action.state(), now);
+            director.publish_now(now);
             let _ = reply.send(found);
         }
         Command::Connections { query, reply } => {
