@@ -37,5 +37,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 fuzz:
-	$(CARGO) +nightly fuzz run packet -- -max_total_time=$(FUZZ_SECONDS)
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd host && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run packet -- -max_total_time=$(FUZZ_SECONDS)

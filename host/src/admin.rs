@@ -139,7 +139,7 @@ pub fn apply(director: &mut Director, command: Command, now: Duration) {
             action,
             reply,
         } => {
-            let found = director.set_real_state(&name, action.state(), now);
+            let found = director.set_real_state(&name, action.state(), now).is_ok();
             director.publish_now(now);
             let _ = reply.send(found);
         }

@@ -1,11 +1,14 @@
 //! `vipd run`: the live director. Wires the config, the interface checks, the [`Director`] and the capture
 //! loop together, and handles signals: `SIGHUP` reloads the config (validated first; on error the running
-//! config stays), `SIGTERM` and `SIGINT` stop cleanly.
+//! config stays), `SIGUSR1` logs one `vipd stats` line (connections, drops by reason, capture drops), and
+//! `SIGTERM` and `SIGINT` stop cleanly, logging the same figures in the final `vipd stopped` line.
 //!
 //! Threads: the data path (this module's caller's thread) runs [`DataPath::run`] with the director; a signal
 //! thread loads and validates a new config off the packet path and hands the result over through a channel
-//! that the data path looks at between batches. The admin thread ([`crate::admin`]) serves `/metrics` and the
-//! admin API on `[director] listen`; its operator commands reach the data path over another channel.
+//! that the data path looks at between batches; the [`health`] checker threads send their verdicts through
+//! another. Between batches the data path also logs the director's real server state changes. The admin
+//! thread ([`crate::admin`]) serves `/metrics` and the admin API on `[director] listen`; its operator commands
+//! reach the data path over a third channel.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -14,16 +17,18 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::Interface;
 use crate::admin::{self, Admin};
 use crate::binding::BindingTable;
-use crate::capture::{Action, CaptureConfig, Control, DataPath, Handler};
+use crate::capture::{Action, CaptureConfig, CaptureStats, Control, DataPath, Handler};
 use crate::config::Config;
-use crate::director::{Director, Layer2, Verdict};
+use crate::director::{Director, DropReason, Layer2, StateChange, Verdict};
+use crate::health::{self, Checker};
 use crate::ifcheck::{self, Offloads};
+use crate::policy::ServerState;
 use crate::policy::{RoundRobin, Selector};
 
 /// How `vipd run` was asked to start.
@@ -121,15 +126,36 @@ pub fn run(options: &RunOptions) -> Result<()> {
     )?;
     tracing::info!(listen = %config.director.listen, "metrics and admin API");
 
+    // Health check verdicts: checker threads -> channel -> the data path, between batches.
+    let (health_tx, health_rx) = mpsc::channel::<health::Report>();
+    let notify: health::Notify = {
+        let tx = std::sync::Mutex::new(health_tx);
+        let waker = datapath.waker();
+        Arc::new(move |report| {
+            if let Ok(tx) = tx.lock() {
+                let _ = tx.send(report);
+            }
+            waker.wake();
+        })
+    };
+    let checker = Checker::start(&config, Arc::clone(&notify))?;
+    if !checker.is_empty() {
+        tracing::info!(checked = checker.len(), "health checks running");
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
+    let report = Arc::new(AtomicBool::new(false));
+    let capture_stats = datapath.stats();
     let (reload_tx, reload_rx) = mpsc::channel::<Loaded>();
     let mut signals =
-        Signals::new([SIGHUP, SIGINT, SIGTERM]).context("installing signal handlers")?;
+        Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
     let waker = datapath.waker();
     let signal_thread = {
         let stop = Arc::clone(&stop);
+        let report = Arc::clone(&report);
         let path = options.config.clone();
+        let mut checker = Some(checker);
         std::thread::Builder::new().name("vipd-signals".into()).spawn(move || {
             for signal in signals.forever() {
                 match signal {
@@ -137,8 +163,17 @@ pub fn run(options: &RunOptions) -> Result<()> {
                         Ok(loaded) => {
                             crate::metrics::config_reloaded(true);
                             tracing::info!(config = %path.display(), "config reloaded; installing");
+                            // Old checks stop first; the new ones start after the config is queued, so
+                            // the data path installs it before it sees their first verdicts.
+                            drop(checker.take());
+                            let config = loaded.config.clone();
                             if reload_tx.send(loaded).is_err() {
                                 break;
+                            }
+                            waker.wake();
+                            match Checker::start(&config, Arc::clone(&notify)) {
+                                Ok(c) => checker = Some(c),
+                                Err(e) => tracing::error!("health checks not restarted: {e:#}"),
                             }
                         }
                         Err(e) => {
@@ -146,6 +181,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
                             tracing::error!("config reload refused, the running config stays:\n{e:#}")
                         }
                     },
+                    SIGUSR1 => report.store(true, Ordering::Relaxed),
                     _ => {
                         tracing::info!(signal, "stopping");
                         stop.store(true, Ordering::Relaxed);
@@ -160,6 +196,25 @@ pub fn run(options: &RunOptions) -> Result<()> {
         while let Ok(loaded) = reload_rx.try_recv() {
             director.set_limits(&loaded.config);
             director.install(loaded.bindings, loaded.selectors);
+            director.set_checked(&loaded.config);
+        }
+        while let Ok(report) = health_rx.try_recv() {
+            tracing::info!(
+                real = %report.real,
+                up = report.up,
+                detail = %report.detail,
+                "health check verdict"
+            );
+            if let Err(e) = director.set_check_result(&report.real, report.up, epoch.elapsed()) {
+                tracing::debug!("health check verdict ignored: {e}");
+            }
+        }
+        for change in director.drain_events() {
+            log_state_change(&change);
+            // The plugin host passes these on to plugins as server-state-changed.
+        }
+        if report.swap(false, Ordering::Relaxed) {
+            log_stats(director, &capture_stats, "vipd stats");
         }
         while let Ok(command) = admin_rx.try_recv() {
             admin::apply(director, command, epoch.elapsed());
@@ -172,14 +227,71 @@ pub fn run(options: &RunOptions) -> Result<()> {
     });
     signal_handle.close();
     let _ = signal_thread.join();
+    log_stats(&director, &capture_stats, "vipd stopped");
+    result
+}
+
+/// Logs the director's and the capture's counters on one line (`SIGUSR1`, and at exit); off the packet
+/// path. `drops` lists the non-zero drop reasons as `reason:count,...`.
+fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
     let counters = director.counters();
+    let mut drops = String::new();
+    for reason in DropReason::ALL {
+        let n = counters.drops[reason as usize];
+        if n > 0 {
+            if !drops.is_empty() {
+                drops.push(',');
+            }
+            drops.push_str(&format!("{}:{n}", reason.as_str()));
+        }
+    }
+    if drops.is_empty() {
+        drops.push('-');
+    }
+    let get = |iface: Interface,
+               f: fn(&crate::capture::PortStats) -> &std::sync::atomic::AtomicU64| {
+        f(capture.port(iface)).load(Ordering::Relaxed)
+    };
     tracing::info!(
+        connections = director.table().len(),
         connections_created = counters.connections_created,
+        expired = counters.expired,
         forwarded_inside = counters.forwarded[Interface::Inside as usize],
         forwarded_outside = counters.forwarded[Interface::Outside as usize],
-        "vipd stopped"
+        drops = %drops,
+        pcap_drop_outside = get(Interface::Outside, |p| &p.pcap_drop),
+        pcap_drop_inside = get(Interface::Inside, |p| &p.pcap_drop),
+        pcap_ifdrop_outside = get(Interface::Outside, |p| &p.pcap_ifdrop),
+        pcap_ifdrop_inside = get(Interface::Inside, |p| &p.pcap_ifdrop),
+        send_errors_outside = get(Interface::Outside, |p| &p.send_errors),
+        send_errors_inside = get(Interface::Inside, |p| &p.send_errors),
+        oversize_outside = get(Interface::Outside, |p| &p.oversize),
+        oversize_inside = get(Interface::Inside, |p| &p.oversize),
+        "{message}"
     );
-    result
+}
+
+/// Logs one real server state change with its reason (a failure as a warning).
+fn log_state_change(change: &StateChange) {
+    if change.to == ServerState::Failed {
+        tracing::warn!(
+            real = %change.real,
+            from = %change.from.as_str(),
+            to = %change.to.as_str(),
+            reason = %change.reason.as_str(),
+            ditched = change.ditched,
+            "real server state changed"
+        );
+    } else {
+        tracing::info!(
+            real = %change.real,
+            from = %change.from.as_str(),
+            to = %change.to.as_str(),
+            reason = %change.reason.as_str(),
+            ditched = change.ditched,
+            "real server state changed"
+        );
+    }
 }
 
 impl Handler for Director {

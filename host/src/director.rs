@@ -13,9 +13,20 @@
 //!   addressed to the MAC the client's frames came from.
 //! - ICMP errors that belong to a connection are translated both ways, embedded header included.
 //!
+//! - Failure handling (patent FIG. 6B: state, ditched connections, failure threshold, backup): a connection
+//!   whose SYN was resent `syn_retries` times without a SYN-ACK, or that its server answered with RST, is
+//!   ditched: counted against the server and given to another one (the policy is asked again without it).
+//!   `failure_threshold` ditched connections in a row fail the server; its `backup` stands in for it in every
+//!   binding; after `retry_after` it gets one trial connection, and a SYN-ACK restores it. Active health
+//!   checks ([`Director::set_check_result`]) and the operator ([`Director::set_real_state`]) feed the same
+//!   state; every change is queued once, with its reason, for [`Director::drain_events`]. The rules are in
+//!   docs/failure-handling.md.
+//!
 //! What fails: every frame that cannot be translated is dropped with a [`DropReason`] and counted; nothing on
 //! this path panics on packet bytes.
 
+use std::collections::VecDeque;
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +53,11 @@ const ANNOUNCE_COUNT: u8 = 3;
 const EXPIRE_BUDGET: usize = 4096;
 /// How often [`Director::tick`] publishes a [`Snapshot`] (cloning it allocates; scrapes are seconds apart).
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+/// `Connection::syn_resends` of a connection re-given after an RST, until the client's next SYN: that SYN is
+/// the first the new server sees, not a resend. `syn_retries` stays below it.
+const REGIVEN: u8 = u8::MAX;
+/// State changes kept for [`Director::drain_events`]; when full, the oldest is dropped (and counted).
+const EVENT_CAPACITY: usize = 256;
 
 /// Why a frame was not forwarded. One variant per reason; each is a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -178,6 +194,15 @@ pub struct Counters {
     pub handled: [[u64; Handled::ALL.len()]; 2],
     /// Bytes sent out of each interface by [`Director::handle`] (forwarded and generated frames).
     pub tx_bytes: [u64; 2],
+    /// Connections ditched by their server: no SYN-ACK after `syn_retries` resends, or an RST to the SYN.
+    pub ditched: u64,
+    /// Ditched connections given to another server.
+    pub reselected: u64,
+    /// Trial connections given to a failed server after its `retry_after`.
+    pub trials: u64,
+    /// Real server state changes, and those dropped from a full event queue before anyone drained them.
+    pub state_changes: u64,
+    pub events_lost: u64,
 }
 
 /// What became of a received frame: the `result` label of `vipd_packets_total{direction="in"}`.
@@ -208,6 +233,37 @@ impl Handled {
     }
 }
 
+/// Why a real server changed state. Each is a log field and a plugin event argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StateReason {
+    /// `failure_threshold` connections in a row were ditched (no SYN-ACK after `syn_retries` resends, or RST).
+    Ditched,
+    /// It answered a SYN with SYN-ACK (a trial connection after `retry_after`, or a late answer).
+    Answered,
+    /// The active health check failed `fall` times in a row.
+    CheckFailed,
+    /// The active health check passed `rise` times in a row.
+    CheckPassed,
+    /// The operator set the state ([`Director::set_real_state`]).
+    Operator,
+    /// A config reload changed its weight, its check, or removed it.
+    Config,
+}
+
+impl StateReason {
+    /// The log and label name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateReason::Ditched => "ditched",
+            StateReason::Answered => "answered",
+            StateReason::CheckFailed => "check_failed",
+            StateReason::CheckPassed => "check_passed",
+            StateReason::Operator => "operator",
+            StateReason::Config => "config",
+        }
+    }
+}
+
 /// Connections of one (virtual port, real server) pair: the labels of `vipd_connections_*`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCount {
@@ -217,6 +273,88 @@ pub struct FlowCount {
     pub total: u64,
     /// SYNs resent by clients of this pair.
     pub syn_resends: u64,
+}
+
+/// One change of a real server's state, queued for [`Director::drain_events`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChange {
+    /// The real server's name.
+    pub real: Arc<str>,
+    pub from: ServerState,
+    pub to: ServerState,
+    pub reason: StateReason,
+    /// Its consecutive ditched connections at the time.
+    pub ditched: u32,
+    pub at: Duration,
+}
+
+/// [`Director::set_real_state`] or [`Director::set_check_result`] named no real server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownReal(pub String);
+
+impl fmt::Display for UnknownReal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no real server is named \"{}\"", self.0)
+    }
+}
+
+impl std::error::Error for UnknownReal {}
+
+/// What decides a real server's state, besides its live counters. [`Health::state`] combines them.
+#[derive(Clone, Debug)]
+struct Health {
+    name: Arc<str>,
+    failure_threshold: u32,
+    retry_after: Duration,
+    /// Failed by ditched connections; cleared by a SYN-ACK from it.
+    ditch_failed: bool,
+    /// Has an active health check in the config in force; verdicts for others are ignored.
+    checked: bool,
+    /// Failed by its active health check; cleared by the check only.
+    check_failed: bool,
+    /// Set by the operator: `Draining` or `Failed`; `None` follows the rest.
+    operator: Option<ServerState>,
+    /// Weight 0, or removed from the config.
+    config_drain: bool,
+    /// When a ditch-failed server gets its next trial connection.
+    retry_at: Duration,
+}
+
+impl Health {
+    fn new(name: &str) -> Health {
+        Health {
+            name: Arc::from(name),
+            failure_threshold: crate::config::DEFAULT_FAILURE_THRESHOLD,
+            retry_after: crate::config::DEFAULT_RETRY_AFTER,
+            ditch_failed: false,
+            checked: false,
+            check_failed: false,
+            operator: None,
+            config_drain: false,
+            retry_at: Duration::ZERO,
+        }
+    }
+
+    /// Failed by any source wins over draining, which wins over up.
+    fn state(&self) -> ServerState {
+        if self.ditch_failed || self.check_failed || self.operator == Some(ServerState::Failed) {
+            ServerState::Failed
+        } else if self.config_drain || self.operator == Some(ServerState::Draining) {
+            ServerState::Draining
+        } else {
+            ServerState::Up
+        }
+    }
+
+    /// Whether the next connection bound to it is its trial: only ditched connections failed it, and
+    /// `retry_after` has passed since.
+    fn trial_due(&self, now: Duration) -> bool {
+        self.ditch_failed
+            && !self.check_failed
+            && !self.config_drain
+            && self.operator.is_none()
+            && now >= self.retry_at
+    }
 }
 
 /// Live state of one real server (patent FIG. 6B: state, ditched connections).
@@ -267,6 +405,8 @@ struct Neighbour {
     updated: Duration,
     asked: Duration,
     static_entry: bool,
+    /// Ask again at the next tick although the entry is fresh (see `Director::reask_neighbour`).
+    suspect: bool,
 }
 
 /// The packet path. See the module documentation.
@@ -274,6 +414,11 @@ pub struct Director {
     bindings: Arc<BindingTable>,
     selectors: Vec<Box<dyn Selector>>,
     reals: Vec<RealLive>,
+    /// Parallel to `reals`.
+    health: Vec<Health>,
+    events: VecDeque<StateChange>,
+    /// The latest `now` seen, for state changes made without one (a reload).
+    now: Duration,
     neighbours: HashMap<Ipv4Addr, Neighbour>,
     table: ConnTable,
     l2: Layer2,
@@ -328,10 +473,13 @@ impl Director {
             bindings: Arc::new(BindingTable::default()),
             selectors: Vec::new(),
             reals: Vec::new(),
+            health: Vec::new(),
+            events: VecDeque::with_capacity(EVENT_CAPACITY),
+            now: Duration::ZERO,
             neighbours: HashMap::new(),
             table: ConnTable::new(config.director.max_connections as usize, config.timeouts),
             l2,
-            syn_retries: config.director.syn_retries.min(255) as u8,
+            syn_retries: config.director.syn_retries.min(254) as u8,
             counters: Counters::default(),
             reply: vec![0; REPLY_CAPACITY].into_boxed_slice(),
             reply_len: 0,
@@ -345,41 +493,47 @@ impl Director {
             rejected: Vec::new(),
         };
         director.install(bindings, selectors);
+        director.set_checked(config);
         director
     }
 
     /// Puts a new binding table in place (config reload). Connections in progress keep their servers: they
     /// carry the real address and port, and the live state of a real server follows it by name.
     pub fn install(&mut self, bindings: BindingTable, selectors: Vec<Box<dyn Selector>>) {
-        let mut reals: Vec<RealLive> = bindings
-            .reals
-            .iter()
-            .map(|r| {
-                let old = self.reals.iter().find(|o| o.name == r.name);
-                RealLive {
-                    name: r.name.clone(),
-                    address: r.address,
-                    state: match old.map(|o| o.state) {
-                        Some(ServerState::Failed) => ServerState::Failed,
-                        _ if r.weight == 0 => ServerState::Draining,
-                        _ => ServerState::Up,
-                    },
-                    weight: r.weight,
-                    active: old.map_or(0, |o| o.active),
-                    total: old.map_or(0, |o| o.total),
-                    syn_rtt_us: old.map_or(0, |o| o.syn_rtt_us),
-                    ditched: old.map_or(0, |o| o.ditched),
-                    ditched_total: old.map_or(0, |o| o.ditched_total),
-                }
-            })
-            .collect();
+        let mut reals = Vec::with_capacity(bindings.reals.len());
+        let mut health = Vec::with_capacity(bindings.reals.len());
+        for r in &bindings.reals {
+            let old = self.reals.iter().position(|o| o.name == r.name);
+            let mut h = old
+                .and_then(|i| self.health.get(i).cloned())
+                .unwrap_or_else(|| Health::new(&r.name));
+            h.failure_threshold = r.failure_threshold;
+            h.retry_after = r.retry_after;
+            h.config_drain = r.weight == 0;
+            let old = old.and_then(|i| self.reals.get(i));
+            reals.push(RealLive {
+                name: r.name.clone(),
+                address: r.address,
+                state: old.map_or(h.state(), |o| o.state),
+                weight: r.weight,
+                active: old.map_or(0, |o| o.active),
+                total: old.map_or(0, |o| o.total),
+                syn_rtt_us: old.map_or(0, |o| o.syn_rtt_us),
+                ditched: old.map_or(0, |o| o.ditched),
+                ditched_total: old.map_or(0, |o| o.ditched_total),
+            });
+            health.push(h);
+        }
         // A server removed from the config keeps its connections until they end, and gets no new ones.
-        for old in &self.reals {
+        for (old, h) in self.reals.iter().zip(&self.health) {
             if old.active > 0 && !reals.iter().any(|r| r.name == old.name) {
                 reals.push(RealLive {
-                    state: ServerState::Draining,
                     weight: 0,
                     ..old.clone()
+                });
+                health.push(Health {
+                    config_drain: true,
+                    ..h.clone()
                 });
             }
         }
@@ -459,12 +613,14 @@ impl Director {
                     updated: Duration::ZERO,
                     asked: Duration::ZERO,
                     static_entry: true,
+                    suspect: false,
                 },
                 None => old.filter(|n| !n.static_entry).unwrap_or(Neighbour {
                     mac: None,
                     updated: Duration::ZERO,
                     asked: Duration::ZERO,
                     static_entry: false,
+                    suspect: false,
                 }),
             };
             neighbours.entry(live.address).or_insert(entry);
@@ -482,6 +638,10 @@ impl Director {
             .unwrap_or(0);
         self.candidates.reserve(max_targets);
         self.reals = reals;
+        self.health = health;
+        for real_id in 0..self.reals.len() {
+            self.update_state(real_id, StateReason::Config);
+        }
         self.neighbours = neighbours;
         self.selectors = selectors;
         self.bindings = Arc::new(bindings);
@@ -492,7 +652,7 @@ impl Director {
     /// Applies the tunables of a reloaded config that the table holds.
     pub fn set_limits(&mut self, config: &Config) {
         self.table.set_timeouts(config.timeouts);
-        self.syn_retries = config.director.syn_retries.min(255) as u8;
+        self.syn_retries = config.director.syn_retries.min(254) as u8;
     }
 
     /// The binding table in force.
@@ -522,31 +682,150 @@ impl Director {
         Arc::clone(&self.published)
     }
 
-    /// Sets a real server's state by name (operator drain, enable, disable); false when no server has
-    /// that name. Connections in progress are not touched.
-    pub fn set_real_state(&mut self, name: &str, state: ServerState, now: Duration) -> bool {
-        let _ = now;
-        match self.reals.iter_mut().find(|r| r.name == name) {
-            Some(r) => {
-                if r.state != state {
-                    tracing::info!(
-                        real = name,
-                        from = r.state.as_str(),
-                        to = state.as_str(),
-                        "real server state changed"
-                    );
-                }
-                r.state = state;
-                self.publish_due = true;
-                true
+    /// Operator control (admin API): `Draining` stops new connections and lets existing ones finish, `Failed`
+    /// fails the server (its backup stands in), `Up` lifts both and forgets its ditched connections. An
+    /// active check failure or `weight = 0` still applies after `Up`.
+    pub fn set_real_state(
+        &mut self,
+        name: &str,
+        state: ServerState,
+        now: Duration,
+    ) -> Result<(), UnknownReal> {
+        let real_id = self.real_named(name)?;
+        self.now = self.now.max(now);
+        let (h, live) = (&mut self.health[real_id], &mut self.reals[real_id]);
+        match state {
+            ServerState::Up => {
+                h.operator = None;
+                h.ditch_failed = false;
+                live.ditched = 0;
             }
-            None => false,
+            other => h.operator = Some(other),
+        }
+        self.update_state(real_id, StateReason::Operator);
+        Ok(())
+    }
+
+    /// The active health check of `name` came to a verdict: `up` after `rise` successes in a row, down
+    /// after `fall` failures. A check that passes also clears a failure by ditched connections. Ignored for
+    /// a server without a check in the config in force (a verdict from before a reload).
+    pub fn set_check_result(
+        &mut self,
+        name: &str,
+        up: bool,
+        now: Duration,
+    ) -> Result<(), UnknownReal> {
+        let real_id = self.real_named(name)?;
+        self.now = self.now.max(now);
+        let (h, live) = (&mut self.health[real_id], &mut self.reals[real_id]);
+        if !h.checked {
+            return Ok(());
+        }
+        if up {
+            h.check_failed = false;
+            h.ditch_failed = false;
+            live.ditched = 0;
+            self.update_state(real_id, StateReason::CheckPassed);
+        } else {
+            h.check_failed = true;
+            self.update_state(real_id, StateReason::CheckFailed);
+        }
+        Ok(())
+    }
+
+    /// Tells the director which real servers have an active check in `config` (call after each
+    /// [`Director::install`]); the others forget any check failure, so none waits for a check that no
+    /// longer runs.
+    pub fn set_checked(&mut self, config: &Config) {
+        for real_id in 0..self.health.len() {
+            let checked = config
+                .reals
+                .iter()
+                .any(|r| *r.name == *self.health[real_id].name && r.check.is_some());
+            self.health[real_id].checked = checked;
+            if !checked && self.health[real_id].check_failed {
+                self.health[real_id].check_failed = false;
+                self.update_state(real_id, StateReason::Config);
+            }
+        }
+    }
+
+    /// Takes the queued state changes, oldest first. The caller logs them and passes them to plugins.
+    pub fn drain_events(&mut self) -> std::collections::vec_deque::Drain<'_, StateChange> {
+        self.events.drain(..)
+    }
+
+    fn real_named(&self, name: &str) -> Result<usize, UnknownReal> {
+        self.health
+            .iter()
+            .position(|h| *h.name == *name)
+            .ok_or_else(|| UnknownReal(name.to_owned()))
+    }
+
+    /// Puts the state [`Health`] says in force; queues the change, with `reason`, when there is one.
+    fn update_state(&mut self, real_id: usize, reason: StateReason) {
+        let (Some(h), Some(live)) = (self.health.get(real_id), self.reals.get_mut(real_id)) else {
+            return;
+        };
+        let to = h.state();
+        if live.state == to {
+            return;
+        }
+        let change = StateChange {
+            real: Arc::clone(&h.name),
+            from: live.state,
+            to,
+            reason,
+            ditched: live.ditched,
+            at: self.now,
+        };
+        live.state = to;
+        self.counters.state_changes += 1;
+        if self.events.len() == EVENT_CAPACITY {
+            self.events.pop_front();
+            self.counters.events_lost += 1;
+        }
+        self.events.push_back(change);
+    }
+
+    /// A connection of `real_id` was ditched: one more in a row; the threshold fails the server, and a
+    /// failed one (its trial connection went unanswered) waits another `retry_after`.
+    fn count_ditched(&mut self, real_id: usize, now: Duration) {
+        self.counters.ditched += 1;
+        let (Some(h), Some(live)) = (self.health.get_mut(real_id), self.reals.get_mut(real_id))
+        else {
+            return;
+        };
+        live.ditched = live.ditched.saturating_add(1);
+        live.ditched_total += 1;
+        if live.ditched >= h.failure_threshold {
+            if !h.ditch_failed {
+                h.ditch_failed = true;
+                h.retry_at = now + h.retry_after;
+                self.update_state(real_id, StateReason::Ditched);
+            } else {
+                h.retry_at = h.retry_at.max(now + h.retry_after);
+            }
+        }
+    }
+
+    /// `real_id` answered a SYN: its ditched count starts over, and a failure by ditched connections ends.
+    fn answered(&mut self, real_id: usize) {
+        let (Some(h), Some(live)) = (self.health.get_mut(real_id), self.reals.get_mut(real_id))
+        else {
+            return;
+        };
+        live.ditched = 0;
+        if h.ditch_failed {
+            h.ditch_failed = false;
+            self.update_state(real_id, StateReason::Answered);
         }
     }
 
     /// Handles one frame that arrived on `from` at `now`.
     pub fn handle(&mut self, from: Interface, frame: &mut [u8], now: Duration) -> Verdict {
         let side = from as usize;
+        self.now = now;
         self.counters.rx_frames[side] += 1;
         self.counters.rx_bytes[side] += frame.len() as u64;
         let verdict = match from {
@@ -577,6 +856,7 @@ impl Director {
     /// Periodic work: expires idle connections (bounded), refreshes neighbours, announces virtual
     /// addresses, and publishes a [`Snapshot`]. Frames to send go through `send`.
     pub fn tick(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8])) {
+        self.now = now;
         self.expire(now, EXPIRE_BUDGET);
         self.resolve_neighbours(now, send);
         if self.announce_left > 0 && now >= self.announce_next {
@@ -643,7 +923,10 @@ impl Director {
             }
             let due = match n.mac {
                 None => n.asked == Duration::ZERO || now >= n.asked + NEIGHBOUR_RETRY,
-                Some(_) => now >= n.updated + NEIGHBOUR_REFRESH && now >= n.asked + NEIGHBOUR_RETRY,
+                Some(_) => {
+                    (n.suspect || now >= n.updated + NEIGHBOUR_REFRESH)
+                        && now >= n.asked + NEIGHBOUR_RETRY
+                }
             };
             if due {
                 n.asked = now.max(Duration::from_nanos(1));
@@ -734,6 +1017,40 @@ impl Director {
                             Err(v) => return v,
                         }
                     }
+                    // The first SYN to the server that took over after an RST: not a resend to it.
+                    ConnState::SynSent if self.table.get(id).syn_resends == REGIVEN => {
+                        self.counters.syn_resends += 1;
+                        let conn = self.table.get_mut(id);
+                        conn.syn_resends = 0;
+                        if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), conn) {
+                            f.syn_resends += 1;
+                        }
+                        id
+                    }
+                    // Resent `syn_retries` times and still no SYN-ACK: ditched; this SYN goes elsewhere.
+                    ConnState::SynSent if self.table.get(id).syn_resends >= self.syn_retries => {
+                        self.counters.syn_resends += 1;
+                        if let Some(f) =
+                            flow_mut(&mut self.flows, self.reals.len(), self.table.get(id))
+                        {
+                            f.syn_resends += 1;
+                        }
+                        match self.ditch(id, now) {
+                            Ditch::Moved | Ditch::Kept => id,
+                            Ditch::Nowhere => {
+                                self.close(id);
+                                let virtual_id =
+                                    self.bindings.virtual_by_address(p.dst).unwrap_or(u32::MAX);
+                                return self.refuse(
+                                    frame,
+                                    p,
+                                    protocol,
+                                    virtual_id,
+                                    DropReason::NoServer,
+                                );
+                            }
+                        }
+                    }
                     // The patent's SYN resend: same connection, same server.
                     _ => {
                         self.counters.syn_resends += 1;
@@ -742,6 +1059,8 @@ impl Director {
                         if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), conn) {
                             f.syn_resends += 1;
                         }
+                        let real = *conn.real.ip();
+                        self.reask_neighbour(real);
                         id
                     }
                 }
@@ -795,7 +1114,8 @@ impl Director {
             .ports
             .get(port_id as usize)
             .map_or(u32::MAX, |port| port.virtual_id);
-        let Some((real_id, target)) = self.select(port_id, client, virt, protocol) else {
+        let Some((real_id, target)) = self.select(port_id, client, virt, protocol, None, now)
+        else {
             return Err(self.refuse(frame, p, protocol, virtual_id, DropReason::NoServer));
         };
         let state = match protocol {
@@ -847,26 +1167,98 @@ impl Director {
         }
     }
 
-    /// Asks the virtual port's policy for a server among its bound targets, with live state.
+    /// The server of connection `id` ditched it: count that, and give the connection to another server
+    /// (the policy is asked again with the ditching server left out).
+    fn ditch(&mut self, id: ConnId, now: Duration) -> Ditch {
+        let conn = *self.table.get(id);
+        let old = conn.real_id;
+        self.count_ditched(old as usize, now);
+        let port_id = match self.bindings.lookup(
+            *conn.virtual_addr.ip(),
+            conn.protocol,
+            conn.virtual_addr.port(),
+        ) {
+            Lookup::Port(port_id) => Some(port_id),
+            _ => None,
+        };
+        let picked = port_id.and_then(|port_id| {
+            self.select(
+                port_id,
+                conn.client,
+                conn.virtual_addr,
+                conn.protocol,
+                Some(old),
+                now,
+            )
+            .map(|picked| (port_id, picked))
+        });
+        if let Some((port_id, (real_id, target))) = picked
+            && self.table.retarget(id, target, real_id).is_ok()
+        {
+            self.counters.reselected += 1;
+            release(&mut self.reals, &mut self.flows, &conn);
+            if let Some(r) = self.reals.get_mut(real_id as usize) {
+                r.active += 1;
+                r.total += 1;
+            }
+            let moved = self.table.get_mut(id);
+            moved.port_id = port_id;
+            if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), moved) {
+                f.active += 1;
+                f.total += 1;
+            }
+            moved.syn_resends = 0;
+            // The new server's SYN round trip is measured from here.
+            moved.created = now;
+            return Ditch::Moved;
+        }
+        let keep = self
+            .reals
+            .get(old as usize)
+            .is_some_and(|r| r.state == ServerState::Up);
+        if keep {
+            self.table.get_mut(id).syn_resends = 0;
+            Ditch::Kept
+        } else {
+            Ditch::Nowhere
+        }
+    }
+
+    /// Asks the virtual port's policy for a server among its bound targets, with live state. A failed
+    /// server's backup stands in for it (following the chain); `exclude` (a server that just ditched this
+    /// connection) is offered as failed. A failed server whose trial is due gets the connection outright.
     fn select(
         &mut self,
         port_id: u32,
         client: SocketAddrV4,
         virt: SocketAddrV4,
         protocol: Protocol,
+        exclude: Option<u32>,
+        now: Duration,
     ) -> Option<(u32, SocketAddrV4)> {
         let bindings = &self.bindings;
         let port = bindings.ports.get(port_id as usize)?;
         self.candidates.clear();
+        let mut trial = None;
         for t in &port.targets {
-            // A failed server with a backup: the backup stands in, on the same port unless it has its own.
             let mut real_id = t.real_id;
             let mut target_port = t.port;
-            let primary = bindings.reals.get(real_id as usize)?;
-            if self.reals.get(real_id as usize)?.state == ServerState::Failed
-                && let Some(b) = primary.backup
-                && let Some(backup) = bindings.reals.get(b as usize)
-            {
+            // Cycles are refused by the config; the bound only guards against a bug.
+            for _ in 0..bindings.reals.len() {
+                if self.reals.get(real_id as usize)?.state != ServerState::Failed {
+                    break;
+                }
+                if trial.is_none()
+                    && exclude != Some(real_id)
+                    && self.health.get(real_id as usize)?.trial_due(now)
+                {
+                    trial = Some(self.candidates.len());
+                    break;
+                }
+                let Some(b) = bindings.reals.get(real_id as usize)?.backup else {
+                    break;
+                };
+                let backup = bindings.reals.get(b as usize)?;
                 real_id = b;
                 target_port = backup.port.unwrap_or(target_port);
             }
@@ -875,12 +1267,23 @@ impl Director {
                 real_id,
                 target: SocketAddrV4::new(live.address, target_port),
                 weight: live.weight,
-                state: live.state,
+                state: if exclude == Some(real_id) {
+                    ServerState::Failed
+                } else {
+                    live.state
+                },
                 active: live.active,
                 total: live.total,
                 syn_rtt_us: live.syn_rtt_us,
                 ditched: live.ditched,
             });
+        }
+        if let Some(i) = trial {
+            let c = self.candidates.get(i)?;
+            let h = self.health.get_mut(c.real_id as usize)?;
+            h.retry_at = now + h.retry_after;
+            self.counters.trials += 1;
+            return Some((c.real_id, c.target));
         }
         let new = NewConnection {
             client,
@@ -986,6 +1389,15 @@ impl Director {
         };
         self.table.touch(id, now);
         if protocol == Protocol::Tcp {
+            // A server refusing the SYN ditches the connection like one that never answers. When another
+            // server takes it, the RST stays here and the client's SYN retransmission goes there.
+            if flags.contains(TcpFlags::RST)
+                && self.table.get(id).state == ConnState::SynSent
+                && self.ditch(id, now) == Ditch::Moved
+            {
+                self.table.get_mut(id).syn_resends = REGIVEN;
+                return Verdict::Consumed;
+            }
             self.track_server_flags(id, flags, now);
         }
         let conn = self.table.get(id);
@@ -1013,8 +1425,8 @@ impl Director {
                 } else {
                     (r.syn_rtt_us / 8 * 7 + rtt / 8).max(1)
                 };
-                r.ditched = 0;
             }
+            self.answered(conn.real_id as usize);
             self.table.set_state(id, ConnState::Established, now);
         } else if flags.contains(TcpFlags::RST) || flags.contains(TcpFlags::FIN) {
             if flags.contains(TcpFlags::FIN) {
@@ -1054,15 +1466,39 @@ impl Director {
             Some(n) if !n.static_entry => {
                 n.mac = Some(arp.sender_mac);
                 n.updated = now;
+                n.suspect = false;
                 Verdict::Consumed
             }
             _ => Verdict::Drop(DropReason::Ignored),
         }
     }
 
+    /// A resent SYN may mean the real server's MAC changed (a new NIC, a recreated veth) and our frames go
+    /// nowhere: make its entry due for an ARP request at the next tick (at most one per
+    /// [`NEIGHBOUR_RETRY`]). The old MAC stays in use until the answer replaces it.
+    fn reask_neighbour(&mut self, ip: Ipv4Addr) {
+        if let Some(n) = self.neighbours.get_mut(&ip)
+            && !n.static_entry
+            && n.mac.is_some()
+        {
+            n.suspect = true;
+        }
+    }
+
     fn neighbour(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
         self.neighbours.get(&ip).and_then(|n| n.mac)
     }
+}
+
+/// What became of a ditched connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ditch {
+    /// Another server has it now.
+    Moved,
+    /// No other server can take it; its own server is still up, so it stays there.
+    Kept,
+    /// No server can take it.
+    Nowhere,
 }
 
 /// A connection left the table: its server has one connection fewer.
@@ -1085,4 +1521,489 @@ fn flow_mut<'a>(
         return None;
     }
     flows.get_mut(conn.port_id as usize * reals + conn.real_id as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+    use super::*;
+
+    const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+    const L2: Layer2 = Layer2 {
+        outside_mac: [2, 0, 0, 0, 0, 1],
+        inside_mac: [2, 0, 0, 0, 0, 2],
+        inside_ip: Ipv4Addr::UNSPECIFIED,
+    };
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+    const WEB: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const SOLO: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+    /// Servers a, b, c behind `web`; `primary` with backup `spare` behind `solo`. Static MACs: no ARP.
+    fn config(syn_retries: u32, weight_a: u32, with_a: bool, checks: bool) -> Config {
+        let check = if checks {
+            "check = { kind = \"tcp\", port = 80 }\n"
+        } else {
+            ""
+        };
+        let a = if with_a {
+            format!(
+                "[[real]]\nname = \"a\"\naddress = \"10.0.0.1\"\nmac = \"02:00:00:00:02:01\"\n\
+                 weight = {weight_a}\nfailure_threshold = 2\nretry_after = \"10s\"\n"
+            )
+        } else {
+            String::new()
+        };
+        let bind = if with_a {
+            "\"a\", \"b\", \"c\""
+        } else {
+            "\"b\", \"c\""
+        };
+        let text = format!(
+            "[director]\noutside = \"o\"\ninside = \"i\"\nsyn_retries = {syn_retries}\n{a}\
+             [[real]]\nname = \"b\"\naddress = \"10.0.0.2\"\nmac = \"02:00:00:00:02:02\"\nfailure_threshold = 2\n{check}\
+             [[real]]\nname = \"c\"\naddress = \"10.0.0.3\"\nmac = \"02:00:00:00:02:03\"\nfailure_threshold = 2\n{check}\
+             [[real]]\nname = \"primary\"\naddress = \"10.0.0.4\"\nmac = \"02:00:00:00:02:04\"\n\
+             backup = \"spare\"\nfailure_threshold = 1\nretry_after = \"10s\"\n\
+             [[real]]\nname = \"spare\"\naddress = \"10.0.0.5\"\nmac = \"02:00:00:00:02:05\"\n\
+             [[virtual]]\nname = \"web\"\naddress = \"192.0.2.1\"\n  [[virtual.port]]\n  port = 80\n  bind = [{bind}]\n\
+             [[virtual]]\nname = \"solo\"\naddress = \"192.0.2.2\"\n  [[virtual.port]]\n  port = 80\n  bind = [\"primary\"]\n"
+        );
+        Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn director(syn_retries: u32) -> Director {
+        let config = config(syn_retries, 1, true, true);
+        let bindings = BindingTable::from_config(&config);
+        Director::new(&config, bindings, L2)
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    /// A TCP frame from the client to `vip`:80.
+    fn client(vip: Ipv4Addr, cport: u16, syn: bool, rst: bool) -> Vec<u8> {
+        let mut b = PacketBuilder::ethernet2(CLIENT_MAC, L2.outside_mac)
+            .ipv4(CLIENT.octets(), vip.octets(), 64)
+            .tcp(cport, 80, 1000, 64240);
+        if syn {
+            b = b.syn();
+        } else {
+            b = b.ack(1);
+        }
+        if rst {
+            b = b.rst();
+        }
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    }
+
+    /// A TCP frame from a real server port to the client: SYN-ACK, or RST-ACK.
+    fn server(real: SocketAddrV4, cport: u16, rst: bool) -> Vec<u8> {
+        let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 2, 9], L2.inside_mac)
+            .ipv4(real.ip().octets(), CLIENT.octets(), 64)
+            .tcp(real.port(), cport, 5000, 64240)
+            .ack(1001);
+        b = if rst { b.rst() } else { b.syn() };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    }
+
+    /// (destination, TCP flags syn/ack/rst) of a frame.
+    fn dest(frame: &[u8]) -> (SocketAddrV4, (bool, bool, bool)) {
+        let p = SlicedPacket::from_ethernet(frame).unwrap();
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) = (&p.net, &p.transport)
+        else {
+            panic!("not TCP/IPv4");
+        };
+        (
+            SocketAddrV4::new(ip.header().destination_addr(), t.destination_port()),
+            (t.syn(), t.ack(), t.rst()),
+        )
+    }
+
+    /// Sends a client SYN; returns the real server it was forwarded to.
+    fn syn_to(d: &mut Director, vip: Ipv4Addr, cport: u16, now: Duration) -> SocketAddrV4 {
+        let mut f = client(vip, cport, true, false);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut f, now),
+            Verdict::Forward(Interface::Inside),
+            "SYN from port {cport}"
+        );
+        dest(&f).0
+    }
+
+    fn real(d: &Director, name: &str) -> RealLive {
+        d.reals().iter().find(|r| r.name == name).unwrap().clone()
+    }
+
+    fn events(d: &mut Director) -> Vec<(String, ServerState, ServerState, StateReason)> {
+        d.drain_events()
+            .map(|e| (e.real.to_string(), e.from, e.to, e.reason))
+            .collect()
+    }
+
+    fn addr(last: u8, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), port)
+    }
+
+    /// After `syn_retries` resends without a SYN-ACK, the next SYN goes to another server; the first
+    /// server's late SYN-ACK no longer matches; the new server's does.
+    #[test]
+    fn ditch_after_syn_retries_reselects() {
+        let mut d = director(1);
+        let first = syn_to(&mut d, WEB, 1000, secs(0));
+        assert_eq!(
+            syn_to(&mut d, WEB, 1000, secs(1)),
+            first,
+            "one resend allowed"
+        );
+        let second = syn_to(&mut d, WEB, 1000, secs(3));
+        assert_ne!(second, first, "ditched: re-given to another server");
+        assert_eq!((d.counters().ditched, d.counters().reselected), (1, 1));
+        let first_name = d.reals().iter().find(|r| r.address == *first.ip()).unwrap();
+        assert_eq!(first_name.ditched, 1);
+        assert_eq!(first_name.state, ServerState::Up, "threshold is 2");
+        assert_eq!(
+            d.handle(Interface::Inside, &mut server(first, 1000, false), secs(3)),
+            Verdict::Drop(DropReason::NoConnection)
+        );
+        let mut synack = server(second, 1000, false);
+        assert_eq!(
+            d.handle(Interface::Inside, &mut synack, secs(3)),
+            Verdict::Forward(Interface::Outside)
+        );
+        assert_eq!(dest(&synack).0, SocketAddrV4::new(CLIENT, 1000));
+        // The new server counts one active connection, the old one none.
+        let active: u32 = d.reals().iter().map(|r| r.active).sum();
+        assert_eq!(active, 1);
+        assert!(events(&mut d).is_empty());
+    }
+
+    /// An RST answering a SYN ditches the connection: the RST stays with the director and the client's
+    /// retransmission goes to another server, even with `syn_retries = 0`.
+    #[test]
+    fn rst_from_server_counts_and_is_held() {
+        let mut d = director(0);
+        let first = syn_to(&mut d, WEB, 1000, secs(0));
+        assert_eq!(
+            d.handle(Interface::Inside, &mut server(first, 1000, true), secs(0)),
+            Verdict::Consumed
+        );
+        assert_eq!(d.counters().ditched, 1);
+        let second = syn_to(&mut d, WEB, 1000, secs(1));
+        assert_ne!(second, first);
+        assert_eq!(
+            d.counters().ditched,
+            1,
+            "the first SYN to the new server is no resend"
+        );
+        // The new server answers: the connection is established there.
+        assert_eq!(
+            d.handle(Interface::Inside, &mut server(second, 1000, false), secs(1)),
+            Verdict::Forward(Interface::Outside)
+        );
+    }
+
+    /// A SYN-ACK resets the consecutive ditched count.
+    #[test]
+    fn synack_resets_ditched() {
+        let mut d = director(0);
+        let first = syn_to(&mut d, WEB, 1000, secs(0));
+        d.handle(Interface::Inside, &mut server(first, 1000, true), secs(0));
+        let name = d
+            .reals()
+            .iter()
+            .find(|r| r.address == *first.ip())
+            .unwrap()
+            .name
+            .clone();
+        assert_eq!(real(&d, &name).ditched, 1);
+        // Round robin comes back to the same server within a few new connections.
+        for cport in 2000..2006 {
+            let to = syn_to(&mut d, WEB, cport, secs(1));
+            if to == first {
+                d.handle(Interface::Inside, &mut server(to, cport, false), secs(1));
+            }
+        }
+        assert_eq!(real(&d, &name).ditched, 0);
+    }
+
+    /// `failure_threshold` ditched in a row fail the server; its backup takes its connections; after
+    /// `retry_after` one trial connection goes to it, and its SYN-ACK restores it.
+    #[test]
+    fn threshold_fails_backup_takes_over_trial_restores() {
+        let mut d = director(0);
+        let primary = addr(4, 80);
+        let spare = addr(5, 80);
+        assert_eq!(syn_to(&mut d, SOLO, 1000, secs(0)), primary);
+        assert_eq!(
+            d.handle(Interface::Inside, &mut server(primary, 1000, true), secs(0)),
+            Verdict::Consumed,
+            "the backup stands in, so the RST is held"
+        );
+        assert_eq!(real(&d, "primary").state, ServerState::Failed);
+        assert_eq!(
+            events(&mut d),
+            [(
+                "primary".into(),
+                ServerState::Up,
+                ServerState::Failed,
+                StateReason::Ditched
+            )]
+        );
+        assert_eq!(
+            syn_to(&mut d, SOLO, 1000, secs(1)),
+            spare,
+            "retransmission to the backup"
+        );
+        for cport in 1001..1005 {
+            assert_eq!(syn_to(&mut d, SOLO, cport, secs(2)), spare);
+        }
+        // Not yet 10 s: still the backup. At 10 s: one trial, then the backup again while it runs.
+        assert_eq!(syn_to(&mut d, SOLO, 1100, secs(9)), spare);
+        assert_eq!(syn_to(&mut d, SOLO, 1101, secs(10)), primary);
+        assert_eq!(syn_to(&mut d, SOLO, 1102, secs(10)), spare);
+        assert_eq!(d.counters().trials, 1);
+        d.handle(
+            Interface::Inside,
+            &mut server(primary, 1101, false),
+            secs(10),
+        );
+        assert_eq!(real(&d, "primary").state, ServerState::Up);
+        assert_eq!(
+            events(&mut d),
+            [(
+                "primary".into(),
+                ServerState::Failed,
+                ServerState::Up,
+                StateReason::Answered
+            )]
+        );
+        assert_eq!(syn_to(&mut d, SOLO, 1103, secs(11)), primary);
+    }
+
+    /// A refused trial keeps the server failed for another `retry_after`, and its client goes to the backup.
+    #[test]
+    fn failed_trial_waits_another_retry_after() {
+        let mut d = director(0);
+        let (primary, spare) = (addr(4, 80), addr(5, 80));
+        syn_to(&mut d, SOLO, 1000, secs(0));
+        d.handle(Interface::Inside, &mut server(primary, 1000, true), secs(0));
+        assert_eq!(syn_to(&mut d, SOLO, 1001, secs(10)), primary, "trial");
+        assert_eq!(
+            d.handle(
+                Interface::Inside,
+                &mut server(primary, 1001, true),
+                secs(10)
+            ),
+            Verdict::Consumed
+        );
+        assert_eq!(
+            syn_to(&mut d, SOLO, 1001, secs(11)),
+            spare,
+            "trial client retransmits to backup"
+        );
+        assert_eq!(syn_to(&mut d, SOLO, 1002, secs(19)), spare);
+        assert_eq!(syn_to(&mut d, SOLO, 1003, secs(20)), primary, "next trial");
+        assert_eq!(real(&d, "primary").state, ServerState::Failed);
+        assert_eq!(events(&mut d).len(), 1, "one change: up to failed");
+    }
+
+    /// With every server of a virtual port failed, a new SYN is answered with RST at once; a resend whose
+    /// server ditched it and has no replacement gets an RST too.
+    #[test]
+    fn all_failed_refuses_with_rst() {
+        let mut d = director(0);
+        let first = syn_to(&mut d, WEB, 1000, secs(0));
+        for name in ["a", "b", "c"] {
+            if real(&d, name).address != *first.ip() {
+                d.set_real_state(name, ServerState::Failed, secs(0))
+                    .unwrap();
+            }
+        }
+        // Its server still up (one ditch of two): the resend stays with it.
+        assert_eq!(syn_to(&mut d, WEB, 1000, secs(1)), first);
+        // Second ditch fails it; nobody is left.
+        let mut f = client(WEB, 1000, true, false);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut f, secs(3)),
+            Verdict::Reply(Interface::Outside)
+        );
+        assert_eq!(
+            dest(d.reply()),
+            (SocketAddrV4::new(CLIENT, 1000), (false, true, true))
+        );
+        let mut f = client(WEB, 1001, true, false);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut f, secs(3)),
+            Verdict::Reply(Interface::Outside)
+        );
+        assert_eq!(d.counters().refused[DropReason::NoServer as usize], 2);
+        assert_eq!(d.table().len(), 0);
+        assert!(d.reals().iter().all(|r| r.active == 0));
+    }
+
+    /// A draining server (operator or `weight = 0` on reload) keeps its connections and gets no new ones;
+    /// one removed from the config keeps its connections the same way.
+    #[test]
+    fn drain_keeps_existing_connections() {
+        let mut d = director(2);
+        let mut to_a = None;
+        for cport in 1000..1003 {
+            let to = syn_to(&mut d, WEB, cport, secs(0));
+            d.handle(Interface::Inside, &mut server(to, cport, false), secs(0));
+            if to.ip() == &Ipv4Addr::new(10, 0, 0, 1) {
+                to_a = Some((to, cport));
+            }
+        }
+        let (a, cport) = to_a.expect("round robin gave one to a");
+        let data = |d: &mut Director, now| {
+            let mut f = client(WEB, cport, false, false);
+            assert_eq!(
+                d.handle(Interface::Outside, &mut f, now),
+                Verdict::Forward(Interface::Inside)
+            );
+            dest(&f).0
+        };
+        d.set_real_state("a", ServerState::Draining, secs(1))
+            .unwrap();
+        assert_eq!(
+            events(&mut d),
+            [(
+                "a".into(),
+                ServerState::Up,
+                ServerState::Draining,
+                StateReason::Operator
+            )]
+        );
+        assert_eq!(data(&mut d, secs(1)), a);
+        for p in 2000..2010 {
+            assert_ne!(syn_to(&mut d, WEB, p, secs(1)).ip(), a.ip());
+        }
+        d.set_real_state("a", ServerState::Up, secs(2)).unwrap();
+        assert_eq!(events(&mut d)[0].3, StateReason::Operator);
+
+        // Reload with weight 0: draining, by config.
+        let c = config(2, 0, true, true);
+        d.install(
+            BindingTable::from_config(&c),
+            vec![Box::new(RoundRobin::new()), Box::new(RoundRobin::new())],
+        );
+        assert_eq!(
+            events(&mut d),
+            [(
+                "a".into(),
+                ServerState::Up,
+                ServerState::Draining,
+                StateReason::Config
+            )]
+        );
+        assert_eq!(data(&mut d, secs(3)), a);
+        for p in 3000..3010 {
+            assert_ne!(syn_to(&mut d, WEB, p, secs(3)).ip(), a.ip());
+        }
+
+        // Reload without a: it stays, draining, while its connection lives.
+        let c = config(2, 1, false, true);
+        d.install(
+            BindingTable::from_config(&c),
+            vec![Box::new(RoundRobin::new()), Box::new(RoundRobin::new())],
+        );
+        assert_eq!(real(&d, "a").state, ServerState::Draining);
+        assert_eq!(data(&mut d, secs(4)), a);
+        let mut rst = client(WEB, cport, false, true);
+        d.handle(Interface::Outside, &mut rst, secs(4));
+        d.expire(secs(4) + Duration::from_secs(3600), usize::MAX);
+        assert_eq!(real(&d, "a").active, 0);
+        d.install(
+            BindingTable::from_config(&c),
+            vec![Box::new(RoundRobin::new()), Box::new(RoundRobin::new())],
+        );
+        assert!(
+            d.reals().iter().all(|r| r.name != "a"),
+            "gone once its connections ended"
+        );
+    }
+
+    /// Active check verdicts fail and restore a server; an unknown name is an error; a reload that removes
+    /// the check forgets its failure.
+    #[test]
+    fn check_results_and_operator() {
+        let mut d = director(2);
+        d.set_check_result("b", false, secs(1)).unwrap();
+        d.set_check_result("b", false, secs(2)).unwrap();
+        assert_eq!(
+            events(&mut d),
+            [(
+                "b".into(),
+                ServerState::Up,
+                ServerState::Failed,
+                StateReason::CheckFailed
+            )]
+        );
+        for p in 1000..1010 {
+            assert_ne!(
+                *syn_to(&mut d, WEB, p, secs(2)).ip(),
+                Ipv4Addr::new(10, 0, 0, 2)
+            );
+        }
+        // A trial is for ditched failures only: a check failure waits for the check.
+        for p in 1010..1020 {
+            assert_ne!(
+                *syn_to(&mut d, WEB, p, secs(60)).ip(),
+                Ipv4Addr::new(10, 0, 0, 2)
+            );
+        }
+        d.set_check_result("b", true, secs(3)).unwrap();
+        assert_eq!(events(&mut d)[0].3, StateReason::CheckPassed);
+        assert_eq!(
+            d.set_real_state("nope", ServerState::Draining, secs(3)),
+            Err(UnknownReal("nope".into()))
+        );
+        assert!(d.set_check_result("nope", true, secs(3)).is_err());
+
+        d.set_check_result("c", false, secs(4)).unwrap();
+        d.set_real_state("c", ServerState::Up, secs(4)).unwrap();
+        assert_eq!(
+            real(&d, "c").state,
+            ServerState::Failed,
+            "the check still says down"
+        );
+        d.set_checked(&config(2, 1, true, false));
+        assert_eq!(
+            real(&d, "c").state,
+            ServerState::Up,
+            "no check in the config: forgotten"
+        );
+        assert_eq!(events(&mut d).len(), 2);
+        d.set_check_result("c", false, secs(5)).unwrap();
+        assert_eq!(
+            real(&d, "c").state,
+            ServerState::Up,
+            "a late verdict of a check that no longer runs"
+        );
+    }
+
+    /// The event queue keeps the newest changes and counts the ones it dropped.
+    #[test]
+    fn event_queue_is_bounded() {
+        let mut d = director(2);
+        for i in 0..EVENT_CAPACITY + 10 {
+            let state = if i % 2 == 0 {
+                ServerState::Draining
+            } else {
+                ServerState::Up
+            };
+            d.set_real_state("b", state, secs(i as u64)).unwrap();
+        }
+        assert_eq!(d.drain_events().count(), EVENT_CAPACITY);
+        assert_eq!(d.counters().events_lost, 10);
+        assert_eq!(d.counters().state_changes, (EVENT_CAPACITY + 10) as u64);
+    }
 }

@@ -16,6 +16,8 @@
 //! - [`capture`]: libpcap on the outside and inside interfaces, one thread polling both, batches per wake-up.
 //! - [`ifcheck`]: start-up checks of the interfaces (present, up, offloads off) and of `ip_forward`.
 //! - [`replay`]: drives the director from pcap files and writes what it sends to pcap files.
+//! - [`health`]: active health checks (TCP connect, HTTP GET), one thread per checked real server; their
+//!   verdicts reach the director between batches.
 //! - [`daemon`]: `vipd run`, the live director: config, interface checks, signals, reload.
 //! - [`metrics`]: Prometheus rendering of the director's published snapshot.
 //! - [`admin`]: the HTTP server on `[director] listen`: `/metrics`, `/status`, `/connections`, operator
@@ -36,6 +38,7 @@ pub mod config;
 pub mod conntable;
 pub mod daemon;
 pub mod director;
+pub mod health;
 pub mod ifcheck;
 pub mod metrics;
 pub mod policy;

@@ -659,3 +659,192 @@ impl Fig3 {
             .spawn(dir, "vipd", env!("CARGO_BIN_EXE_vipd"), &args)
     }
 }
+
+// ---- Live-director helpers (host/tests/live*.rs) ----------------------------------------------------------
+
+/// A process-wide lock (flock on `/tmp/vipd-e2e.lock`) held by heavy tests (wrk load) so they never run at
+/// the same time, in this or another test binary. Released on drop.
+pub struct Serial(File);
+
+/// Takes the heavy-test lock, waiting for it.
+pub fn serial() -> Serial {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/vipd-e2e.lock")
+        .expect("/tmp/vipd-e2e.lock");
+    // SAFETY: flock on a descriptor we own; the lock goes with the open file description.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    Serial(f)
+}
+
+/// Raises this process's open-file limit (inherited by the wrk and nginx it starts) to `n`, or the hard
+/// limit when lower.
+pub fn raise_nofile(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit with a live rlimit struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if lim.rlim_cur < n {
+            lim.rlim_cur = n.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The MAC address of `dev` in `ns`.
+pub fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
+    let out = ns.ip(&["-o", "link", "show", "dev", dev]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC for {dev} in {}: {text}", ns.name));
+    parse_mac(mac)
+}
+
+/// `aa:bb:cc:dd:ee:ff` to bytes.
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).unwrap_or_else(|_| panic!("bad MAC {s}")))
+        .collect();
+    assert_eq!(parts.len(), 6, "bad MAC {s}");
+    mac.copy_from_slice(&parts);
+    mac
+}
+
+/// Bytes to `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Sends each frame as is (Ethernet header included) out of `dev` in `ns`, through an `AF_PACKET` raw socket.
+pub fn send_frames(ns: &Netns, dev: &str, frames: &[Vec<u8>]) {
+    let dev = std::ffi::CString::new(dev).unwrap();
+    ns.run_in(|| {
+        // SAFETY: plain syscalls; every pointer passed is to a live local of the size given.
+        unsafe {
+            let ifindex = libc::if_nametoindex(dev.as_ptr());
+            assert_ne!(ifindex, 0, "no interface {dev:?}");
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            for frame in frames {
+                let rc = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                );
+                assert_eq!(
+                    rc as usize,
+                    frame.len(),
+                    "sending a {}-byte frame: {}",
+                    frame.len(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    })
+}
+
+/// The fields of one `vipd stats` / `vipd stopped` log line (`key=value` after the message).
+#[derive(Clone, Debug, Default)]
+pub struct VipdStats {
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+impl VipdStats {
+    /// Parses the last line of `log` that contains `message`.
+    pub fn last(log: &str, message: &str) -> Option<VipdStats> {
+        let line = log.lines().rev().find(|l| l.contains(message))?;
+        let fields = line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        Some(VipdStats { fields })
+    }
+
+    /// A numeric field, 0 when absent.
+    pub fn get(&self, key: &str) -> u64 {
+        self.fields
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The drops by reason (`drops=reason:n,...`).
+    pub fn drops(&self) -> std::collections::BTreeMap<String, u64> {
+        self.fields
+            .get("drops")
+            .map(|d| {
+                d.split(',')
+                    .filter_map(|p| p.split_once(':'))
+                    .map(|(k, v)| (k.to_owned(), v.parse().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The drops of one reason.
+    pub fn drop(&self, reason: &str) -> u64 {
+        self.drops().get(reason).copied().unwrap_or(0)
+    }
+}
+
+impl Proc {
+    /// Asks a running `vipd run` for its counters (`SIGUSR1`) and waits for the `vipd stats` line.
+    pub fn vipd_stats(&mut self) -> VipdStats {
+        let before = self.log().matches("vipd stats").count();
+        self.signal(libc::SIGUSR1);
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.matches("vipd stats").count() > before {
+                return VipdStats::last(&log, "vipd stats").unwrap();
+            }
+            self.assert_running();
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{}: no stats line after SIGUSR1:\n{log}",
+                self.label
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops `vipd run` with `SIGTERM` and returns its final `vipd stopped` counters.
+    pub fn vipd_stop(&mut self) -> VipdStats {
+        let st = self.stop(Duration::from_secs(10));
+        let log = self.log();
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{} did not exit cleanly ({st:?}):\n{log}",
+            self.label
+        );
+        VipdStats::last(&log, "vipd stopped")
+            .unwrap_or_else(|| panic!("no final stats line:\n{log}"))
+    }
+}
