@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 PLUGIN_DIR ?= target/plugins
-DEBIAN_PACKAGES = libpcap-dev nginx-light wrk curl ethtool iproute2 iputils-ping iperf3 tcpdump
+DEBIAN_PACKAGES = libpcap-dev nginx-light wrk curl ethtool iproute2 iputils-ping iperf3 tcpdump prometheus
 FUZZ_SECONDS ?= 600
 
 .PHONY: all deps build plugins test demo bench lint fuzz clean-netns

@@ -16,7 +16,7 @@ use crate::config::{Announce, Config, resolve_port};
 use crate::wire::Protocol;
 
 /// The compiled bindings of one configuration.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct BindingTable {
     /// Indexed by `real_id`, in config order.
     pub reals: Vec<RealServer>,

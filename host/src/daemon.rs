@@ -6,7 +6,9 @@
 //! Threads: the data path (this module's caller's thread) runs [`DataPath::run`] with the director; a signal
 //! thread loads and validates a new config off the packet path and hands the result over through a channel
 //! that the data path looks at between batches; the [`health`] checker threads send their verdicts through
-//! another. Between batches the data path also logs the director's real server state changes.
+//! another. Between batches the data path also logs the director's real server state changes. The admin
+//! thread ([`crate::admin`]) serves `/metrics` and the admin API on `[director] listen`; its operator commands
+//! reach the data path over a third channel.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::Interface;
+use crate::admin::{self, Admin};
 use crate::binding::BindingTable;
 use crate::capture::{Action, CaptureConfig, CaptureStats, Control, DataPath, Handler};
 use crate::config::Config;
@@ -108,6 +111,21 @@ pub fn run(options: &RunOptions) -> Result<()> {
     );
     let mut director = Director::with_selectors(&config, bindings, selectors, l2);
 
+    crate::metrics::install();
+    let (admin_tx, admin_rx) = mpsc::channel::<admin::Command>();
+    admin::spawn(
+        config.director.listen,
+        Admin {
+            snapshot: director.published(),
+            capture: Some(datapath.stats()),
+            commands: admin_tx,
+            waker: Some(datapath.waker()),
+            token: config.director.admin_token.clone(),
+            plugins: Arc::new(Vec::new),
+        },
+    )?;
+    tracing::info!(listen = %config.director.listen, "metrics and admin API");
+
     // Health check verdicts: checker threads -> channel -> the data path, between batches.
     let (health_tx, health_rx) = mpsc::channel::<health::Report>();
     let notify: health::Notify = {
@@ -143,6 +161,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
                 match signal {
                     SIGHUP => match load(&path) {
                         Ok(loaded) => {
+                            crate::metrics::config_reloaded(true);
                             tracing::info!(config = %path.display(), "config reloaded; installing");
                             // Old checks stop first; the new ones start after the config is queued, so
                             // the data path installs it before it sees their first verdicts.
@@ -157,7 +176,10 @@ pub fn run(options: &RunOptions) -> Result<()> {
                                 Err(e) => tracing::error!("health checks not restarted: {e:#}"),
                             }
                         }
-                        Err(e) => tracing::error!("config reload refused, the running config stays:\n{e:#}"),
+                        Err(e) => {
+                            crate::metrics::config_reloaded(false);
+                            tracing::error!("config reload refused, the running config stays:\n{e:#}")
+                        }
                     },
                     SIGUSR1 => report.store(true, Ordering::Relaxed),
                     _ => {
@@ -193,6 +215,9 @@ pub fn run(options: &RunOptions) -> Result<()> {
         }
         if report.swap(false, Ordering::Relaxed) {
             log_stats(director, &capture_stats, "vipd stats");
+        }
+        while let Ok(command) = admin_rx.try_recv() {
+            admin::apply(director, command, epoch.elapsed());
         }
         if stop.load(Ordering::Relaxed) {
             Control::Stop

@@ -51,6 +51,8 @@ const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 const ANNOUNCE_COUNT: u8 = 3;
 /// Connections examined per tick at most, so a tick never stalls the data path.
 const EXPIRE_BUDGET: usize = 4096;
+/// How often [`Director::tick`] publishes a [`Snapshot`] (cloning it allocates; scrapes are seconds apart).
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// `Connection::syn_resends` of a connection re-given after an RST, until the client's next SYN: that SYN is
 /// the first the new server sees, not a resend. `syn_retries` stays below it.
 const REGIVEN: u8 = u8::MAX;
@@ -188,6 +190,10 @@ pub struct Counters {
     pub evicted_half_open: u64,
     pub evicted_closing: u64,
     pub expired: u64,
+    /// Frames received on each [`Interface`], by what became of them: the index of [`Handled`].
+    pub handled: [[u64; Handled::ALL.len()]; 2],
+    /// Bytes sent out of each interface by [`Director::handle`] (forwarded and generated frames).
+    pub tx_bytes: [u64; 2],
     /// Connections ditched by their server: no SYN-ACK after `syn_retries` resends, or an RST to the SYN.
     pub ditched: u64,
     /// Ditched connections given to another server.
@@ -197,6 +203,34 @@ pub struct Counters {
     /// Real server state changes, and those dropped from a full event queue before anyone drained them.
     pub state_changes: u64,
     pub events_lost: u64,
+}
+
+/// What became of a received frame: the `result` label of `vipd_packets_total{direction="in"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    Forwarded,
+    Replied,
+    Dropped,
+    Consumed,
+}
+
+impl Handled {
+    pub const ALL: [Handled; 4] = [
+        Handled::Forwarded,
+        Handled::Replied,
+        Handled::Dropped,
+        Handled::Consumed,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handled::Forwarded => "forwarded",
+            Handled::Replied => "replied",
+            Handled::Dropped => "dropped",
+            Handled::Consumed => "consumed",
+        }
+    }
 }
 
 /// Why a real server changed state. Each is a log field and a plugin event argument.
@@ -228,6 +262,17 @@ impl StateReason {
             StateReason::Config => "config",
         }
     }
+}
+
+/// Connections of one (virtual port, real server) pair: the labels of `vipd_connections_*`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCount {
+    /// Connection objects in the table now.
+    pub active: u32,
+    /// Connections created since start (kept across reloads while the pair exists).
+    pub total: u64,
+    /// SYNs resent by clients of this pair.
+    pub syn_resends: u64,
 }
 
 /// One change of a real server's state, queued for [`Director::drain_events`].
@@ -323,6 +368,8 @@ pub struct RealLive {
     pub total: u64,
     pub syn_rtt_us: u32,
     pub ditched: u32,
+    /// Ditched connections since start: unlike `ditched`, never reset (the metric counter).
+    pub ditched_total: u64,
 }
 
 /// A copy of the director's state for metrics and the admin API, published by [`Director::tick`].
@@ -333,6 +380,22 @@ pub struct Snapshot {
     pub reals: Vec<RealLive>,
     pub connections: usize,
     pub capacity: usize,
+    /// The binding table in force: names for the indexes below.
+    pub bindings: Arc<BindingTable>,
+    /// Indexed by `port_id * reals.len() + real_id` (see [`Snapshot::flow`]).
+    pub flows: Vec<FlowCount>,
+    /// Refused connection attempts per virtual machine (`virtual_id`), by [`DropReason`] index.
+    pub rejected: Vec<[u64; DropReason::ALL.len()]>,
+}
+
+impl Snapshot {
+    /// The counts of (virtual port `port_id`, real server `real_id`).
+    pub fn flow(&self, port_id: usize, real_id: usize) -> FlowCount {
+        self.flows
+            .get(port_id * self.reals.len() + real_id)
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -368,6 +431,13 @@ pub struct Director {
     announce_left: u8,
     announce_next: Duration,
     published: Arc<Mutex<Snapshot>>,
+    /// When the last snapshot was published, and whether one is due at the next tick regardless.
+    published_at: Option<Duration>,
+    publish_due: bool,
+    /// Per (virtual port, real server): `port_id * reals.len() + real_id`; sized at install, never per packet.
+    flows: Vec<FlowCount>,
+    /// Per virtual machine, by [`DropReason`] index; sized at install.
+    rejected: Vec<[u64; DropReason::ALL.len()]>,
 }
 
 impl Director {
@@ -417,6 +487,10 @@ impl Director {
             announce_left: 0,
             announce_next: Duration::ZERO,
             published: Arc::new(Mutex::new(Snapshot::default())),
+            published_at: None,
+            publish_due: true,
+            flows: Vec::new(),
+            rejected: Vec::new(),
         };
         director.install(bindings, selectors);
         director.set_checked(config);
@@ -446,6 +520,7 @@ impl Director {
                 total: old.map_or(0, |o| o.total),
                 syn_rtt_us: old.map_or(0, |o| o.syn_rtt_us),
                 ditched: old.map_or(0, |o| o.ditched),
+                ditched_total: old.map_or(0, |o| o.ditched_total),
             });
             health.push(h);
         }
@@ -473,13 +548,61 @@ impl Director {
                     .map_or(u32::MAX, |i| i as u32)
             })
             .collect();
+        // Per-pair counters follow (virtual address, protocol, port, real name); active counts are recounted.
+        let mut flows = vec![FlowCount::default(); bindings.ports.len() * reals.len()];
+        for (old_port_id, old_port) in self.bindings.ports.iter().enumerate() {
+            let Some(vm) = self.bindings.virtuals.get(old_port.virtual_id as usize) else {
+                continue;
+            };
+            let Lookup::Port(new_port_id) =
+                bindings.lookup(vm.address, old_port.protocol, old_port.port)
+            else {
+                continue;
+            };
+            for (old_real_id, &new_real_id) in remap.iter().enumerate() {
+                let old = self
+                    .flows
+                    .get(old_port_id * old_reals.len() + old_real_id)
+                    .copied()
+                    .unwrap_or_default();
+                if let Some(f) =
+                    flows.get_mut(new_port_id as usize * reals.len() + new_real_id as usize)
+                {
+                    f.total = old.total;
+                    f.syn_resends = old.syn_resends;
+                }
+            }
+        }
+        let mut rejected = vec![[0; DropReason::ALL.len()]; bindings.virtuals.len()];
+        for (old_id, vm) in self.bindings.virtuals.iter().enumerate() {
+            if let Some(new_id) = bindings.virtual_by_address(vm.address)
+                && let (Some(new), Some(old)) =
+                    (rejected.get_mut(new_id as usize), self.rejected.get(old_id))
+            {
+                *new = *old;
+            }
+        }
+        let reals_len = reals.len();
         self.table.for_each_mut(|conn| {
             conn.real_id = remap
                 .get(conn.real_id as usize)
                 .copied()
                 .unwrap_or(u32::MAX);
-            conn.port_id = u32::MAX;
+            conn.port_id = match bindings.lookup(
+                *conn.virtual_addr.ip(),
+                conn.protocol,
+                conn.virtual_addr.port(),
+            ) {
+                Lookup::Port(id) => id,
+                _ => u32::MAX,
+            };
+            if let Some(f) = flow_mut(&mut flows, reals_len, conn) {
+                f.active += 1;
+            }
         });
+        self.flows = flows;
+        self.rejected = rejected;
+        self.publish_due = true;
 
         let mut neighbours = HashMap::new();
         for (r, live) in bindings.reals.iter().zip(&reals) {
@@ -674,6 +797,7 @@ impl Director {
             return;
         };
         live.ditched = live.ditched.saturating_add(1);
+        live.ditched_total += 1;
         if live.ditched >= h.failure_threshold {
             if !h.ditch_failed {
                 h.ditch_failed = true;
@@ -708,12 +832,24 @@ impl Director {
             Interface::Outside => self.inbound(frame, now),
             Interface::Inside => self.outbound(frame, now),
         };
-        match verdict {
-            Verdict::Forward(to) => self.counters.forwarded[to as usize] += 1,
-            Verdict::Reply(to) => self.counters.generated[to as usize] += 1,
-            Verdict::Drop(reason) => self.counters.drops[reason as usize] += 1,
-            Verdict::Consumed => {}
-        }
+        let handled = match verdict {
+            Verdict::Forward(to) => {
+                self.counters.forwarded[to as usize] += 1;
+                self.counters.tx_bytes[to as usize] += frame.len() as u64;
+                Handled::Forwarded
+            }
+            Verdict::Reply(to) => {
+                self.counters.generated[to as usize] += 1;
+                self.counters.tx_bytes[to as usize] += self.reply_len as u64;
+                Handled::Replied
+            }
+            Verdict::Drop(reason) => {
+                self.counters.drops[reason as usize] += 1;
+                Handled::Dropped
+            }
+            Verdict::Consumed => Handled::Consumed,
+        };
+        self.counters.handled[side][handled as usize] += 1;
         verdict
     }
 
@@ -732,7 +868,13 @@ impl Director {
                 send(Interface::Outside, &buf[..n]);
             }
         }
-        self.publish(now);
+        if self.publish_due
+            || self
+                .published_at
+                .is_none_or(|t| now >= t + PUBLISH_INTERVAL)
+        {
+            self.publish(now);
+        }
     }
 
     /// Removes up to `budget` idle connections.
@@ -741,21 +883,32 @@ impl Director {
             table,
             reals,
             counters,
+            flows,
             ..
         } = self;
         table.expire(now, budget, |conn| {
             counters.expired += 1;
-            release(reals, conn);
+            release(reals, flows, conn);
         });
     }
 
-    fn publish(&self, now: Duration) {
+    /// Publishes a [`Snapshot`] now (after an operator command, so a read after the write sees it).
+    pub fn publish_now(&mut self, now: Duration) {
+        self.publish(now);
+    }
+
+    fn publish(&mut self, now: Duration) {
+        self.published_at = Some(now);
+        self.publish_due = false;
         let snapshot = Snapshot {
             now,
             counters: self.counters.clone(),
             reals: self.reals.clone(),
             connections: self.table.len(),
             capacity: self.table.capacity(),
+            bindings: Arc::clone(&self.bindings),
+            flows: self.flows.clone(),
+            rejected: self.rejected.clone(),
         };
         if let Ok(mut published) = self.published.lock() {
             *published = snapshot;
@@ -867,17 +1020,34 @@ impl Director {
                     // The first SYN to the server that took over after an RST: not a resend to it.
                     ConnState::SynSent if self.table.get(id).syn_resends == REGIVEN => {
                         self.counters.syn_resends += 1;
-                        self.table.get_mut(id).syn_resends = 0;
+                        let conn = self.table.get_mut(id);
+                        conn.syn_resends = 0;
+                        if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), conn) {
+                            f.syn_resends += 1;
+                        }
                         id
                     }
                     // Resent `syn_retries` times and still no SYN-ACK: ditched; this SYN goes elsewhere.
                     ConnState::SynSent if self.table.get(id).syn_resends >= self.syn_retries => {
                         self.counters.syn_resends += 1;
+                        if let Some(f) =
+                            flow_mut(&mut self.flows, self.reals.len(), self.table.get(id))
+                        {
+                            f.syn_resends += 1;
+                        }
                         match self.ditch(id, now) {
                             Ditch::Moved | Ditch::Kept => id,
                             Ditch::Nowhere => {
                                 self.close(id);
-                                return self.refuse(frame, p, protocol, DropReason::NoServer);
+                                let virtual_id =
+                                    self.bindings.virtual_by_address(p.dst).unwrap_or(u32::MAX);
+                                return self.refuse(
+                                    frame,
+                                    p,
+                                    protocol,
+                                    virtual_id,
+                                    DropReason::NoServer,
+                                );
                             }
                         }
                     }
@@ -886,6 +1056,9 @@ impl Director {
                         self.counters.syn_resends += 1;
                         let conn = self.table.get_mut(id);
                         conn.syn_resends = conn.syn_resends.saturating_add(1);
+                        if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), conn) {
+                            f.syn_resends += 1;
+                        }
                         let real = *conn.real.ip();
                         self.reask_neighbour(real);
                         id
@@ -925,14 +1098,25 @@ impl Director {
     ) -> Result<ConnId, Verdict> {
         let port_id = match self.bindings.lookup(*virt.ip(), protocol, virt.port()) {
             Lookup::Port(id) => id,
-            Lookup::UnsupportedPort { .. } => {
-                return Err(self.refuse(frame, p, protocol, DropReason::UnsupportedPort));
+            Lookup::UnsupportedPort { virtual_id } => {
+                return Err(self.refuse(
+                    frame,
+                    p,
+                    protocol,
+                    virtual_id,
+                    DropReason::UnsupportedPort,
+                ));
             }
             Lookup::NotVirtual => return Err(Verdict::Drop(DropReason::NotVirtual)),
         };
+        let virtual_id = self
+            .bindings
+            .ports
+            .get(port_id as usize)
+            .map_or(u32::MAX, |port| port.virtual_id);
         let Some((real_id, target)) = self.select(port_id, client, virt, protocol, None, now)
         else {
-            return Err(self.refuse(frame, p, protocol, DropReason::NoServer));
+            return Err(self.refuse(frame, p, protocol, virtual_id, DropReason::NoServer));
         };
         let state = match protocol {
             Protocol::Tcp => ConnState::SynSent,
@@ -959,18 +1143,24 @@ impl Director {
                         ConnState::Closing => self.counters.evicted_closing += 1,
                         _ => self.counters.evicted_half_open += 1,
                     }
-                    release(&mut self.reals, &evicted);
+                    release(&mut self.reals, &mut self.flows, &evicted);
                 }
                 self.counters.connections_created += 1;
                 if let Some(r) = self.reals.get_mut(real_id as usize) {
                     r.active += 1;
                     r.total += 1;
                 }
+                if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), &conn) {
+                    f.active += 1;
+                    f.total += 1;
+                }
                 Ok(inserted.id)
             }
-            Err(InsertError::Full) => Err(self.refuse(frame, p, protocol, DropReason::TableFull)),
+            Err(InsertError::Full) => {
+                Err(self.refuse(frame, p, protocol, virtual_id, DropReason::TableFull))
+            }
             Err(InsertError::Collision) => {
-                Err(self.refuse(frame, p, protocol, DropReason::Collision))
+                Err(self.refuse(frame, p, protocol, virtual_id, DropReason::Collision))
             }
             // Unreachable: the caller looked the connection up first. Treat as a stray packet.
             Err(InsertError::Exists) => Err(Verdict::Drop(DropReason::NoConnection)),
@@ -1006,13 +1196,17 @@ impl Director {
             && self.table.retarget(id, target, real_id).is_ok()
         {
             self.counters.reselected += 1;
-            release(&mut self.reals, &conn);
+            release(&mut self.reals, &mut self.flows, &conn);
             if let Some(r) = self.reals.get_mut(real_id as usize) {
                 r.active += 1;
                 r.total += 1;
             }
             let moved = self.table.get_mut(id);
             moved.port_id = port_id;
+            if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), moved) {
+                f.active += 1;
+                f.total += 1;
+            }
             moved.syn_resends = 0;
             // The new server's SYN round trip is measured from here.
             moved.created = now;
@@ -1114,9 +1308,13 @@ impl Director {
         frame: &[u8],
         p: &Packet,
         protocol: Protocol,
+        virtual_id: u32,
         reason: DropReason,
     ) -> Verdict {
         self.counters.refused[reason as usize] += 1;
+        if let Some(r) = self.rejected.get_mut(virtual_id as usize) {
+            r[reason as usize] += 1;
+        }
         let mac = self.l2.outside_mac;
         self.reply_len = match protocol {
             Protocol::Tcp => wire::build_tcp_rst(p, mac, &mut self.reply),
@@ -1242,7 +1440,7 @@ impl Director {
 
     fn close(&mut self, id: ConnId) {
         let conn = self.table.remove(id);
-        release(&mut self.reals, &conn);
+        release(&mut self.reals, &mut self.flows, &conn);
     }
 
     fn arp_outside(&mut self, arp: &wire::Arp) -> Verdict {
@@ -1304,10 +1502,25 @@ enum Ditch {
 }
 
 /// A connection left the table: its server has one connection fewer.
-fn release(reals: &mut [RealLive], conn: &Connection) {
+fn release(reals: &mut [RealLive], flows: &mut [FlowCount], conn: &Connection) {
+    if let Some(f) = flow_mut(flows, reals.len(), conn) {
+        f.active = f.active.saturating_sub(1);
+    }
     if let Some(r) = reals.get_mut(conn.real_id as usize) {
         r.active = r.active.saturating_sub(1);
     }
+}
+
+/// The counters of a connection's (virtual port, real server) pair, if both are still configured.
+fn flow_mut<'a>(
+    flows: &'a mut [FlowCount],
+    reals: usize,
+    conn: &Connection,
+) -> Option<&'a mut FlowCount> {
+    if conn.port_id == u32::MAX || conn.real_id as usize >= reals {
+        return None;
+    }
+    flows.get_mut(conn.port_id as usize * reals + conn.real_id as usize)
 }
 
 #[cfg(test)]

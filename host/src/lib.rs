@@ -20,6 +20,9 @@
 //! - [`health`]: active health checks (TCP connect, HTTP GET), one thread per checked real server; their
 //!   verdicts reach the director between batches.
 //! - [`daemon`]: `vipd run`, the live director: config, interface checks, signals, reload.
+//! - [`metrics`]: Prometheus rendering of the director's published snapshot.
+//! - [`admin`]: the HTTP server on `[director] listen`: `/metrics`, `/status`, `/connections`, operator
+//!   commands to the data path.
 //!
 //! # The path of a packet
 //!
@@ -29,6 +32,7 @@
 //! to the real server and it leaves on the inside interface. A frame from the inside interface is looked up by
 //! (real server, client) and its source is rewritten back to the virtual address before it leaves outside.
 
+pub mod admin;
 pub mod binding;
 pub mod capture;
 pub mod config;
@@ -37,6 +41,7 @@ pub mod daemon;
 pub mod director;
 pub mod health;
 pub mod ifcheck;
+pub mod metrics;
 pub mod plugin;
 pub mod policy;
 pub mod replay;

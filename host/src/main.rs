@@ -69,6 +69,24 @@ enum Command {
         #[command(subcommand)]
         cmd: PluginCommand,
     },
+    /// Show the running director's virtual machines, bindings and real servers (like `ipvsadm -Ln --stats`).
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the `/status` JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operator control of a real server: drain (no new connections), enable, or disable (as if failed).
+    Real {
+        /// drain, enable or disable.
+        #[arg(value_parser = ["drain", "enable", "disable"])]
+        action: String,
+        /// The real server's name in the config.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +96,17 @@ enum PluginCommand {
         /// The plugin file (NAME.wasm).
         file: PathBuf,
     },
+}
+
+/// Where the running director's admin API is.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The admin API address (`[director] listen`).
+    #[arg(long, default_value_t = vipd::config::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// The bearer token (`[director] admin_token`).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -123,6 +152,37 @@ fn main() -> ExitCode {
                 layer2,
             };
             replay(&config, &options, quiet)
+        }
+        Command::Status { api, json } => api_call(&api, "GET", "/status", |body| {
+            if json {
+                return body.to_owned();
+            }
+            match serde_json::from_str(body) {
+                Ok(v) => vipd::admin::format_status(&v),
+                Err(_) => body.to_owned(),
+            }
+        }),
+        Command::Real { action, name, api } => {
+            let path = format!("/reals/{name}/{action}");
+            api_call(&api, "POST", &path, |_| format!("{name}: {action} done\n"))
+        }
+    }
+}
+
+/// One admin API request; prints `ok(body)` on success, the answer on stderr otherwise.
+fn api_call(api: &ApiArgs, method: &str, path: &str, ok: impl FnOnce(&str) -> String) -> ExitCode {
+    match vipd::admin::request(api.listen, method, path, api.token.as_deref()) {
+        Ok((code, body)) if (200..300).contains(&code) => {
+            print!("{}", ok(&body));
+            ExitCode::SUCCESS
+        }
+        Ok((code, body)) => {
+            eprintln!("vipd: {method} {path}: HTTP {code}: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("vipd: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,0 +1,782 @@
+//! The HTTP side of vipd on `[director] listen`: `GET /metrics`, `GET /status`, `GET /connections` and
+//! `POST /reals/{name}/drain|enable|disable` (docs/admin.md).
+//!
+//! It runs on its own thread with a current-thread tokio runtime and never touches the director: it
+//! reads the [`Snapshot`] the data path publishes, and sends [`Command`]s (operator state changes, the
+//! flow dump) over a channel that the data path drains between batches ([`apply`]), woken by the capture
+//! [`Waker`]; each answer comes back on a oneshot.
+//!
+//! Access: without `admin_token` only loopback peers are answered (others get 403); with a token every
+//! request must carry `Authorization: Bearer TOKEN` (401 otherwise, and nothing is done). Bad requests get
+//! a 4xx with a one-line JSON `{"error": ...}`: 400 bad parameters or body, 404 unknown path or server,
+//! 405 wrong method. What can fail at start: binding the address (reported by [`spawn`]).
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::capture::{CaptureStats, Waker};
+use crate::conntable::Connection;
+use crate::director::{Director, Snapshot};
+use crate::policy::ServerState;
+use crate::wire::Protocol;
+
+/// Rows of `/connections` when `limit` is not given, and the most it may ask for.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 10_000;
+/// Largest request body read.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A loaded plugin as `/status` lists it (filled by the plugin module).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub file: String,
+    /// File modification time, seconds since the Unix epoch.
+    pub modified: u64,
+}
+
+/// Lists the loaded plugins; called per `/status` request.
+pub type PluginList = Arc<dyn Fn() -> Vec<PluginInfo> + Send + Sync>;
+
+/// An operator action on a real server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RealAction {
+    /// No new connections; existing ones run to their end.
+    Drain,
+    /// Takes new connections again.
+    Enable,
+    /// Taken out as if failed: no new connections, its backup stands in.
+    Disable,
+}
+
+impl RealAction {
+    pub fn parse(s: &str) -> Option<RealAction> {
+        match s {
+            "drain" => Some(RealAction::Drain),
+            "enable" => Some(RealAction::Enable),
+            "disable" => Some(RealAction::Disable),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RealAction::Drain => "drain",
+            RealAction::Enable => "enable",
+            RealAction::Disable => "disable",
+        }
+    }
+
+    /// The state the server is put in.
+    pub fn state(self) -> ServerState {
+        match self {
+            RealAction::Drain => ServerState::Draining,
+            RealAction::Enable => ServerState::Up,
+            RealAction::Disable => ServerState::Failed,
+        }
+    }
+}
+
+/// Which connections `/connections` dumps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionQuery {
+    /// Virtual machine name.
+    pub virtual_name: Option<String>,
+    /// Real server name.
+    pub real: Option<String>,
+    pub limit: usize,
+}
+
+/// One row of the flow dump.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionInfo {
+    pub protocol: Protocol,
+    pub client: SocketAddrV4,
+    pub virtual_name: String,
+    pub virtual_addr: SocketAddrV4,
+    pub real: String,
+    pub real_addr: SocketAddrV4,
+    pub state: &'static str,
+    pub age: Duration,
+    pub idle: Duration,
+    pub syn_resends: u8,
+}
+
+/// A request for the data path.
+pub enum Command {
+    /// Sets a real server's state; answers false when no server has that name.
+    SetState {
+        name: String,
+        action: RealAction,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Dumps up to `limit` connections.
+    Connections {
+        query: ConnectionQuery,
+        reply: oneshot::Sender<Vec<ConnectionInfo>>,
+    },
+}
+
+/// Carries out a [`Command`] on the data-path thread (between batches, never per packet).
+pub fn apply(director: &mut Director, command: Command, now: Duration) {
+    match command {
+        Command::SetState {
+            name,
+            action,
+            reply,
+        } => {
+            let found = director.set_real_state(&name, action.state(), now).is_ok();
+            director.publish_now(now);
+            let _ = reply.send(found);
+        }
+        Command::Connections { query, reply } => {
+            let _ = reply.send(connections(director, &query, now));
+        }
+    }
+}
+
+fn connections(director: &Director, query: &ConnectionQuery, now: Duration) -> Vec<ConnectionInfo> {
+    let bindings = director.bindings();
+    let reals = director.reals();
+    let virtual_name = |c: &Connection| {
+        bindings
+            .virtual_by_address(*c.virtual_addr.ip())
+            .and_then(|id| bindings.virtuals.get(id as usize))
+            .map_or("", |vm| vm.name.as_str())
+    };
+    let real_name = |c: &Connection| {
+        reals
+            .get(c.real_id as usize)
+            .map_or("", |r| r.name.as_str())
+    };
+    director
+        .table()
+        .iter()
+        .map(|(_, c)| c)
+        .filter(|c| {
+            query
+                .virtual_name
+                .as_deref()
+                .is_none_or(|v| v == virtual_name(c))
+        })
+        .filter(|c| query.real.as_deref().is_none_or(|r| r == real_name(c)))
+        .take(query.limit.min(MAX_LIMIT))
+        .map(|c| ConnectionInfo {
+            protocol: c.protocol,
+            client: c.client,
+            virtual_name: virtual_name(c).to_owned(),
+            virtual_addr: c.virtual_addr,
+            real: real_name(c).to_owned(),
+            real_addr: c.real,
+            state: c.state.as_str(),
+            age: now.saturating_sub(c.created),
+            idle: now.saturating_sub(c.last_seen),
+            syn_resends: c.syn_resends,
+        })
+        .collect()
+}
+
+/// What the HTTP side reads and whom it asks.
+#[derive(Clone)]
+pub struct Admin {
+    pub snapshot: Arc<Mutex<Snapshot>>,
+    pub capture: Option<Arc<CaptureStats>>,
+    pub commands: mpsc::Sender<Command>,
+    /// Wakes the data path so it drains `commands` at once.
+    pub waker: Option<Waker>,
+    pub token: Option<String>,
+    pub plugins: PluginList,
+}
+
+/// Binds `listen` now (so a bad address fails the start) and serves on a new thread until the process
+/// ends.
+pub fn spawn(listen: SocketAddr, admin: Admin) -> Result<std::thread::JoinHandle<()>> {
+    let listener = TcpListener::bind(listen).with_context(|| {
+        format!("[director] listen = \"{listen}\": cannot bind the admin and metrics address")
+    })?;
+    listener.set_nonblocking(true)?;
+    if !listen.ip().is_loopback() && admin.token.is_none() {
+        tracing::warn!(
+            %listen,
+            "no admin_token: the HTTP API answers loopback peers only; set [director] admin_token to serve others"
+        );
+    }
+    let handle = std::thread::Builder::new()
+        .name("vipd-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("admin HTTP server: cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(serve(listener, Arc::new(admin)));
+        })?;
+    Ok(handle)
+}
+
+async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("admin HTTP server: {e}");
+            return;
+        }
+    };
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("admin HTTP server: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admin = Arc::clone(&admin);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, Infallible>(handle(&admin, peer, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_reply(status: StatusCode, value: &Value) -> Reply {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
+    json_reply(status, &json!({ "error": message.to_string() }))
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format_args!("method not allowed; use {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Reply {
+    match &admin.token {
+        Some(token) => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            if !given.is_some_and(|g| same(g, token.as_bytes())) {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong token: send Authorization: Bearer TOKEN ([director] admin_token)",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+        None if !peer.ip().is_loopback() => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "this API answers loopback only; set [director] admin_token to serve other addresses",
+            );
+        }
+        None => {}
+    }
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["metrics"] => match *req.method() {
+            Method::GET => metrics(admin),
+            _ => method_not_allowed("GET"),
+        },
+        ["status"] => match *req.method() {
+            Method::GET => json_reply(StatusCode::OK, &status(admin)),
+            _ => method_not_allowed("GET"),
+        },
+        ["connections"] => match *req.method() {
+            Method::GET => dump(admin, req.uri().query().unwrap_or("")).await,
+            _ => method_not_allowed("GET"),
+        },
+        ["reals", name, action] => {
+            let Some(action) = RealAction::parse(action) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format_args!("unknown action {action:?}: use drain, enable or disable"),
+                );
+            };
+            if req.method() != Method::POST {
+                return method_not_allowed("POST");
+            }
+            let name = (*name).to_owned();
+            set_state(admin, name, action, req.into_body()).await
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format_args!(
+                "no such path {path:?}: GET /metrics, /status, /connections; POST /reals/NAME/drain|enable|disable"
+            ),
+        ),
+    }
+}
+
+fn metrics(admin: &Admin) -> Reply {
+    let snapshot = match admin.snapshot.lock() {
+        Ok(s) => s.clone(),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "snapshot lock poisoned"),
+    };
+    let text = crate::metrics::render(&snapshot, admin.capture.as_deref());
+    reply(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        text,
+    )
+}
+
+/// The `/status` document.
+pub fn status_json(s: &Snapshot, plugins: &[PluginInfo]) -> Value {
+    let b = &s.bindings;
+    let virtuals: Vec<Value> = b
+        .virtuals
+        .iter()
+        .map(|vm| {
+            let ports: Vec<Value> = vm
+                .ports
+                .iter()
+                .filter_map(|&id| b.ports.get(id as usize).map(|p| (id as usize, p)))
+                .map(|(port_id, p)| {
+                    let bindings: Vec<Value> = p
+                        .targets
+                        .iter()
+                        .map(|t| {
+                            let real = s.reals.get(t.real_id as usize);
+                            let f = s.flow(port_id, t.real_id as usize);
+                            json!({
+                                "real": real.map_or("", |r| r.name.as_str()),
+                                "address": real.map(|r| SocketAddrV4::new(r.address, t.port).to_string()),
+                                "port": t.port,
+                                "active": f.active,
+                                "total": f.total,
+                            })
+                        })
+                        .collect();
+                    let (active, total) = (0..s.reals.len())
+                        .map(|r| s.flow(port_id, r))
+                        .fold((0u64, 0u64), |(a, t), f| (a + u64::from(f.active), t + f.total));
+                    json!({
+                        "port": p.port,
+                        "protocol": protocol_str(p.protocol),
+                        "policy": p.policy,
+                        "active": active,
+                        "total": total,
+                        "bindings": bindings,
+                    })
+                })
+                .collect();
+            json!({
+                "name": vm.name,
+                "address": vm.address.to_string(),
+                "ports": ports,
+            })
+        })
+        .collect();
+    let reals: Vec<Value> = s
+        .reals
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "address": r.address.to_string(),
+                "state": r.state.as_str(),
+                "weight": r.weight,
+                "active": r.active,
+                "total": r.total,
+                "syn_rtt_seconds": f64::from(r.syn_rtt_us) / 1e6,
+                "ditched": r.ditched,
+                "ditched_total": r.ditched_total,
+            })
+        })
+        .collect();
+    let plugins: Vec<Value> = plugins
+        .iter()
+        .map(|p| json!({ "name": p.name, "version": p.version, "file": p.file, "modified": p.modified }))
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": s.now.as_secs_f64(),
+        "connections": s.connections,
+        "capacity": s.capacity,
+        "virtual_machines": virtuals,
+        "reals": reals,
+        "plugins": plugins,
+    })
+}
+
+fn protocol_str(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn status(admin: &Admin) -> Value {
+    let snapshot = admin.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+    status_json(&snapshot, &(admin.plugins)())
+}
+
+/// Parses `virtual=..&real=..&limit=..`.
+pub fn parse_query(query: &str) -> std::result::Result<ConnectionQuery, String> {
+    let mut q = ConnectionQuery {
+        limit: DEFAULT_LIMIT,
+        ..ConnectionQuery::default()
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v).ok_or_else(|| format!("bad escape in {pair:?}"))?;
+        match k {
+            "virtual" => q.virtual_name = Some(v),
+            "real" => q.real = Some(v),
+            "limit" => {
+                q.limit = match v.parse::<usize>() {
+                    Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                    _ => {
+                        return Err(format!(
+                            "limit must be a number from 1 to {MAX_LIMIT}, not {v:?}"
+                        ));
+                    }
+                }
+            }
+            _ => return Err(format!("unknown parameter {k:?}: use virtual, real, limit")),
+        }
+    }
+    Ok(q)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn ask<T>(admin: &Admin, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    admin.commands.send(make(tx)).ok()?;
+    if let Some(w) = &admin.waker {
+        w.wake();
+    }
+    tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .ok()?
+        .ok()
+}
+
+async fn dump(admin: &Admin, query: &str) -> Reply {
+    let query = match parse_query(query) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    {
+        let s = admin.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+        if let Some(v) = &query.virtual_name
+            && !s.bindings.virtuals.iter().any(|vm| &vm.name == v)
+        {
+            return error(
+                StatusCode::NOT_FOUND,
+                format_args!("no virtual machine named {v:?}"),
+            );
+        }
+        if let Some(r) = &query.real
+            && !s.reals.iter().any(|real| &real.name == r)
+        {
+            return error(
+                StatusCode::NOT_FOUND,
+                format_args!("no real server named {r:?}"),
+            );
+        }
+    }
+    let Some(rows) = ask(admin, |reply| Command::Connections { query, reply }).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the data path did not answer",
+        );
+    };
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|c| {
+            json!({
+                "protocol": protocol_str(c.protocol),
+                "client": c.client.to_string(),
+                "virtual": c.virtual_name,
+                "virtual_address": c.virtual_addr.to_string(),
+                "real": c.real,
+                "real_address": c.real_addr.to_string(),
+                "state": c.state,
+                "age_seconds": c.age.as_secs_f64(),
+                "idle_seconds": c.idle.as_secs_f64(),
+                "syn_resends": c.syn_resends,
+            })
+        })
+        .collect();
+    json_reply(StatusCode::OK, &json!({ "connections": rows }))
+}
+
+async fn set_state(admin: &Admin, name: String, action: RealAction, body: Incoming) -> Reply {
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format_args!("cannot read the body: {e}"),
+            );
+        }
+    };
+    // The body is optional; when present it must be a JSON object (room for options such as a reason).
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(_)) => {}
+            Ok(_) => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format_args!("bad JSON body: {e}")),
+        }
+    }
+    let request_name = name.clone();
+    match ask(admin, |reply| Command::SetState {
+        name,
+        action,
+        reply,
+    })
+    .await
+    {
+        Some(true) => json_reply(
+            StatusCode::OK,
+            &json!({ "real": request_name, "action": action.as_str(), "state": action.state().as_str() }),
+        ),
+        Some(false) => error(
+            StatusCode::NOT_FOUND,
+            format_args!("no real server named {request_name:?}"),
+        ),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the data path did not answer",
+        ),
+    }
+}
+
+/// A minimal HTTP/1.1 client for the CLI: one request, `Connection: close`; (status, body).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .with_context(|| {
+            format!("cannot connect to vipd at {addr} (is it running? [director] listen)")
+        })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("malformed HTTP status line")?;
+    Ok((code, body.to_owned()))
+}
+
+/// `vipd status`: the `/status` document as a table like `ipvsadm -Ln --stats`: one line per virtual
+/// port, one indented line per binding, then the real servers.
+pub fn format_status(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "vipd {}  connections {}/{}  up {:.0}s",
+        v["version"].as_str().unwrap_or("?"),
+        v["connections"],
+        v["capacity"],
+        v["uptime_seconds"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        out,
+        "Prot LocalAddress:Port          Virtual        Policy          ActiveConn      Conns"
+    );
+    let _ = writeln!(
+        out,
+        "  -> RemoteAddress:Port        Real           State            ActiveConn      Conns"
+    );
+    let reals = v["reals"].as_array().cloned().unwrap_or_default();
+    let state_of = |name: &str| {
+        reals
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["state"].as_str())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    for vm in v["virtual_machines"].as_array().into_iter().flatten() {
+        for p in vm["ports"].as_array().into_iter().flatten() {
+            let addr = format!("{}:{}", vm["address"].as_str().unwrap_or("?"), p["port"]);
+            let _ = writeln!(
+                out,
+                "{:<4} {:<25} {:<14} {:<15} {:>10} {:>10}",
+                p["protocol"].as_str().unwrap_or("?").to_uppercase(),
+                addr,
+                vm["name"].as_str().unwrap_or("?"),
+                p["policy"].as_str().unwrap_or("?"),
+                p["active"],
+                p["total"]
+            );
+            for b in p["bindings"].as_array().into_iter().flatten() {
+                let name = b["real"].as_str().unwrap_or("?");
+                let _ = writeln!(
+                    out,
+                    "  -> {:<25} {:<14} {:<15} {:>11} {:>10}",
+                    b["address"].as_str().unwrap_or("?"),
+                    name,
+                    state_of(name),
+                    b["active"],
+                    b["total"]
+                );
+            }
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Real           Address          State      Weight ActiveConn      Conns  SynRtt(ms) Ditched"
+    );
+    for r in &reals {
+        let _ = writeln!(
+            out,
+            "{:<14} {:<16} {:<10} {:>6} {:>10} {:>10} {:>11.3} {:>7}",
+            r["name"].as_str().unwrap_or("?"),
+            r["address"].as_str().unwrap_or("?"),
+            r["state"].as_str().unwrap_or("?"),
+            r["weight"],
+            r["active"],
+            r["total"],
+            r["syn_rtt_seconds"].as_f64().unwrap_or(0.0) * 1e3,
+            r["ditched_total"]
+        );
+    }
+    let plugins = v["plugins"].as_array().cloned().unwrap_or_default();
+    if !plugins.is_empty() {
+        let _ = writeln!(out, "\nPlugin         Version    File");
+        for p in &plugins {
+            let _ = writeln!(
+                out,
+                "{:<14} {:<10} {}",
+                p["name"].as_str().unwrap_or("?"),
+                p["version"].as_str().unwrap_or("?"),
+                p["file"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Query strings: defaults, decoding, bounds and unknown keys.
+    #[test]
+    fn parses_connection_queries() {
+        assert_eq!(parse_query("").unwrap().limit, DEFAULT_LIMIT);
+        let q = parse_query("virtual=site%201&real=host-a&limit=5").unwrap();
+        assert_eq!(q.virtual_name.as_deref(), Some("site 1"));
+        assert_eq!((q.real.as_deref(), q.limit), (Some("host-a"), 5));
+        assert!(parse_query("limit=0").is_err());
+        assert!(parse_query("limit=10001").is_err());
+        assert!(parse_query("limit=x").is_err());
+        assert!(parse_query("colour=red").is_err());
+    }
+
+    /// `/status` lists virtual machines with their ports and bindings, and the reals with live state.
+    #[test]
+    fn status_document() {
+        let s = crate::metrics::tests::snapshot();
+        let v = status_json(&s, &[]);
+        let port = &v["virtual_machines"][0]["ports"][0];
+        assert_eq!(v["virtual_machines"][0]["name"], "web");
+        assert_eq!(port["port"], 80);
+        assert_eq!(port["total"], 12);
+        assert_eq!(port["bindings"][0]["real"], "a");
+        assert_eq!(port["bindings"][0]["address"], "10.0.0.1:8080");
+        assert_eq!(port["bindings"][0]["active"], 2);
+        assert_eq!(v["reals"][1]["state"], "draining");
+        assert_eq!(v["reals"][0]["syn_rtt_seconds"], 0.0015);
+        assert_eq!(v["plugins"], json!([]));
+        let table = format_status(&v);
+        assert!(table.contains("TCP  192.0.2.1:80"), "{table}");
+        assert!(table.contains("  -> 10.0.0.1:8080"), "{table}");
+    }
+}

@@ -1,0 +1,611 @@
+//! Prometheus metrics: the names and labels operators build dashboards and alerts on (docs/metrics.md).
+//!
+//! The packet path keeps plain `u64` counters in the [`Director`](crate::director::Director), which
+//! publishes a [`Snapshot`] every 250 ms. At scrape time [`render`] folds the latest snapshot (and
+//! libpcap's own counters) into a fresh recorder of `metrics-exporter-prometheus` with `absolute` and `set`,
+//! and renders it: nothing is counted twice, and series of servers or ports removed by a reload vanish.
+//! Metrics that are counted off the packet path (config reloads, plugin calls) go through the `metrics`
+//! facade into the process-wide recorder [`install`]s, whose output is appended.
+//!
+//! Hook for the plugin module: resolve a [`PluginMetrics`] once per plugin at load and record into it per
+//! call (atomics behind `metrics` handles: no lookup, no allocation); call [`plugin_reloaded`] after a
+//! (re)load and [`PluginMetrics::set_metric`] for plugin-defined values.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Label};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::Interface;
+use crate::capture::CaptureStats;
+use crate::director::{DropReason, Handled, Snapshot};
+use crate::policy::ServerState;
+use crate::wire::Protocol;
+
+/// Every metric name vipd exports: the user contract (docs/metrics.md), and what the dashboard may query.
+pub const NAMES: &[&str] = &[
+    "vipd_packets_total",
+    "vipd_bytes_total",
+    "vipd_drops_total",
+    "vipd_connections_active",
+    "vipd_connections_total",
+    "vipd_connections_rejected_total",
+    "vipd_syn_resends_total",
+    "vipd_ditched_connections_total",
+    "vipd_real_server_state",
+    "vipd_real_server_syn_rtt_seconds",
+    "vipd_conntrack_entries",
+    "vipd_conntrack_capacity",
+    "vipd_conntrack_evictions_total",
+    "vipd_pcap_dropped_total",
+    "vipd_plugin_calls_total",
+    "vipd_plugin_call_duration_seconds",
+    "vipd_plugin_reloads_total",
+    "vipd_plugin_metric",
+    "vipd_build_info",
+    "vipd_config_reloads_total",
+];
+
+/// Refusal reasons of `vipd_connections_rejected_total`: the [`DropReason`]s answered with RST or ICMP.
+const REJECT_REASONS: [DropReason; 4] = [
+    DropReason::UnsupportedPort,
+    DropReason::NoServer,
+    DropReason::TableFull,
+    DropReason::Collision,
+];
+
+const SERVER_STATES: [ServerState; 3] =
+    [ServerState::Up, ServerState::Draining, ServerState::Failed];
+
+/// Buckets of `vipd_plugin_call_duration_seconds`: a policy call takes microseconds; the deadline is ms.
+const PLUGIN_BUCKETS: [f64; 12] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2,
+];
+
+static GLOBAL: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder for metrics counted off the packet path (once; later calls return
+/// the same handle). If another recorder is already installed, returns a handle that renders nothing.
+pub fn install() -> &'static PrometheusHandle {
+    GLOBAL.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("vipd_plugin_call_duration_seconds".into()),
+                &PLUGIN_BUCKETS,
+            )
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            return PrometheusBuilder::new().build_recorder().handle();
+        }
+        metrics::describe_counter!(
+            "vipd_config_reloads_total",
+            "Config reloads (SIGHUP), by result: ok (installed) or error (refused, the running config stays)."
+        );
+        metrics::describe_counter!(
+            "vipd_plugin_calls_total",
+            "Policy plugin calls, by plugin and result (ok, error, trap, timeout)."
+        );
+        metrics::describe_histogram!(
+            "vipd_plugin_call_duration_seconds",
+            metrics::Unit::Seconds,
+            "Time of one policy plugin call."
+        );
+        metrics::describe_counter!(
+            "vipd_plugin_reloads_total",
+            "Plugin loads and reloads, by plugin and result (ok, error)."
+        );
+        metrics::describe_gauge!(
+            "vipd_plugin_metric",
+            "Values a plugin reports itself, by plugin and name."
+        );
+        for result in ["ok", "error"] {
+            metrics::counter!("vipd_config_reloads_total", "result" => result).increment(0);
+        }
+        handle
+    })
+}
+
+/// Counts one config reload: installed (`ok`) or refused (`error`).
+pub fn config_reloaded(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!("vipd_config_reloads_total", "result" => result).increment(1);
+}
+
+/// Counts one plugin load or reload.
+pub fn plugin_reloaded(plugin: &str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!("vipd_plugin_reloads_total", "plugin" => plugin.to_owned(), "result" => result)
+        .increment(1);
+}
+
+/// How a plugin call ended: the `result` label of `vipd_plugin_calls_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallResult {
+    Ok,
+    /// The plugin returned its error case.
+    Error,
+    /// The plugin trapped; the built-in policy decided.
+    Trap,
+    /// The plugin ran past its deadline; the built-in policy decided.
+    Timeout,
+}
+
+/// Metric handles of one plugin, resolved once at load; recording is an atomic add.
+pub struct PluginMetrics {
+    plugin: String,
+    calls: [Counter; 4],
+    duration: Histogram,
+}
+
+impl PluginMetrics {
+    /// Resolves the handles of `plugin` (a no-op recorder when [`install`] was not called).
+    pub fn new(plugin: &str) -> PluginMetrics {
+        let counter = |result: &'static str| metrics::counter!("vipd_plugin_calls_total", "plugin" => plugin.to_owned(), "result" => result);
+        PluginMetrics {
+            plugin: plugin.to_owned(),
+            calls: [
+                counter("ok"),
+                counter("error"),
+                counter("trap"),
+                counter("timeout"),
+            ],
+            duration: metrics::histogram!("vipd_plugin_call_duration_seconds", "plugin" => plugin.to_owned()),
+        }
+    }
+
+    /// Records one call.
+    pub fn call(&self, result: CallResult, took: Duration) {
+        self.calls[result as usize].increment(1);
+        self.duration.record(took.as_secs_f64());
+    }
+
+    /// A plugin-defined value (`vipd_plugin_metric{plugin, name}`); looks the series up: not per packet.
+    pub fn set_metric(&self, name: &str, value: f64) {
+        metrics::gauge!("vipd_plugin_metric", "plugin" => self.plugin.clone(), "name" => name.to_owned())
+            .set(value);
+    }
+}
+
+/// The Prometheus text of a snapshot, libpcap's counters and whatever [`install`]'s recorder holds.
+pub fn render(snapshot: &Snapshot, capture: Option<&CaptureStats>) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, || record(snapshot, capture));
+    let mut text = recorder.handle().render();
+    if let Some(global) = GLOBAL.get() {
+        text.push_str(&global.render());
+    }
+    text
+}
+
+/// Just the snapshot's part, without the process-wide recorder (for tests).
+pub fn render_snapshot(snapshot: &Snapshot, capture: Option<&CaptureStats>) -> String {
+    let recorder: PrometheusRecorder = PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, || record(snapshot, capture));
+    recorder.handle().render()
+}
+
+fn counter(name: &'static str, labels: Vec<Label>) -> Counter {
+    metrics::counter!(name, labels)
+}
+
+fn gauge(name: &'static str, labels: Vec<Label>) -> Gauge {
+    metrics::gauge!(name, labels)
+}
+
+fn label(key: &'static str, value: impl Into<String>) -> Label {
+    Label::new(key, value.into())
+}
+
+/// The `port` label: "80/tcp", "53/udp".
+pub fn port_label(port: u16, protocol: Protocol) -> String {
+    let proto = match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    };
+    format!("{port}/{proto}")
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "vipd_packets_total",
+        "Frames by interface, direction (in, out) and result (in: forwarded, replied, dropped, consumed; out: forwarded, generated)."
+    );
+    describe_counter!(
+        "vipd_bytes_total",
+        metrics::Unit::Bytes,
+        "Bytes of frames by interface and direction."
+    );
+    describe_counter!(
+        "vipd_drops_total",
+        "Frames not forwarded, by reason of the packet path."
+    );
+    describe_gauge!(
+        "vipd_connections_active",
+        "Connection objects in the table, by virtual machine, virtual port and real server."
+    );
+    describe_counter!(
+        "vipd_connections_total",
+        "Connections created, by virtual machine, virtual port and real server."
+    );
+    describe_counter!(
+        "vipd_connections_rejected_total",
+        "Connection attempts answered with RST or ICMP, by virtual machine and reason."
+    );
+    describe_counter!(
+        "vipd_syn_resends_total",
+        "SYNs resent by clients before the server answered, by virtual machine and real server."
+    );
+    describe_counter!(
+        "vipd_ditched_connections_total",
+        "Connections a real server never answered (SYN resent syn_retries times, or RST to a SYN)."
+    );
+    describe_gauge!(
+        "vipd_real_server_state",
+        "1 for the real server's current state (up, draining, failed), 0 for the others."
+    );
+    describe_gauge!(
+        "vipd_real_server_syn_rtt_seconds",
+        metrics::Unit::Seconds,
+        "Smoothed time from the client's SYN to the server's SYN-ACK (0 before the first)."
+    );
+    describe_gauge!("vipd_conntrack_entries", "Connection objects in the table.");
+    describe_gauge!(
+        "vipd_conntrack_capacity",
+        "Connection objects the table holds at most (max_connections)."
+    );
+    describe_counter!(
+        "vipd_conntrack_evictions_total",
+        "Connection objects removed before their end: half_open and closing (table full), idle (timeout)."
+    );
+    describe_counter!(
+        "vipd_pcap_dropped_total",
+        "Frames libpcap reports dropped (kernel ring full plus interface drops), by interface."
+    );
+    describe_gauge!(
+        "vipd_build_info",
+        "Always 1; the version label says which vipd runs."
+    );
+}
+
+fn record(s: &Snapshot, capture: Option<&CaptureStats>) {
+    describe();
+    let c = &s.counters;
+    for iface in [Interface::Outside, Interface::Inside] {
+        let i = iface as usize;
+        let name = iface.as_str();
+        for h in Handled::ALL {
+            counter(
+                "vipd_packets_total",
+                vec![
+                    label("interface", name),
+                    label("direction", "in"),
+                    label("result", h.as_str()),
+                ],
+            )
+            .absolute(c.handled[i][h as usize]);
+        }
+        for (result, v) in [("forwarded", c.forwarded[i]), ("generated", c.generated[i])] {
+            counter(
+                "vipd_packets_total",
+                vec![
+                    label("interface", name),
+                    label("direction", "out"),
+                    label("result", result),
+                ],
+            )
+            .absolute(v);
+        }
+        for (direction, v) in [("in", c.rx_bytes[i]), ("out", c.tx_bytes[i])] {
+            counter(
+                "vipd_bytes_total",
+                vec![label("interface", name), label("direction", direction)],
+            )
+            .absolute(v);
+        }
+        if let Some(stats) = capture {
+            let port = stats.port(iface);
+            let dropped = port.pcap_drop.load(std::sync::atomic::Ordering::Relaxed)
+                + port.pcap_ifdrop.load(std::sync::atomic::Ordering::Relaxed);
+            counter("vipd_pcap_dropped_total", vec![label("interface", name)]).absolute(dropped);
+        }
+    }
+    for reason in DropReason::ALL {
+        counter("vipd_drops_total", vec![label("reason", reason.as_str())])
+            .absolute(c.drops[reason as usize]);
+    }
+
+    let b = &s.bindings;
+    let reals = s.reals.len();
+    // (virtual_id, real_id) -> SYN resends, summed over the virtual machine's ports.
+    let mut resends = vec![None::<u64>; b.virtuals.len() * reals];
+    for (port_id, port) in b.ports.iter().enumerate() {
+        let Some(vm) = b.virtuals.get(port.virtual_id as usize) else {
+            continue;
+        };
+        let port_label = port_label(port.port, port.protocol);
+        for (real_id, real) in s.reals.iter().enumerate() {
+            let f = s.flow(port_id, real_id);
+            let bound = port.targets.iter().any(|t| t.real_id as usize == real_id);
+            if !bound && f == Default::default() {
+                continue;
+            }
+            let labels = vec![
+                label("virtual", vm.name.as_str()),
+                label("port", port_label.as_str()),
+                label("real", real.name.as_str()),
+            ];
+            gauge("vipd_connections_active", labels.clone()).set(f64::from(f.active));
+            counter("vipd_connections_total", labels).absolute(f.total);
+            if let Some(r) = resends.get_mut(port.virtual_id as usize * reals + real_id) {
+                *r = Some(r.unwrap_or(0) + f.syn_resends);
+            }
+        }
+    }
+    for (virtual_id, vm) in b.virtuals.iter().enumerate() {
+        for (real_id, real) in s.reals.iter().enumerate() {
+            if let Some(Some(v)) = resends.get(virtual_id * reals + real_id) {
+                counter(
+                    "vipd_syn_resends_total",
+                    vec![
+                        label("virtual", vm.name.as_str()),
+                        label("real", real.name.as_str()),
+                    ],
+                )
+                .absolute(*v);
+            }
+        }
+        let rejected = s.rejected.get(virtual_id);
+        for reason in REJECT_REASONS {
+            counter(
+                "vipd_connections_rejected_total",
+                vec![
+                    label("virtual", vm.name.as_str()),
+                    label("reason", reason.as_str()),
+                ],
+            )
+            .absolute(rejected.map_or(0, |r| r[reason as usize]));
+        }
+    }
+    for real in &s.reals {
+        counter(
+            "vipd_ditched_connections_total",
+            vec![label("real", real.name.as_str())],
+        )
+        .absolute(real.ditched_total);
+        for state in SERVER_STATES {
+            gauge(
+                "vipd_real_server_state",
+                vec![
+                    label("real", real.name.as_str()),
+                    label("state", state.as_str()),
+                ],
+            )
+            .set(if real.state == state { 1.0 } else { 0.0 });
+        }
+        gauge(
+            "vipd_real_server_syn_rtt_seconds",
+            vec![label("real", real.name.as_str())],
+        )
+        .set(f64::from(real.syn_rtt_us) / 1e6);
+    }
+    gauge("vipd_conntrack_entries", vec![]).set(s.connections as f64);
+    gauge("vipd_conntrack_capacity", vec![]).set(s.capacity as f64);
+    for (reason, v) in [
+        ("half_open", c.evicted_half_open),
+        ("closing", c.evicted_closing),
+        ("idle", c.expired),
+    ] {
+        counter(
+            "vipd_conntrack_evictions_total",
+            vec![label("reason", reason)],
+        )
+        .absolute(v);
+    }
+    gauge(
+        "vipd_build_info",
+        vec![label("version", env!("CARGO_PKG_VERSION"))],
+    )
+    .set(1.0);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::binding::BindingTable;
+    use crate::config::Config;
+    use crate::director::{FlowCount, RealLive};
+    use std::sync::Arc;
+
+    const CONFIG: &str = r#"
+[director]
+outside = "o"
+inside = "i"
+
+[[real]]
+name = "a"
+address = "10.0.0.1"
+
+[[real]]
+name = "b"
+address = "10.0.0.2"
+
+[[virtual]]
+name = "web"
+address = "192.0.2.1"
+
+  [[virtual.port]]
+  port = 80
+  bind = ["a:8080", "b:8080"]
+
+  [[virtual.port]]
+  port = 53
+  protocol = "udp"
+  bind = ["b"]
+"#;
+
+    /// A snapshot of the config above with known counts.
+    pub(crate) fn snapshot() -> Snapshot {
+        let config = Config::parse(CONFIG, "test.toml".as_ref()).expect("valid config");
+        let bindings = BindingTable::from_config(&config);
+        let reals: Vec<RealLive> = bindings
+            .reals
+            .iter()
+            .map(|r| RealLive {
+                name: r.name.clone(),
+                address: r.address,
+                state: ServerState::Up,
+                weight: r.weight,
+                active: 0,
+                total: 0,
+                syn_rtt_us: 0,
+                ditched: 0,
+                ditched_total: 0,
+            })
+            .collect();
+        let mut s = Snapshot {
+            flows: vec![FlowCount::default(); bindings.ports.len() * reals.len()],
+            rejected: vec![[0; DropReason::ALL.len()]; bindings.virtuals.len()],
+            reals,
+            connections: 3,
+            capacity: 1000,
+            bindings: Arc::new(bindings),
+            ..Snapshot::default()
+        };
+        s.flows[0] = FlowCount {
+            active: 2,
+            total: 7,
+            syn_resends: 1,
+        };
+        s.flows[1] = FlowCount {
+            active: 1,
+            total: 5,
+            syn_resends: 0,
+        };
+        s.reals[1].state = ServerState::Draining;
+        s.reals[0].syn_rtt_us = 1500;
+        s.reals[1].ditched_total = 4;
+        s.rejected[0][DropReason::NoServer as usize] = 3;
+        s.counters.drops[DropReason::NoConnection as usize] = 9;
+        s.counters.handled[0][Handled::Forwarded as usize] = 100;
+        s.counters.rx_bytes[0] = 6400;
+        s.counters.expired = 2;
+        s
+    }
+
+    fn has(text: &str, line: &str) -> bool {
+        text.lines().any(|l| l == line)
+    }
+
+    /// Every labelled series of a hand-made snapshot renders with its exact value.
+    #[test]
+    fn renders_snapshot_values() {
+        let text = render_snapshot(&snapshot(), None);
+        for line in [
+            r#"vipd_connections_active{virtual="web",port="80/tcp",real="a"} 2"#,
+            r#"vipd_connections_total{virtual="web",port="80/tcp",real="a"} 7"#,
+            r#"vipd_connections_total{virtual="web",port="80/tcp",real="b"} 5"#,
+            r#"vipd_connections_total{virtual="web",port="53/udp",real="b"} 0"#,
+            r#"vipd_syn_resends_total{virtual="web",real="a"} 1"#,
+            r#"vipd_connections_rejected_total{virtual="web",reason="no_server"} 3"#,
+            r#"vipd_drops_total{reason="no_connection"} 9"#,
+            r#"vipd_packets_total{interface="outside",direction="in",result="forwarded"} 100"#,
+            r#"vipd_bytes_total{interface="outside",direction="in"} 6400"#,
+            r#"vipd_real_server_state{real="b",state="draining"} 1"#,
+            r#"vipd_real_server_state{real="b",state="up"} 0"#,
+            r#"vipd_real_server_syn_rtt_seconds{real="a"} 0.0015"#,
+            r#"vipd_ditched_connections_total{real="b"} 4"#,
+            "vipd_conntrack_entries 3",
+            "vipd_conntrack_capacity 1000",
+            r#"vipd_conntrack_evictions_total{reason="idle"} 2"#,
+            r#"vipd_build_info{version="0.1.0"} 1"#,
+        ] {
+            assert!(has(&text, line), "missing {line:?} in:\n{text}");
+        }
+        // a is not bound to the UDP port and has no connections there: no series.
+        assert!(!text.contains(r#"port="53/udp",real="a""#), "{text}");
+    }
+
+    /// Each metric has one TYPE line and its HELP; label sets are never repeated.
+    #[test]
+    fn renders_valid_exposition() {
+        let text = render_snapshot(&snapshot(), None);
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if line.starts_with('#') {
+                assert!(seen.insert(line.to_owned()), "repeated {line:?}");
+            } else {
+                let series = line.rsplit_once(' ').expect("value").0;
+                assert!(seen.insert(series.to_owned()), "repeated series {series}");
+            }
+        }
+        assert!(text.contains("# TYPE vipd_connections_active gauge"));
+        assert!(text.contains("# TYPE vipd_packets_total counter"));
+        assert!(text.contains("# HELP vipd_drops_total"));
+    }
+
+    /// Every metric name the Grafana dashboard queries is exported by vipd (plugins included).
+    #[test]
+    fn dashboard_queries_existing_metrics() {
+        install();
+        let plugin = PluginMetrics::new("test-plugin");
+        plugin.call(CallResult::Ok, Duration::from_micros(5));
+        plugin.set_metric("custom", 1.0);
+        plugin_reloaded("test-plugin", true);
+        let text = render(&snapshot(), Some(&CaptureStats::default()));
+        let dashboard = include_str!("../../examples/grafana/vipd-dashboard.json");
+        let json: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard is JSON");
+        let mut exprs = Vec::new();
+        collect_exprs(&json, &mut exprs);
+        assert!(exprs.len() >= 8, "dashboard has {} queries", exprs.len());
+        let mut names = std::collections::BTreeSet::new();
+        for expr in &exprs {
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("vipd_") {
+                    names.insert(word.to_owned());
+                }
+            }
+        }
+        for name in &names {
+            let base = name
+                .strip_suffix("_bucket")
+                .or_else(|| name.strip_suffix("_sum"))
+                .or_else(|| name.strip_suffix("_count"))
+                .unwrap_or(name);
+            assert!(NAMES.contains(&base), "{name} is not a vipd metric");
+            assert!(
+                text.lines().any(
+                    |l| l.starts_with(name.as_str()) && l[name.len()..].starts_with(['{', ' '])
+                ),
+                "{name} queried by the dashboard is not in vipd's output:\n{text}"
+            );
+        }
+        for name in NAMES {
+            assert!(
+                names.iter().any(|n| n.starts_with(name))
+                    || ["vipd_build_info", "vipd_plugin_metric"].contains(name),
+                "the dashboard does not show {name}"
+            );
+        }
+    }
+
+    fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                        _ => collect_exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+            _ => {}
+        }
+    }
+}
