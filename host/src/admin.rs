@@ -40,13 +40,15 @@ pub const MAX_LIMIT: usize = 10_000;
 const MAX_BODY: usize = 64 * 1024;
 
 /// A loaded plugin as `/status` lists it (filled by the plugin module).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
     pub file: String,
     /// File modification time, seconds since the Unix epoch.
     pub modified: u64,
+    /// Its calls, reloads and plugin-defined metrics, for `/metrics`.
+    pub stats: Arc<crate::plugin::PluginStats>,
 }
 
 /// Lists the loaded plugins; called per `/status` request.
@@ -365,7 +367,7 @@ fn metrics(admin: &Admin) -> Reply {
         Ok(s) => s.clone(),
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "snapshot lock poisoned"),
     };
-    let text = crate::metrics::render(&snapshot, admin.capture.as_deref());
+    let text = crate::metrics::render(&snapshot, admin.capture.as_deref(), &(admin.plugins)());
     reply(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

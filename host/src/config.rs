@@ -128,6 +128,8 @@ pub struct VirtualConfig {
     pub policy_args: BTreeMap<String, String>,
     /// Binding plugin that supplies bindings for ports without a `bind`.
     pub binder: Option<String>,
+    /// Arguments passed to the binding plugin's `init`.
+    pub binder_args: BTreeMap<String, String>,
     /// Binding for every port without its own `bind`.
     pub bind: Option<Vec<BindTarget>>,
     pub announce: Announce,
@@ -385,6 +387,7 @@ struct RawVirtual {
     policy: Text,
     policy_args: Args,
     binder: Text,
+    binder_args: Args,
     bind: BindList,
     announce: Text,
     #[serde(default)]
@@ -1013,6 +1016,11 @@ impl Checker<'_> {
                     .map(|a| a.get_ref().clone())
                     .unwrap_or_default(),
                 binder,
+                binder_args: raw
+                    .binder_args
+                    .as_ref()
+                    .map(|a| a.get_ref().clone())
+                    .unwrap_or_default(),
                 bind: virtual_bind.map(|entries| entries.into_iter().map(|e| e.target).collect()),
                 announce,
                 ports,

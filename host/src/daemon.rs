@@ -22,12 +22,13 @@ use signal_hook::iterator::Signals;
 
 use crate::Interface;
 use crate::admin::{self, Admin};
-use crate::binding::BindingTable;
+use crate::binding::{BindingTable, Target};
 use crate::capture::{Action, CaptureConfig, CaptureStats, Control, DataPath, Handler};
 use crate::config::Config;
 use crate::director::{Director, DropReason, Layer2, StateChange, Verdict};
 use crate::health::{self, Checker};
 use crate::ifcheck::{self, Offloads};
+use crate::plugin::{PluginDir, PluginHost, PluginLimits, RealInfo, VirtualInfo};
 use crate::policy::ServerState;
 use crate::policy::{RoundRobin, Selector};
 
@@ -46,10 +47,59 @@ struct Loaded {
     selectors: Vec<Box<dyn Selector>>,
 }
 
-fn load(path: &Path) -> Result<Loaded> {
+/// The plugin host and its watched folder (`[director] plugins`), made once at start: the folder is
+/// watched and its plugins hot-reloaded for the daemon's whole life.
+struct Plugins {
+    host: PluginHost,
+    dir: Arc<PluginDir>,
+}
+
+impl Plugins {
+    fn start(config: &Config) -> Result<Option<Plugins>> {
+        let Some(folder) = &config.director.plugins else {
+            return Ok(None);
+        };
+        let limits = PluginLimits {
+            memory_bytes: usize::try_from(config.director.plugin_memory).unwrap_or(usize::MAX),
+            deadline: config.director.plugin_deadline,
+        };
+        let host = PluginHost::new(limits).context("starting the plugin host")?;
+        let dir = host
+            .watch_dir(folder)
+            .with_context(|| format!("plugins folder {}", folder.display()))?;
+        let dir = Arc::new(dir);
+        Ok(Some(Plugins { host, dir }))
+    }
+
+    /// `/status` and `/metrics` list the plugins loaded now.
+    fn list(&self) -> admin::PluginList {
+        let dir = Arc::clone(&self.dir);
+        Arc::new(move || {
+            dir.plugins()
+                .into_iter()
+                .filter_map(|handle| {
+                    let loaded = handle.current()?;
+                    Some(admin::PluginInfo {
+                        name: handle.name().to_string(),
+                        version: loaded.version().to_string(),
+                        file: loaded.path().display().to_string(),
+                        modified: loaded
+                            .modified()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_secs()),
+                        stats: Arc::clone(handle.stats()),
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+fn load(path: &Path, plugins: Option<&Plugins>) -> Result<Loaded> {
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let bindings = BindingTable::from_config(&config);
-    let selectors = selectors_for(&bindings);
+    let mut bindings = BindingTable::from_config(&config);
+    bind_by_plugins(path, &config, &mut bindings, plugins)?;
+    let selectors = selectors_for(path, &bindings, plugins)?;
     Ok(Loaded {
         config,
         bindings,
@@ -57,18 +107,131 @@ fn load(path: &Path) -> Result<Loaded> {
     })
 }
 
-/// One selector per virtual port.
-fn selectors_for(bindings: &BindingTable) -> Vec<Box<dyn Selector>> {
-    bindings
-        .ports
+/// Fills the ports of virtual machines with a `binder` that have no `bind` of their own.
+fn bind_by_plugins(
+    path: &Path,
+    config: &Config,
+    bindings: &mut BindingTable,
+    plugins: Option<&Plugins>,
+) -> Result<()> {
+    let reals: Vec<RealInfo> = bindings
+        .reals
         .iter()
-        .map(|_| Box::new(RoundRobin::new()) as Box<dyn Selector>)
-        .collect()
+        .enumerate()
+        .map(|(id, r)| RealInfo {
+            id: id as u32,
+            name: r.name.clone(),
+            addr: r.address,
+            port: r.port,
+            weight: r.weight,
+        })
+        .collect();
+    for (virtual_id, vm) in config.virtuals.iter().enumerate() {
+        let Some(name) = &vm.binder else { continue };
+        let where_ = || {
+            format!(
+                "{}: virtual machine {:?}: binder {name:?}",
+                path.display(),
+                vm.name
+            )
+        };
+        let Some(p) = plugins else {
+            anyhow::bail!(
+                "{}: no plugins folder is configured ([director] plugins)",
+                where_()
+            );
+        };
+        let handle = p.dir.get(name).with_context(|| {
+            format!("{}: no {name}.wasm in {}", where_(), p.dir.dir().display())
+        })?;
+        let args: Vec<(String, String)> = vm.binder_args.clone().into_iter().collect();
+        let mut binder = p.host.binder(&handle, &args).with_context(where_)?;
+        let info = VirtualInfo {
+            id: virtual_id as u32,
+            name: vm.name.clone(),
+            addr: vm.address,
+            ports: vm
+                .ports
+                .iter()
+                .map(|port| (port.port, port.protocol))
+                .collect(),
+        };
+        let out = binder.bind(&info, &reals).with_context(where_)?;
+        let vm_ports = bindings.virtuals[virtual_id].ports.clone();
+        for port_id in vm_ports {
+            let port = &mut bindings.ports[port_id as usize];
+            if !port.targets.is_empty() {
+                continue;
+            }
+            port.targets = out
+                .iter()
+                .filter(|b| b.virtual_port == port.port && b.protocol == port.protocol)
+                .map(|b| Target {
+                    real_id: b.real_id,
+                    port: b.real_port,
+                })
+                .collect();
+            tracing::info!(
+                virtual_machine = %vm.name,
+                port = port.port,
+                targets = port.targets.len(),
+                binder = %name,
+                "bindings from plugin"
+            );
+        }
+    }
+    Ok(())
 }
+
+/// One selector per virtual port: the plugin `NAME.wasm` if the folder has it, else the built-in `NAME`.
+fn selectors_for(
+    path: &Path,
+    bindings: &BindingTable,
+    plugins: Option<&Plugins>,
+) -> Result<Vec<Box<dyn Selector>>> {
+    let mut selectors: Vec<Box<dyn Selector>> = Vec::with_capacity(bindings.ports.len());
+    for port in &bindings.ports {
+        let vm = &bindings.virtuals[port.virtual_id as usize];
+        let name = port.policy.as_str();
+        let plugin = plugins.and_then(|p| Some((p, p.dir.get(name)?)));
+        let selector: Box<dyn Selector> = match plugin {
+            Some((p, handle)) => {
+                let args: Vec<(String, String)> = port.policy_args.clone().into_iter().collect();
+                Box::new(p.host.selector(&handle, &args).with_context(|| {
+                    format!(
+                        "{}: virtual machine {:?} port {}: policy {name:?}",
+                        path.display(),
+                        vm.name,
+                        port.port
+                    )
+                })?)
+            }
+            None if name == BUILTIN_ROUND_ROBIN => Box::new(RoundRobin::new()),
+            None => anyhow::bail!(
+                "{}: virtual machine {:?} port {}: policy {name:?} is no built-in ({BUILTIN_ROUND_ROBIN}) and no \
+                 plugin {name}.wasm is loaded{}",
+                path.display(),
+                vm.name,
+                port.port,
+                plugins.map_or(" (no [director] plugins folder)".to_string(), |p| format!(
+                    " from {}",
+                    p.dir.dir().display()
+                ))
+            ),
+        };
+        selectors.push(selector);
+    }
+    Ok(selectors)
+}
+
+/// The built-in policy's name.
+const BUILTIN_ROUND_ROBIN: &str = "round-robin";
 
 /// Runs the director until `SIGTERM` or `SIGINT`.
 pub fn run(options: &RunOptions) -> Result<()> {
-    let loaded = load(&options.config)?;
+    let first = Config::load(&options.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plugins = Plugins::start(&first)?;
+    let loaded = load(&options.config, plugins.as_ref())?;
     let config = &loaded.config;
     let offloads = if options.fix_offloads {
         Offloads::Disable
@@ -121,7 +284,9 @@ pub fn run(options: &RunOptions) -> Result<()> {
             commands: admin_tx,
             waker: Some(datapath.waker()),
             token: config.director.admin_token.clone(),
-            plugins: Arc::new(Vec::new),
+            plugins: plugins
+                .as_ref()
+                .map_or_else(|| Arc::new(Vec::new) as admin::PluginList, Plugins::list),
         },
     )?;
     tracing::info!(listen = %config.director.listen, "metrics and admin API");
@@ -156,10 +321,11 @@ pub fn run(options: &RunOptions) -> Result<()> {
         let report = Arc::clone(&report);
         let path = options.config.clone();
         let mut checker = Some(checker);
+        let plugins = plugins;
         std::thread::Builder::new().name("vipd-signals".into()).spawn(move || {
             for signal in signals.forever() {
                 match signal {
-                    SIGHUP => match load(&path) {
+                    SIGHUP => match load(&path, plugins.as_ref()) {
                         Ok(loaded) => {
                             crate::metrics::config_reloaded(true);
                             tracing::info!(config = %path.display(), "config reloaded; installing");

@@ -781,6 +781,10 @@ impl Director {
         };
         live.state = to;
         self.counters.state_changes += 1;
+        // Rare (a state change), never per packet: plugins may keep per-server state.
+        for selector in &mut self.selectors {
+            selector.server_state_changed(real_id as u32, to);
+        }
         if self.events.len() == EVENT_CAPACITY {
             self.events.pop_front();
             self.counters.events_lost += 1;

@@ -4,17 +4,16 @@
 //! publishes a [`Snapshot`] every 250 ms. At scrape time [`render`] folds the latest snapshot (and
 //! libpcap's own counters) into a fresh recorder of `metrics-exporter-prometheus` with `absolute` and `set`,
 //! and renders it: nothing is counted twice, and series of servers or ports removed by a reload vanish.
-//! Metrics that are counted off the packet path (config reloads, plugin calls) go through the `metrics`
-//! facade into the process-wide recorder [`install`]s, whose output is appended.
-//!
-//! Hook for the plugin module: resolve a [`PluginMetrics`] once per plugin at load and record into it per
-//! call (atomics behind `metrics` handles: no lookup, no allocation); call [`plugin_reloaded`] after a
-//! (re)load and [`PluginMetrics::set_metric`] for plugin-defined values.
+//! Config reloads are counted off the packet path through the `metrics` facade into the process-wide
+//! recorder [`install`]s, whose output is appended. Plugin calls are counted by the plugin host in plain
+//! atomics ([`PluginStats`]); [`render`] writes them as they are.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Label};
+use crate::admin::PluginInfo;
+use crate::plugin::{CallResult, DURATION_BUCKETS};
+
+use metrics::{Counter, Gauge, Label};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -86,23 +85,6 @@ pub fn install() -> &'static PrometheusHandle {
             "vipd_config_reloads_total",
             "Config reloads (SIGHUP), by result: ok (installed) or error (refused, the running config stays)."
         );
-        metrics::describe_counter!(
-            "vipd_plugin_calls_total",
-            "Policy plugin calls, by plugin and result (ok, error, trap, timeout)."
-        );
-        metrics::describe_histogram!(
-            "vipd_plugin_call_duration_seconds",
-            metrics::Unit::Seconds,
-            "Time of one policy plugin call."
-        );
-        metrics::describe_counter!(
-            "vipd_plugin_reloads_total",
-            "Plugin loads and reloads, by plugin and result (ok, error)."
-        );
-        metrics::describe_gauge!(
-            "vipd_plugin_metric",
-            "Values a plugin reports itself, by plugin and name."
-        );
         for result in ["ok", "error"] {
             metrics::counter!("vipd_config_reloads_total", "result" => result).increment(0);
         }
@@ -116,70 +98,125 @@ pub fn config_reloaded(ok: bool) {
     metrics::counter!("vipd_config_reloads_total", "result" => result).increment(1);
 }
 
-/// Counts one plugin load or reload.
-pub fn plugin_reloaded(plugin: &str, ok: bool) {
-    let result = if ok { "ok" } else { "error" };
-    metrics::counter!("vipd_plugin_reloads_total", "plugin" => plugin.to_owned(), "result" => result)
-        .increment(1);
-}
-
-/// How a plugin call ended: the `result` label of `vipd_plugin_calls_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallResult {
-    Ok,
-    /// The plugin returned its error case.
-    Error,
-    /// The plugin trapped; the built-in policy decided.
-    Trap,
-    /// The plugin ran past its deadline; the built-in policy decided.
-    Timeout,
-}
-
-/// Metric handles of one plugin, resolved once at load; recording is an atomic add.
-pub struct PluginMetrics {
-    plugin: String,
-    calls: [Counter; 4],
-    duration: Histogram,
-}
-
-impl PluginMetrics {
-    /// Resolves the handles of `plugin` (a no-op recorder when [`install`] was not called).
-    pub fn new(plugin: &str) -> PluginMetrics {
-        let counter = |result: &'static str| metrics::counter!("vipd_plugin_calls_total", "plugin" => plugin.to_owned(), "result" => result);
-        PluginMetrics {
-            plugin: plugin.to_owned(),
-            calls: [
-                counter("ok"),
-                counter("error"),
-                counter("trap"),
-                counter("timeout"),
-            ],
-            duration: metrics::histogram!("vipd_plugin_call_duration_seconds", "plugin" => plugin.to_owned()),
-        }
-    }
-
-    /// Records one call.
-    pub fn call(&self, result: CallResult, took: Duration) {
-        self.calls[result as usize].increment(1);
-        self.duration.record(took.as_secs_f64());
-    }
-
-    /// A plugin-defined value (`vipd_plugin_metric{plugin, name}`); looks the series up: not per packet.
-    pub fn set_metric(&self, name: &str, value: f64) {
-        metrics::gauge!("vipd_plugin_metric", "plugin" => self.plugin.clone(), "name" => name.to_owned())
-            .set(value);
-    }
-}
-
 /// The Prometheus text of a snapshot, libpcap's counters and whatever [`install`]'s recorder holds.
-pub fn render(snapshot: &Snapshot, capture: Option<&CaptureStats>) -> String {
+pub fn render(
+    snapshot: &Snapshot,
+    capture: Option<&CaptureStats>,
+    plugins: &[PluginInfo],
+) -> String {
     let recorder = PrometheusBuilder::new().build_recorder();
     metrics::with_local_recorder(&recorder, || record(snapshot, capture));
     let mut text = recorder.handle().render();
     if let Some(global) = GLOBAL.get() {
         text.push_str(&global.render());
     }
+    render_plugins(&mut text, plugins);
     text
+}
+
+/// The plugins' counters, in the Prometheus text format: `vipd_plugin_calls_total{plugin, result}`,
+/// `vipd_plugin_call_duration_seconds{plugin}` (histogram), `vipd_plugin_reloads_total{plugin, result}` and
+/// the plugin-defined `vipd_plugin_metric{plugin, name}`.
+pub fn render_plugins(out: &mut String, plugins: &[PluginInfo]) {
+    use std::fmt::Write as _;
+    if plugins.is_empty() {
+        return;
+    }
+    let results = CallResult::ALL.map(|r| r.as_str()).join(", ");
+    let _ = writeln!(
+        out,
+        "# HELP vipd_plugin_calls_total Policy plugin calls, by plugin and result ({results})."
+    );
+    let _ = writeln!(out, "# TYPE vipd_plugin_calls_total counter");
+    for p in plugins {
+        for result in CallResult::ALL {
+            let n = p.stats.calls(result);
+            let _ = writeln!(
+                out,
+                "vipd_plugin_calls_total{{plugin=\"{}\",result=\"{}\"}} {n}",
+                p.name,
+                result.as_str()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vipd_plugin_call_duration_seconds Time of one policy plugin call."
+    );
+    let _ = writeln!(out, "# TYPE vipd_plugin_call_duration_seconds histogram");
+    for p in plugins {
+        let buckets = p.stats.duration_buckets();
+        let mut cumulative = 0;
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += buckets[i];
+            let _ = writeln!(
+                out,
+                "vipd_plugin_call_duration_seconds_bucket{{plugin=\"{}\",le=\"{bound}\"}} {cumulative}",
+                p.name
+            );
+        }
+        cumulative += buckets[DURATION_BUCKETS.len()];
+        let _ = writeln!(
+            out,
+            "vipd_plugin_call_duration_seconds_bucket{{plugin=\"{}\",le=\"+Inf\"}} {cumulative}",
+            p.name
+        );
+        let _ = writeln!(
+            out,
+            "vipd_plugin_call_duration_seconds_sum{{plugin=\"{}\"}} {}",
+            p.name,
+            p.stats.duration_sum_seconds()
+        );
+        let _ = writeln!(
+            out,
+            "vipd_plugin_call_duration_seconds_count{{plugin=\"{}\"}} {cumulative}",
+            p.name
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vipd_plugin_reloads_total Plugin loads and reloads, by plugin and result (ok, error)."
+    );
+    let _ = writeln!(out, "# TYPE vipd_plugin_reloads_total counter");
+    for p in plugins {
+        let _ = writeln!(
+            out,
+            "vipd_plugin_reloads_total{{plugin=\"{}\",result=\"ok\"}} {}",
+            p.name,
+            p.stats.reloads_ok()
+        );
+        let _ = writeln!(
+            out,
+            "vipd_plugin_reloads_total{{plugin=\"{}\",result=\"error\"}} {}",
+            p.name,
+            p.stats.reloads_failed()
+        );
+    }
+    let defined: Vec<_> = plugins
+        .iter()
+        .map(|p| (p, p.stats.plugin_metrics()))
+        .collect();
+    if defined.iter().any(|(_, m)| !m.is_empty()) {
+        let _ = writeln!(
+            out,
+            "# HELP vipd_plugin_metric Values a plugin reports itself, by plugin and name."
+        );
+        let _ = writeln!(out, "# TYPE vipd_plugin_metric gauge");
+        for (p, metrics) in &defined {
+            for m in metrics {
+                let name: String = m
+                    .name
+                    .chars()
+                    .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "vipd_plugin_metric{{plugin=\"{}\",name=\"{name}\"}} {}",
+                    p.name, m.value
+                );
+            }
+        }
+    }
 }
 
 /// Just the snapshot's part, without the process-wide recorder (for tests).
@@ -553,11 +590,17 @@ address = "192.0.2.1"
     #[test]
     fn dashboard_queries_existing_metrics() {
         install();
-        let plugin = PluginMetrics::new("test-plugin");
-        plugin.call(CallResult::Ok, Duration::from_micros(5));
-        plugin.set_metric("custom", 1.0);
-        plugin_reloaded("test-plugin", true);
-        let text = render(&snapshot(), Some(&CaptureStats::default()));
+        let stats = std::sync::Arc::new(crate::plugin::PluginStats::default());
+        stats.record_call(CallResult::Ok, std::time::Duration::from_micros(5));
+        stats.record_reload(true);
+        let plugin = PluginInfo {
+            name: "test-plugin".into(),
+            version: "1".into(),
+            file: "test-plugin.wasm".into(),
+            modified: 0,
+            stats,
+        };
+        let text = render(&snapshot(), Some(&CaptureStats::default()), &[plugin]);
         let dashboard = include_str!("../../examples/grafana/vipd-dashboard.json");
         let json: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard is JSON");
         let mut exprs = Vec::new();

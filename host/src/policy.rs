@@ -79,6 +79,9 @@ pub enum Selection {
 pub trait Selector: Send {
     /// Called once per new connection with the candidates bound to its virtual port.
     fn select(&mut self, conn: &NewConnection, candidates: &[Candidate]) -> Selection;
+
+    /// A real server's state changed (by its index in the binding table). Optional.
+    fn server_state_changed(&mut self, _real_id: u32, _state: ServerState) {}
 }
 
 /// Smooth weighted round-robin (the nginx algorithm): over any window of `sum(weight)` picks every eligible

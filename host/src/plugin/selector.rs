@@ -184,6 +184,10 @@ impl PluginSelector {
 }
 
 impl Selector for PluginSelector {
+    fn server_state_changed(&mut self, real_id: u32, state: ServerState) {
+        PluginSelector::server_state_changed(self, real_id, state);
+    }
+
     fn select(&mut self, conn: &NewConnection, candidates: &[Candidate]) -> Selection {
         let start = Instant::now();
         let guard = self.plugin.slot.current.load();
