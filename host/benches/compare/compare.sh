@@ -29,6 +29,8 @@
 #   LAT_CONNS=8 LAT_DELAY_MS=1 VIPD=target/release/vipd (built when unset) PLUGIN_DIR=target/plugins
 #   WASM_POLICY=round-robin MAGLEV_POLICY=maglev VIPD_KERNEL_DROP=1 (drop the director's IPv4 frames for the
 #   kernel stack with an nftables netdev ingress rule after vipd's capture saw them; 0: the kernel sees them)
+#   VIPD_BASE=path/to/another/vipd adds the contender `vipd-base`: that binary with vipd's config, to
+#   measure an optimisation before/after in the same run (e.g. VIPD_BASE=/tmp/vipd-old ... vipd vipd-base).
 #   PERF=1 records `perf record -g` of vipd during its new-connections test into $OUT_DIR/perf-*.data.
 # Output: a markdown report in OUT_DIR (host/benches/compare/results/), also written between the
 # `<!-- compare:begin -->` and `<!-- compare:end -->` markers of --doc FILE when given. Needs root. Sends
@@ -137,6 +139,10 @@ netns "$NS_CLIENT"; netns "$NS_LAN"; netns "$NS_A"; netns "$NS_B"; netns "$NS_SI
 in_ns "$NS_CLIENT" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
 ip -n "$NS_LAN" link add br0 type bridge
 ip -n "$NS_LAN" link set br0 up
+# A plain bridge: no iptables calls on bridged frames (br_netfilter may be loaded by the host).
+for k in iptables ip6tables arptables; do
+    in_ns "$NS_LAN" sysctl -qw "net.bridge.bridge-nf-call-$k=0" 2>/dev/null || true
+done
 for pair in "$NS_A:$A:a" "$NS_B:$B:b" "$NS_SINK:$SINK:sink"; do
     IFS=: read -r ns addr name <<<"$pair"
     veth "$ns" eth0 "$NS_LAN" "port-$name"
@@ -252,6 +258,7 @@ if [[ -z "${VIPD:-}" ]]; then
     VIPD=target/release/vipd
 fi
 VIPD=$(realpath "$VIPD")
+[[ -n ${VIPD_BASE:-} ]] && VIPD_BASE=$(realpath "$VIPD_BASE")
 PLUGIN_ABS=$(realpath -m "$PLUGIN_DIR")
 vipd_config round-robin "" >"$TMP/vipd.toml"
 
@@ -272,6 +279,7 @@ if [[ ${#CONTENDERS[@]} -eq 0 ]]; then
     CONTENDERS=(none dnat haproxy)
     [[ -n $STREAM_MODULE ]] && CONTENDERS+=(nginx) || NOTES+=("nginx skipped: ngx_stream_module.so not found (Debian: libnginx-mod-stream)")
     CONTENDERS+=(vipd vipd-200k)
+    [[ -n ${VIPD_BASE:-} ]] && CONTENDERS+=(vipd-base)
     plugin_ok vipd-wasm "$WASM_POLICY" && CONTENDERS+=(vipd-wasm)
     plugin_ok vipd-maglev "$MAGLEV_POLICY" && CONTENDERS+=(vipd-maglev)
 else
@@ -349,7 +357,7 @@ EOF
     spawn_dir "$TMP/nginx.log" nginx -p "$dir" -c "$dir/nginx.conf"
     TARGET=$VIP
 }
-start_vipd_with() {   # CONFIG
+start_vipd_with() {   # CONFIG [BINARY]
     if [[ $VIPD_KERNEL_DROP == 1 ]]; then
         # vipd's packet sockets see each frame before the netdev ingress hook; the kernel's IP stack need
         # not (it would only drop them, ip_forward=0, after a route lookup). ARP still passes.
@@ -360,11 +368,12 @@ table netdev vipd_bench {
 }
 EOF
     fi
-    spawn_dir "$TMP/$CUR.log" "$VIPD" run --config "$1"
+    spawn_dir "$TMP/$CUR.log" "${2:-$VIPD}" run --config "$1"
     TARGET=$VIP
 }
 start_vipd() { start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-200k() { start_vipd_with "$TMP/vipd.toml"; }
+start_vipd-base() { start_vipd_with "$TMP/vipd.toml" "$VIPD_BASE"; }
 start_vipd-wasm() { start_vipd_with "$TMP/vipd-wasm.toml"; }
 start_vipd-maglev() { start_vipd_with "$TMP/vipd-maglev.toml"; }
 

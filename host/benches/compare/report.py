@@ -9,7 +9,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-maglev"]
+ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-maglev", "vipd-base"]
 NAMES = {
     "none": "no director (ceiling)",
     "dnat": "iptables DNAT + conntrack",
@@ -19,6 +19,7 @@ NAMES = {
     "vipd-200k": "vipd, 200k idle connections held",
     "vipd-wasm": "vipd, round-robin Wasm plugin",
     "vipd-maglev": "vipd, maglev plugin",
+    "vipd-base": "vipd, baseline binary (VIPD_BASE)",
 }
 # metric, header, format, higher is better
 COLUMNS = [
@@ -81,7 +82,7 @@ def main() -> None:
         out.append("| ratio | " + " | ".join(c[1] for c in cols) + " | p99 added |")
         out.append("|---|" + "---:|" * (len(cols) + 1))
         pairs = [("vipd", p) for p in ("none", "dnat", "haproxy", "nginx")]
-        pairs += [("vipd-200k", "vipd"), ("vipd-wasm", "vipd"), ("vipd-maglev", "vipd")]
+        pairs += [("vipd-200k", "vipd"), ("vipd-wasm", "vipd"), ("vipd-maglev", "vipd"), ("vipd", "vipd-base")]
         for a, b in pairs:
             if a not in who_all or b not in who_all:
                 continue
