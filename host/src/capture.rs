@@ -74,6 +74,9 @@ pub struct CaptureConfig {
     pub tick: Duration,
     /// Interval at which pcap's drop counters are read and logged when they grew.
     pub stats_every: Duration,
+    /// After a wake-up that handled frames, keep looking (non-blocking `poll`) this long before sleeping:
+    /// the answer to a frame just sent often arrives within microseconds. Zero: always sleep at once.
+    pub busy_poll: Duration,
 }
 
 impl Default for CaptureConfig {
@@ -84,6 +87,7 @@ impl Default for CaptureConfig {
             batch: 256,
             tick: Duration::from_millis(10),
             stats_every: Duration::from_secs(1),
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -421,6 +425,8 @@ impl DataPath {
         ];
         let mut next_tick = self.epoch.elapsed();
         let mut next_stats = next_tick + self.cfg.stats_every;
+        // Until then the loop polls without sleeping (see `CaptureConfig::busy_poll`).
+        let mut spin_until = next_tick;
         tracing::info!(
             outside = %self.outside.name,
             inside = %self.inside.name,
@@ -447,8 +453,13 @@ impl DataPath {
                 self.inside.counts.publish(&self.stats.inside);
                 next_stats = now + self.cfg.stats_every;
             }
-            let wait = next_tick.saturating_sub(self.epoch.elapsed());
-            let timeout = wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            let now = self.epoch.elapsed();
+            let timeout = if now < spin_until {
+                0
+            } else {
+                let wait = next_tick.saturating_sub(now);
+                wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+            };
             for fd in &mut fds {
                 fd.revents = 0;
             }
@@ -464,8 +475,11 @@ impl DataPath {
             if fds[2].revents != 0 {
                 self.wake.drain();
             }
-            if fds[0].revents != 0 || fds[1].revents != 0 {
-                self.drain(handler);
+            if (fds[0].revents != 0 || fds[1].revents != 0)
+                && self.drain(handler) > 0
+                && !self.cfg.busy_poll.is_zero()
+            {
+                spin_until = self.epoch.elapsed() + self.cfg.busy_poll;
             }
         }
         self.outside.report();
@@ -475,8 +489,9 @@ impl DataPath {
         Ok(())
     }
 
-    /// Reads up to `batch` frames from each interface, alternating, and handles them.
-    fn drain<H: Handler + ?Sized>(&mut self, handler: &mut H) {
+    /// Reads up to `batch` frames from each interface, alternating, and handles them; returns how many.
+    fn drain<H: Handler + ?Sized>(&mut self, handler: &mut H) -> u64 {
+        let before = self.outside.counts.received + self.inside.counts.received;
         let now = self.epoch.elapsed();
         let mut open = [true, true];
         let mut n = 0;
@@ -502,6 +517,7 @@ impl DataPath {
         }
         self.outside.counts.publish(&self.stats.outside);
         self.inside.counts.publish(&self.stats.inside);
+        self.outside.counts.received + self.inside.counts.received - before
     }
 
     /// Handles one frame from `iface` in the next transmit slot; false when its ring is empty (or failed).
