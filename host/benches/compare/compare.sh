@@ -12,6 +12,7 @@
 #   haproxy   HAProxy `mode tcp`, nbthread 1, balance roundrobin
 #   nginx     nginx `stream`, one worker (master_process off), round-robin upstream
 #   vipd      vipd run, the built-in round-robin
+#   vipd-kstack vipd without the nftables ingress drop (the kernel stack also sees every frame; on demand)
 #   vipd-200k vipd, with IDLE half-open connections put in its table first (synflood.py) and held during
 #             the measurements (syn timeout 1h; the sink drops the SYNs so nothing closes them)
 #   vipd-wasm vipd with the round-robin Wasm plugin (only when target/plugins/round-robin.wasm exists)
@@ -373,6 +374,7 @@ EOF
 }
 start_vipd() { start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-200k() { start_vipd_with "$TMP/vipd.toml"; }
+start_vipd-kstack() { VIPD_KERNEL_DROP=0 start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-base() { start_vipd_with "$TMP/vipd.toml" "$VIPD_BASE"; }
 start_vipd-wasm() { start_vipd_with "$TMP/vipd-wasm.toml"; }
 start_vipd-maglev() { start_vipd_with "$TMP/vipd-maglev.toml"; }
@@ -392,6 +394,10 @@ spawn_dir() {
     DPID=$(cat "$pidf")
 }
 
+ctx_switches() {   # PID -> voluntary + involuntary context switches of all its threads
+    [[ -n $1 ]] || { echo 0; return; }
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
 cpu_ticks() {   # PID -> utime+stime in clock ticks
     [[ -n $1 ]] || { echo 0; return; }
     awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
@@ -413,7 +419,7 @@ wrk_parse() {
 }
 
 measure() {   # ROUND CONTENDER
-    local r=$1 c=$2 t0 t1 rps err p50 p99 req
+    local r=$1 c=$2 t0 t1 s0 s1 rps err p50 p99 req
     local out=$TMP/out-$r-$c
     local wrk=(timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s")
     # new connections per second
@@ -421,13 +427,14 @@ measure() {   # ROUND CONTENDER
         perf record -g -o "$OUT_DIR/perf-$c-r$r.data" -p "$DPID" -- sleep "$DURATION" >/dev/null 2>&1 &
         local perf_pid=$!
     fi
-    t0=$(cpu_ticks "$DPID")
+    t0=$(cpu_ticks "$DPID") s0=$(ctx_switches "$DPID")
     "${wrk[@]}" -H 'Connection: close' "http://$TARGET/" >"$out.conn" 2>&1 || true
-    t1=$(cpu_ticks "$DPID")
+    t1=$(cpu_ticks "$DPID") s1=$(ctx_switches "$DPID")
     [[ $PERF == 1 && $c == vipd* ]] && wait "$perf_pid" 2>/dev/null || true
     read -r rps err p50 p99 req < <(wrk_parse "$out.conn")
     record "$r" "$c" conn_s "$rps"; record "$r" "$c" conn_err "$err"
     [[ -n $DPID && $req -gt 0 ]] && record "$r" "$c" cpu_conn "$(awk -v d=$((t1 - t0)) -v t="$TCK" -v n="$req" 'BEGIN { printf "%.3f", d / t / n * 100000 }')"
+    [[ -n $DPID && $req -gt 0 ]] && record "$r" "$c" ctx_conn "$(awk -v d=$((s1 - s0)) -v n="$req" 'BEGIN { printf "%.3f", d / n }')"
     # keep-alive requests per second
     t0=$(cpu_ticks "$DPID")
     "${wrk[@]}" "http://$TARGET/" >"$out.ka" 2>&1 || true
