@@ -7,11 +7,13 @@
 #
 # Contenders (the director namespace and its two veths are created anew for each one, so no state such as
 # conntrack hooks or iptables tables leaks from one to the next):
-#   none      no director: the director namespace routes (ip_forward=1) and the client talks to A directly
+#   none      no director: the director namespace routes (ip_forward=1) and the client talks to A and B
+#             directly (two wrk, half the connections each; latency and bulk: A)
 #   dnat      iptables DNAT + conntrack in the director namespace, round-robin by `statistic --mode nth`
 #   haproxy   HAProxy `mode tcp`, nbthread 1, balance roundrobin
 #   nginx     nginx `stream`, one worker (master_process off), round-robin upstream
 #   vipd      vipd run, the built-in round-robin
+#   vipd-rt   vipd with SCHED_FIFO priority 50 (chrt): woken at once, not after other runnable processes
 #   vipd-kstack vipd without the nftables ingress drop (the kernel stack also sees every frame; on demand)
 #   vipd-200k vipd, with IDLE half-open connections put in its table first (synflood.py) and held during
 #             the measurements (syn timeout 1h; the sink drops the SYNs so nothing closes them)
@@ -28,11 +30,12 @@
 # Usage: host/benches/compare/compare.sh [--doc FILE] [--label TEXT] [CONTENDER...]
 #   Environment: DURATION=5 (s per measurement) ROUNDS=3 IDLE=200000 WRK_THREADS=2 WRK_CONNS=32
 #   LAT_CONNS=8 LAT_DELAY_MS=1 VIPD=target/release/vipd (built when unset) PLUGIN_DIR=target/plugins
-#   WASM_POLICY=round-robin MAGLEV_POLICY=maglev VIPD_KERNEL_DROP=1 (drop the director's IPv4 frames for the
+#   WASM_PLUGIN=round-robin MAGLEV_PLUGIN=maglev (plugin files in PLUGIN_DIR) VIPD_KERNEL_DROP=1 (drop the director's IPv4 frames for the
 #   kernel stack with an nftables netdev ingress rule after vipd's capture saw them; 0: the kernel sees them)
 #   VIPD_BASE=path/to/another/vipd adds the contender `vipd-base`: that binary with vipd's config, to
 #   measure an optimisation before/after in the same run (e.g. VIPD_BASE=/tmp/vipd-old ... vipd vipd-base).
-#   PERF=1 records `perf record -g` of vipd during its new-connections test into $OUT_DIR/perf-*.data.
+#   PERF=1 records `perf record -g` of vipd during one test (PERF_TEST=conn, ka or bulk) into
+#   $OUT_DIR/perf-CONTENDER-TEST-rROUND.data.
 # Output: a markdown report in OUT_DIR (host/benches/compare/results/), also written between the
 # `<!-- compare:begin -->` and `<!-- compare:end -->` markers of --doc FILE when given. Needs root. Sends
 # traffic only inside the namespaces it creates; removes everything on exit, also on Ctrl-C.
@@ -49,10 +52,11 @@ WRK_CONNS=${WRK_CONNS:-32}
 LAT_CONNS=${LAT_CONNS:-8}
 LAT_DELAY_MS=${LAT_DELAY_MS:-1}
 PLUGIN_DIR=${PLUGIN_DIR:-target/plugins}
-WASM_POLICY=${WASM_POLICY:-round-robin}
-MAGLEV_POLICY=${MAGLEV_POLICY:-maglev}
+WASM_PLUGIN=${WASM_PLUGIN:-round-robin}
+MAGLEV_PLUGIN=${MAGLEV_PLUGIN:-maglev}
 VIPD_KERNEL_DROP=${VIPD_KERNEL_DROP:-1}
 PERF=${PERF:-0}
+PERF_TEST=${PERF_TEST:-conn}
 OUT_DIR=${OUT_DIR:-$HERE/results}
 DOC=""
 LABEL=""
@@ -150,8 +154,11 @@ for pair in "$NS_A:$A:a" "$NS_B:$B:b" "$NS_SINK:$SINK:sink"; do
     ip -n "$NS_LAN" link set "port-$name" master br0
     ip -n "$ns" addr add "$addr/24" dev eth0
     ip -n "$ns" route add default via 10.20.0.1
+    # tcp_max_tw_buckets: the servers close first (Connection: close), and a contender that keeps the
+    # client's address and ports (none, dnat, vipd) would otherwise meet the previous contender's TIME_WAIT
+    # sockets on every port and wait for SYN retransmissions.
     in_ns "$ns" sysctl -qw net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 \
-        net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+        net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1 net.ipv4.tcp_max_tw_buckets=1024
 done
 in_ns "$NS_SINK" iptables -A INPUT -p tcp --dport 9 -j DROP
 
@@ -199,7 +206,7 @@ director_ns() {
     ip -n "$NS_CLIENT" route add 10.20.0.0/24 via 198.51.100.1  # only used by `none`
 }
 director_ns_del() {
-    kill_pids "${DIR_PIDS[@]}"
+    kill_pids ${DPID:+"$DPID"} "${DIR_PIDS[@]}"
     DIR_PIDS=()
     local pid
     for pid in $(ip netns pids "$NS_DIR" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
@@ -265,14 +272,17 @@ vipd_config round-robin "" >"$TMP/vipd.toml"
 
 # Which contenders run; plugin ones only when their plugin is there and vipd accepts the config.
 NOTES=()
-plugin_ok() {   # NAME POLICY
+plugin_ok() {   # NAME PLUGIN: copies PLUGIN_DIR/PLUGIN.wasm to a folder of its own as NAME.wasm, so that
+                # `policy = "NAME"` (e.g. vipd-wasm) can only mean the plugin, never a built-in of that name
     if [[ ! -f $PLUGIN_ABS/$2.wasm ]]; then
         NOTES+=("$1 skipped: $PLUGIN_DIR/$2.wasm does not exist (build the plugins: make plugins)")
         return 1
     fi
-    vipd_config "$2" "$PLUGIN_ABS" >"$TMP/$1.toml"
+    mkdir -p "$TMP/plugins-$1"
+    cp "$PLUGIN_ABS/$2.wasm" "$TMP/plugins-$1/$1.wasm"
+    vipd_config "$1" "$TMP/plugins-$1" >"$TMP/$1.toml"
     if ! "$VIPD" check --config "$TMP/$1.toml" >"$TMP/$1.check" 2>&1; then
-        NOTES+=("$1 skipped: vipd check refused policy \"$2\": $(head -c 300 "$TMP/$1.check" | tr '\n' ' ')")
+        NOTES+=("$1 skipped: vipd check refused plugin $2.wasm as policy \"$1\": $(head -c 300 "$TMP/$1.check" | tr '\n' ' ')")
         return 1
     fi
 }
@@ -281,22 +291,22 @@ if [[ ${#CONTENDERS[@]} -eq 0 ]]; then
     [[ -n $STREAM_MODULE ]] && CONTENDERS+=(nginx) || NOTES+=("nginx skipped: ngx_stream_module.so not found (Debian: libnginx-mod-stream)")
     CONTENDERS+=(vipd vipd-200k)
     [[ -n ${VIPD_BASE:-} ]] && CONTENDERS+=(vipd-base)
-    plugin_ok vipd-wasm "$WASM_POLICY" && CONTENDERS+=(vipd-wasm)
-    plugin_ok vipd-maglev "$MAGLEV_POLICY" && CONTENDERS+=(vipd-maglev)
+    plugin_ok vipd-wasm "$WASM_PLUGIN" && CONTENDERS+=(vipd-wasm)
+    plugin_ok vipd-maglev "$MAGLEV_PLUGIN" && CONTENDERS+=(vipd-maglev)
 else
     for c in "${CONTENDERS[@]}"; do
         case $c in
-            vipd-wasm) plugin_ok vipd-wasm "$WASM_POLICY" || { echo "compare: ${NOTES[-1]}" >&2; exit 1; } ;;
-            vipd-maglev) plugin_ok vipd-maglev "$MAGLEV_POLICY" || { echo "compare: ${NOTES[-1]}" >&2; exit 1; } ;;
+            vipd-wasm) plugin_ok vipd-wasm "$WASM_PLUGIN" || { echo "compare: ${NOTES[-1]}" >&2; exit 1; } ;;
+            vipd-maglev) plugin_ok vipd-maglev "$MAGLEV_PLUGIN" || { echo "compare: ${NOTES[-1]}" >&2; exit 1; } ;;
         esac
     done
 fi
 
 # --- contenders: start CONTENDER -> sets TARGET (address the client uses) and DPID (process, or empty) ------
-TARGET="" DPID=""
+TARGET="" TARGET2="" DPID=""
 start_none() {
     in_ns "$NS_DIR" sysctl -qw net.ipv4.ip_forward=1
-    TARGET=$A
+    TARGET=$A TARGET2=$B   # new conn/s and keep-alive: one wrk per server; latency and bulk: A
 }
 start_dnat() {
     in_ns "$NS_DIR" sysctl -qw net.ipv4.ip_forward=1
@@ -374,6 +384,7 @@ EOF
 }
 start_vipd() { start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-200k() { start_vipd_with "$TMP/vipd.toml"; }
+start_vipd-rt() { start_vipd_with "$TMP/vipd.toml"; chrt -f -p 50 "$DPID"; }
 start_vipd-kstack() { VIPD_KERNEL_DROP=0 start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-base() { start_vipd_with "$TMP/vipd.toml" "$VIPD_BASE"; }
 start_vipd-wasm() { start_vipd_with "$TMP/vipd-wasm.toml"; }
@@ -418,30 +429,61 @@ wrk_parse() {
     ' "$1"
 }
 
+# load FILE [WRK ARGS...]: closed-loop wrk against TARGET; for `none`, one wrk per server (half the threads
+# and connections each, results summed), so the ceiling also uses both servers. Prints "rps errors requests".
+load() {
+    local f=$1; shift
+    if [[ -n $TARGET2 ]]; then
+        local half_t=$(((WRK_THREADS + 1) / 2)) half_c=$((WRK_CONNS / 2))
+        timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" wrk -t"$half_t" -c"$half_c" -d"${DURATION}s" "$@" \
+            "http://$TARGET/" >"$f.1" 2>&1 &
+        timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" wrk -t"$half_t" -c"$half_c" -d"${DURATION}s" "$@" \
+            "http://$TARGET2/" >"$f.2" 2>&1 || true
+        wait $! || true
+        cat "$f.1" "$f.2" >"$f"
+        paste -d' ' <(wrk_parse "$f.1") <(wrk_parse "$f.2") | awk '{ print $1 + $6, $2 + $7, $5 + $10 }'
+    else
+        timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" \
+            "$@" "http://$TARGET/" >"$f" 2>&1 || true
+        wrk_parse "$f" | awk '{ print $1, $2, $5 }'
+    fi
+}
+
+# perf_around TEST CMD...: runs CMD, under `perf record -g` of the director when PERF=1 and TEST=PERF_TEST.
+perf_around() {
+    local test=$1; shift
+    if [[ $PERF == 1 && $CUR == vipd* && $test == "$PERF_TEST" && -n $DPID ]]; then
+        perf record -g -o "$OUT_DIR/perf-$CUR-$test-r$ROUND.data" -p "$DPID" -- sleep "$DURATION" >/dev/null 2>&1 &
+        local perf_pid=$!
+        "$@"
+        wait "$perf_pid" 2>/dev/null || true
+    else
+        "$@"
+    fi
+}
+
+per100k() { awk -v d="$1" -v t="$TCK" -v n="$2" 'BEGIN { printf "%.3f", d / t / n * 100000 }'; }
+
 measure() {   # ROUND CONTENDER
     local r=$1 c=$2 t0 t1 s0 s1 rps err p50 p99 req
     local out=$TMP/out-$r-$c
-    local wrk=(timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s")
     # new connections per second
-    if [[ $PERF == 1 && $c == vipd* ]]; then
-        perf record -g -o "$OUT_DIR/perf-$c-r$r.data" -p "$DPID" -- sleep "$DURATION" >/dev/null 2>&1 &
-        local perf_pid=$!
-    fi
     t0=$(cpu_ticks "$DPID") s0=$(ctx_switches "$DPID")
-    "${wrk[@]}" -H 'Connection: close' "http://$TARGET/" >"$out.conn" 2>&1 || true
+    perf_around conn load "$out.conn" -H 'Connection: close' >"$out.conn.sum"
     t1=$(cpu_ticks "$DPID") s1=$(ctx_switches "$DPID")
-    [[ $PERF == 1 && $c == vipd* ]] && wait "$perf_pid" 2>/dev/null || true
-    read -r rps err p50 p99 req < <(wrk_parse "$out.conn")
+    read -r rps err req <"$out.conn.sum"
     record "$r" "$c" conn_s "$rps"; record "$r" "$c" conn_err "$err"
-    [[ -n $DPID && $req -gt 0 ]] && record "$r" "$c" cpu_conn "$(awk -v d=$((t1 - t0)) -v t="$TCK" -v n="$req" 'BEGIN { printf "%.3f", d / t / n * 100000 }')"
-    [[ -n $DPID && $req -gt 0 ]] && record "$r" "$c" ctx_conn "$(awk -v d=$((s1 - s0)) -v n="$req" 'BEGIN { printf "%.3f", d / n }')"
+    if [[ -n $DPID && $req -gt 0 ]]; then
+        record "$r" "$c" cpu_conn "$(per100k $((t1 - t0)) "$req")"
+        record "$r" "$c" ctx_conn "$(awk -v d=$((s1 - s0)) -v n="$req" 'BEGIN { printf "%.3f", d / n }')"
+    fi
     # keep-alive requests per second
     t0=$(cpu_ticks "$DPID")
-    "${wrk[@]}" "http://$TARGET/" >"$out.ka" 2>&1 || true
+    perf_around ka load "$out.ka" >"$out.ka.sum"
     t1=$(cpu_ticks "$DPID")
-    read -r rps err p50 p99 req < <(wrk_parse "$out.ka")
+    read -r rps err req <"$out.ka.sum"
     record "$r" "$c" ka_s "$rps"; record "$r" "$c" ka_err "$err"
-    [[ -n $DPID && $req -gt 0 ]] && record "$r" "$c" cpu_ka "$(awk -v d=$((t1 - t0)) -v t="$TCK" -v n="$req" 'BEGIN { printf "%.3f", d / t / n * 100000 }')"
+    [[ -n $DPID && $req -gt 0 ]] && record "$r" "$c" cpu_ka "$(per100k $((t1 - t0)) "$req")"
     # latency at moderate load: LAT_CONNS connections, each pausing between requests
     printf 'function delay() return %s end\n' "$LAT_DELAY_MS" >"$TMP/delay.lua"
     timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" wrk -t1 -c"$LAT_CONNS" -d"${DURATION}s" --latency \
@@ -450,7 +492,7 @@ measure() {   # ROUND CONTENDER
     record "$r" "$c" lat_rps "$rps"; record "$r" "$c" p50_us "$p50"; record "$r" "$c" p99_us "$p99"
     record "$r" "$c" lat_err "$err"
     # bulk throughput
-    if timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" iperf3 -c "$TARGET" -p 5201 -t "$DURATION" -J \
+    if perf_around bulk timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" iperf3 -c "$TARGET" -p 5201 -t "$DURATION" -J \
         >"$out.bulk" 2>&1; then
         record "$r" "$c" bulk_gbps "$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 1e9, 3))' "$out.bulk")"
     else
@@ -476,7 +518,7 @@ idle_fill() {   # puts IDLE half-open connections in vipd's table
 
 CUR=""
 run_contender() {   # ROUND CONTENDER
-    ROUND=$1 CUR=$2 DPID="" TARGET=""
+    ROUND=$1 CUR=$2 DPID="" TARGET="" TARGET2=""
     director_ns
     "start_$CUR"
     local rc=0

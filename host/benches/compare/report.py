@@ -9,7 +9,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-maglev", "vipd-kstack", "vipd-base"]
+ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base"]
 NAMES = {
     "none": "no director (ceiling)",
     "dnat": "iptables DNAT + conntrack",
@@ -19,6 +19,7 @@ NAMES = {
     "vipd-200k": "vipd, 200k idle connections held",
     "vipd-wasm": "vipd, round-robin Wasm plugin",
     "vipd-maglev": "vipd, maglev plugin",
+    "vipd-rt": "vipd, SCHED_FIFO (chrt -f 50)",
     "vipd-kstack": "vipd, kernel stack also sees its frames",
     "vipd-base": "vipd, baseline binary (VIPD_BASE)",
 }
@@ -84,7 +85,7 @@ def main() -> None:
         out.append("| ratio | " + " | ".join(c[1] for c in cols) + " | p99 added |")
         out.append("|---|" + "---:|" * (len(cols) + 1))
         pairs = [("vipd", p) for p in ("none", "dnat", "haproxy", "nginx")]
-        pairs += [("vipd-200k", "vipd"), ("vipd-wasm", "vipd"), ("vipd-maglev", "vipd"), ("vipd", "vipd-base"), ("vipd", "vipd-kstack")]
+        pairs += [("vipd-200k", "vipd"), ("vipd-wasm", "vipd"), ("vipd-maglev", "vipd"), ("vipd", "vipd-base"), ("vipd", "vipd-kstack"), ("vipd-rt", "vipd")]
         for a, b in pairs:
             if a not in who_all or b not in who_all:
                 continue
