@@ -62,7 +62,7 @@ def main() -> None:
             return sum(v)
         return statistics.median(v)
 
-    out = [f"### Run of {label}", ""]
+    out = [f"### Run: {label}", ""]
     out.append(f"Machine: {machine}.  ")
     out.append(f"Versions: {versions}.  ")
     out.append(f"Command: `{command}` ({rounds} rounds, alternating; {elapsed} s in all). Medians over rounds; "
