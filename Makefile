@@ -5,6 +5,9 @@ CARGO ?= cargo
 PLUGIN_DIR ?= target/plugins
 DEBIAN_PACKAGES = libpcap-dev nginx-light wrk curl ethtool iproute2 iputils-ping iperf3 tcpdump prometheus
 FUZZ_SECONDS ?= 600
+# `make bench`: the peers vipd is compared with, and where the comparison's table goes.
+BENCH_PACKAGES = haproxy iptables nftables libnginx-mod-stream python3
+COMPARE_ARGS ?= --doc docs/benchmarks.md
 
 .PHONY: all deps build plugins test demo bench lint fuzz clean-netns
 
@@ -31,7 +34,14 @@ demo: deps
 	examples/demo.sh
 
 bench: deps plugins
+	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for the comparison:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 	$(CARGO) bench -p vipd
+	$(CARGO) build --release -p vipd
+	VIPD=target/release/vipd PLUGIN_DIR=$(PLUGIN_DIR) host/benches/compare/compare.sh $(COMPARE_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Markdown report of a compare.sh run: medians over rounds per contender, and vipd/peer ratios.
+
+Usage: report.py RESULTS.tsv LABEL MACHINE VERSIONS COMMAND ELAPSED_S [NOTE...]
+RESULTS.tsv lines: round, contender, metric, value (tab-separated).
+"""
+import math
+import statistics
+import sys
+from collections import defaultdict
+
+ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base"]
+NAMES = {
+    "none": "no director (ceiling)",
+    "dnat": "iptables DNAT + conntrack",
+    "haproxy": "HAProxy mode tcp, 1 thread",
+    "nginx": "nginx stream, 1 worker",
+    "vipd": "vipd, built-in round-robin",
+    "vipd-200k": "vipd, 200k idle connections held",
+    "vipd-wasm": "vipd, round-robin Wasm plugin",
+    "vipd-maglev": "vipd, maglev plugin",
+    "vipd-rt": "vipd, SCHED_FIFO (chrt -f 50)",
+    "vipd-kstack": "vipd, kernel stack also sees its frames",
+    "vipd-base": "vipd, baseline binary (VIPD_BASE)",
+}
+# metric, header, format, higher is better
+COLUMNS = [
+    ("conn_s", "new conn/s", "{:,.0f}", True),
+    ("ka_s", "keep-alive req/s", "{:,.0f}", True),
+    ("bulk_gbps", "bulk Gbit/s", "{:.2f}", True),
+    ("p50_us", "p50 µs", "{:.0f}", False),
+    ("p99_us", "p99 µs", "{:.0f}", False),
+    ("cpu_conn", "CPU s / 100k conn", "{:.2f}", False),
+    ("cpu_ka", "CPU s / 100k req (keep-alive)", "{:.2f}", False),
+    ("ctx_conn", "context switches / conn", "{:.2f}", False),
+    ("errors", "errors", "{:.0f}", False),
+]
+
+
+def main() -> None:
+    path, label, machine, versions, command, elapsed, *notes = sys.argv[1:]
+    values = defaultdict(list)
+    for line in open(path):
+        rnd, who, metric, value = line.rstrip("\n").split("\t")
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        if math.isnan(v):
+            continue
+        values[(who, metric)].append(v)
+        if metric in ("conn_err", "ka_err", "lat_err"):
+            values[(who, "errors")].append(v)
+    rounds = len({l.split("\t")[0] for l in open(path)})
+    who_all = [w for w in ORDER if any(k[0] == w for k in values)]
+
+    def med(who, metric):
+        v = values.get((who, metric))
+        if not v:
+            return None
+        if metric == "errors":
+            return sum(v)
+        return statistics.median(v)
+
+    out = [f"### Run: {label}", ""]
+    out.append(f"Machine: {machine}.  ")
+    out.append(f"Versions: {versions}.  ")
+    out.append(f"Command: `{command}` ({rounds} rounds, alternating; {elapsed} s in all). Medians over rounds; "
+               "errors are summed over all rounds. CPU of none/dnat is softirq time, not attributable to a process: n/a.")
+    out.append("")
+    out.append("| contender | " + " | ".join(c[1] for c in COLUMNS) + " |")
+    out.append("|---|" + "---:|" * len(COLUMNS))
+    for who in who_all:
+        cells = []
+        for metric, _, fmt, _ in COLUMNS:
+            m = med(who, metric)
+            cells.append("n/a" if m is None else fmt.format(m))
+        out.append(f"| {NAMES.get(who, who)} | " + " | ".join(cells) + " |")
+    out.append("")
+    if any(w.startswith("vipd") for w in who_all):
+        out.append("Ratios (vipd figure / peer figure; for latency and CPU lower is better, "
+                   "and `+N µs` is p99 added over the no-director path):")
+        out.append("")
+        cols = COLUMNS[:7]
+        out.append("| ratio | " + " | ".join(c[1] for c in cols) + " | p99 added |")
+        out.append("|---|" + "---:|" * (len(cols) + 1))
+        pairs = [("vipd", p) for p in ("none", "dnat", "haproxy", "nginx")]
+        pairs += [("vipd-200k", "vipd"), ("vipd-wasm", "vipd"), ("vipd-maglev", "vipd"), ("vipd", "vipd-base"), ("vipd", "vipd-kstack"), ("vipd-rt", "vipd")]
+        for a, b in pairs:
+            if a not in who_all or b not in who_all:
+                continue
+            cells = []
+            for metric, _, _, _ in cols:
+                x, y = med(a, metric), med(b, metric)
+                cells.append("n/a" if x is None or y in (None, 0) else f"{x / y:.2f}")
+            p_a, p_none = med(a, "p99_us"), med("none", "p99_us")
+            added = "n/a" if p_a is None or p_none is None else f"{p_a - p_none:+.0f} µs"
+            out.append(f"| {a} / {b} | " + " | ".join(cells) + f" | {added} |")
+        out.append("")
+    extra = []
+    for who in who_all:
+        held = values.get((who, "idle_held"))
+        if held:
+            extra.append(f"{who}: idle connections put in the table per round: {', '.join(str(int(h)) for h in held)}")
+        rss = values.get((who, "rss_mib"))
+        if rss:
+            extra.append(f"{who}: director RSS at the end of the round: {statistics.median(rss):.1f} MiB")
+    for note in notes:
+        extra.append(f"note: {note}")
+    out += [f"- {e}" for e in extra]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
