@@ -71,7 +71,7 @@ fn established(c: &mut Criterion) {
     let outbound: Vec<Vec<u8>> = (0..TABLE).map(|n| segment(n, false, false, true)).collect();
     let mut g = c.benchmark_group("director");
     g.throughput(Throughput::Elements(1));
-    let mut frame = vec![0u8; 64];
+    let mut frame = [0u8; 64];
     let mut i = 0usize;
     g.bench_function(format!("established inbound, {TABLE} connections"), |b| {
         b.iter(|| {
@@ -98,7 +98,7 @@ fn new_connection(c: &mut Criterion) {
     let syns: Vec<Vec<u8>> = (0..TABLE).map(|n| segment(n, true, true, false)).collect();
     let mut g = c.benchmark_group("director");
     g.throughput(Throughput::Elements(1));
-    let mut frame = vec![0u8; 64];
+    let mut frame = [0u8; 64];
     let mut i = 0usize;
     let mut now = Duration::from_secs(1);
     // Each SYN opens a connection; the 10 s SYN timeout and `expire` keep the table from filling.
