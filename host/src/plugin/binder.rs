@@ -111,6 +111,7 @@ impl Binder {
                 weight: r.weight,
             })
             .collect();
+        let _armed = self.host.arm();
         store.set_epoch_deadline(self.host.slow_ticks);
         let answer = match world
             .vipd_policy_binding()
@@ -188,6 +189,7 @@ fn instantiate(
         plugin.stats().clone(),
         host.start,
     );
+    let _armed = host.arm();
     store.set_epoch_deadline(host.slow_ticks);
     let world = pre
         .instantiate(&mut store)

@@ -99,13 +99,49 @@ pub(crate) struct HostInner {
     /// Zero point of the plugins' `now-us`.
     start: Instant,
     stop: Arc<AtomicBool>,
+    ticking: Arc<Ticking>,
     ticker: Option<JoinHandle<()>>,
+}
+
+/// What the epoch ticker shares with the callers: it ticks only while a call is in progress, so an idle
+/// director (or one serving long-lived connections) has no thread waking every half deadline.
+#[derive(Default)]
+struct Ticking {
+    /// Plugin calls in progress.
+    active: AtomicU64,
+    /// The ticker is parked (or about to park) until a call starts.
+    idle: AtomicBool,
+    /// Epoch ticks so far.
+    ticks: AtomicU64,
+}
+
+/// A plugin call in progress: the epoch ticker runs until the last one is dropped.
+pub(crate) struct Armed<'a>(&'a HostInner);
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        self.0.ticking.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl HostInner {
+    /// Call before setting a store's epoch deadline and calling into it; keep the guard over the call.
+    pub(crate) fn arm(&self) -> Armed<'_> {
+        self.ticking.active.fetch_add(1, Ordering::SeqCst);
+        if self.ticking.idle.load(Ordering::SeqCst)
+            && let Some(t) = &self.ticker
+        {
+            t.thread().unpark();
+        }
+        Armed(self)
+    }
 }
 
 impl Drop for HostInner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.ticker.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -265,14 +301,26 @@ impl PluginHost {
         let linker = sandbox::linker(&engine).context("linking the plugin host functions")?;
         let tick = (limits.deadline / TICKS_PER_DEADLINE).max(Duration::from_micros(50));
         let stop = Arc::new(AtomicBool::new(false));
+        let ticking = Arc::new(Ticking::default());
         let ticker = {
-            let (engine, stop) = (engine.clone(), stop.clone());
+            let (engine, stop, ticking) = (engine.clone(), stop.clone(), ticking.clone());
             std::thread::Builder::new()
                 .name("vipd-plugin-epoch".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
+                        if ticking.active.load(Ordering::SeqCst) == 0 {
+                            ticking.idle.store(true, Ordering::SeqCst);
+                            // Checked again after `idle` is visible: a call that started in between
+                            // either sees `idle` and unparks us, or is seen here.
+                            if ticking.active.load(Ordering::SeqCst) == 0 {
+                                std::thread::park_timeout(Duration::from_secs(1));
+                            }
+                            ticking.idle.store(false, Ordering::SeqCst);
+                            continue;
+                        }
                         std::thread::sleep(tick);
                         engine.increment_epoch();
+                        ticking.ticks.fetch_add(1, Ordering::Relaxed);
                     }
                 })
                 .context("starting the plugin epoch ticker")?
@@ -287,9 +335,15 @@ impl PluginHost {
                 slow_ticks: call_ticks * u64::from(SLOW_CALL_FACTOR),
                 start: Instant::now(),
                 stop,
+                ticking,
                 ticker: Some(ticker),
             }),
         })
+    }
+
+    /// Epoch ticks since start: they advance only while a plugin call is in progress.
+    pub fn epoch_ticks(&self) -> u64 {
+        self.inner.ticking.ticks.load(Ordering::Relaxed)
     }
 
     /// The limits plugins run under.

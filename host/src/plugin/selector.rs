@@ -113,6 +113,7 @@ impl PluginSelector {
             return;
         }
         if let Some(live) = self.live.as_mut() {
+            let _armed = self.host.arm();
             live.store.set_epoch_deadline(self.host.call_ticks);
             if let Err(e) = call(&live.world, &mut live.store) {
                 tracing::debug!(plugin = self.plugin.name(), "notification failed: {e:#}");
@@ -142,6 +143,7 @@ impl PluginSelector {
                 .map(|(i, c)| wit_candidate(i, c)),
         );
         live.store.data_mut().limiter.hit = false;
+        let _armed = self.host.arm();
         live.store.set_epoch_deadline(self.host.call_ticks);
         let answer = live.world.vipd_policy_selection().call_select(
             &mut live.store,
@@ -265,6 +267,7 @@ fn instantiate(
         plugin.stats().clone(),
         host.start,
     );
+    let _armed = host.arm();
     store.set_epoch_deadline(host.slow_ticks);
     let world = pre
         .instantiate(&mut store)

@@ -219,6 +219,30 @@ fn endless_loop_hits_deadline() {
     assert_eq!(s.plugin().stats().calls(CallResult::Timeout), 1);
 }
 
+/// The epoch ticker sleeps while no plugin runs, and ticks while one does.
+#[test]
+fn epoch_ticker_ticks_only_during_calls() {
+    let host = PluginHost::new(PluginLimits::default()).unwrap();
+    let h = PluginHandle::new(host.load_file(&path("testing/misbehave")).unwrap());
+    let mut s = host.selector(&h, &args(&[("mode", "spin")])).unwrap();
+    let idle = host.epoch_ticks();
+    // A window in which a free-running ticker (every 500 µs) would tick about 100 times.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        host.epoch_ticks() <= idle + 1,
+        "ticked {} times while idle",
+        host.epoch_ticks() - idle
+    );
+    let c = [candidate(0, 1)];
+    assert_eq!(pick(&mut s, 0, &c), 0);
+    assert_eq!(
+        s.plugin().stats().calls(CallResult::Timeout),
+        1,
+        "the spinning call was interrupted"
+    );
+    assert!(host.epoch_ticks() >= idle + 2);
+}
+
 /// A plugin that allocates without bound hits its memory limit and traps; counted as memory.
 #[test]
 fn unbounded_allocation_hits_memory_limit() {
