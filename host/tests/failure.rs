@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -19,20 +17,6 @@ use common::*;
 
 const SITE1: &str = "http://192.0.2.1/";
 const HEAD: &str = "[director]\noutside = \"vipd-out\"\ninside = \"vipd-in\"\nsyn_retries = 0\n\n";
-
-/// The e2e lock shared with the other heavy tests (same file as `common::serial` on main).
-fn serial() -> File {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/tmp/vipd-e2e.lock")
-        .expect("/tmp/vipd-e2e.lock");
-    // SAFETY: flock on a descriptor we own; the lock goes with the open file description.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
-    f
-}
 
 /// `[[real]]` tables for hosts A, B, C named a, b, c, each with `extra` lines.
 fn reals(extra: &str) -> String {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::Store;
 
 use super::bindings::{BinderWorld, WitProtocol, wit_binding};
-use super::sandbox::{self, PluginState};
+use super::sandbox::PluginState;
 use super::selector::init_error;
 use super::{HostInner, PluginHandle, Version};
 use crate::wire::Protocol;
@@ -182,13 +182,7 @@ fn instantiate(
     let pre = version.binder.as_ref().with_context(|| {
         format!("{file}: not a binder plugin (does not export vipd:policy/binding)")
     })?;
-    let mut store = sandbox::new_store(
-        &host.engine,
-        &host.limits,
-        plugin.name().into(),
-        plugin.stats().clone(),
-        host.start,
-    );
+    let mut store = host.new_store(plugin);
     let _armed = host.arm();
     store.set_epoch_deadline(host.slow_ticks);
     let world = pre

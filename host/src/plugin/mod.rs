@@ -125,6 +125,17 @@ impl Drop for Armed<'_> {
 }
 
 impl HostInner {
+    /// A store for one instance of `plugin`, with its limits and its counters.
+    pub(crate) fn new_store(&self, plugin: &PluginHandle) -> wasmtime::Store<PluginState> {
+        sandbox::new_store(
+            &self.engine,
+            &self.limits,
+            plugin.name().into(),
+            plugin.stats().clone(),
+            self.start,
+        )
+    }
+
     /// Call before setting a store's epoch deadline and calling into it; keep the guard over the call.
     pub(crate) fn arm(&self) -> Armed<'_> {
         self.ticking.active.fetch_add(1, Ordering::SeqCst);

@@ -10,7 +10,7 @@ use wasmtime::Store;
 use super::bindings::{
     InitError, SelectError, SelectorWorld, WitCandidate, WitConnection, WitProtocol, WitServerState,
 };
-use super::sandbox::{self, PluginState};
+use super::sandbox::PluginState;
 use super::stats::CallResult;
 use super::{HostInner, PluginHandle, Version};
 use crate::policy::{Candidate, NewConnection, RoundRobin, Selection, Selector, ServerState};
@@ -260,13 +260,7 @@ fn instantiate(
     let pre = version.selector.as_ref().with_context(|| {
         format!("{file}: not a selector plugin (does not export vipd:policy/selection)")
     })?;
-    let mut store = sandbox::new_store(
-        &host.engine,
-        &host.limits,
-        plugin.name().into(),
-        plugin.stats().clone(),
-        host.start,
-    );
+    let mut store = host.new_store(plugin);
     let _armed = host.arm();
     store.set_epoch_deadline(host.slow_ticks);
     let world = pre
