@@ -122,6 +122,9 @@ fn run(
     rx: Receiver<notify::Result<notify::Event>>,
 ) {
     let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
+    // Files refused as they are now: one change often comes as several events (rename, then attributes),
+    // and an unchanged file is refused (and counted) once, not once per event.
+    let mut refused: HashMap<PathBuf, Signature> = HashMap::new();
     loop {
         match rx.recv_timeout(SETTLE / 4) {
             Ok(Ok(event)) => {
@@ -175,8 +178,12 @@ fn run(
                     .get(&name)
                     .and_then(|h| h.current())
                     .is_some_and(|v| v.0.signature == sig && v.path() == path);
-                if !loaded {
-                    load(&host, &plugins, path);
+                if !loaded && refused.get(path) != Some(&sig) {
+                    if load(&host, &plugins, path) {
+                        refused.remove(path);
+                    } else {
+                        refused.insert(path.clone(), sig);
+                    }
                 }
                 false
             }
@@ -185,9 +192,11 @@ fn run(
     }
 }
 
-/// Compiles `path` and publishes it to its handle, or logs and counts why not.
-fn load(host: &PluginHost, plugins: &Mutex<HashMap<String, PluginHandle>>, path: &Path) {
-    let Ok(name) = plugin_name(path) else { return };
+/// Compiles `path` and publishes it to its handle, or logs and counts why not; true when published.
+fn load(host: &PluginHost, plugins: &Mutex<HashMap<String, PluginHandle>>, path: &Path) -> bool {
+    let Ok(name) = plugin_name(path) else {
+        return false;
+    };
     let handle = plugins
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -218,6 +227,7 @@ fn load(host: &PluginHost, plugins: &Mutex<HashMap<String, PluginHandle>>, path:
             );
             handle.publish(new);
             handle.stats().record_reload(true);
+            true
         }
         Err(e) => {
             handle.stats().record_reload(false);
@@ -229,6 +239,7 @@ fn load(host: &PluginHost, plugins: &Mutex<HashMap<String, PluginHandle>>, path:
             } else {
                 tracing::error!(plugin = name, "plugin refused: {e:#}");
             }
+            false
         }
     }
 }

@@ -848,3 +848,237 @@ impl Proc {
             .unwrap_or_else(|| panic!("no final stats line:\n{log}"))
     }
 }
+
+// ---- Plugin e2e helpers (host/tests/plugins_live.rs) --------------------------------------------------------
+
+/// The admin API's address inside the director namespace (`[director] listen` by default).
+pub const ADMIN: &str = "http://127.0.0.1:9469";
+
+/// A GET of `path` on the admin API from inside `ns` (the director's namespace): the body, or "" when it
+/// does not answer 200.
+pub fn admin_get(ns: &Netns, path: &str) -> String {
+    let url = format!("{ADMIN}{path}");
+    let out = ns.exec("curl", &["-sS", "--fail", "--max-time", "5", &url]);
+    if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    } else {
+        String::new()
+    }
+}
+
+/// One scrape of `/metrics` (the Prometheus text format), with lookups by name and labels.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// Scrapes the daemon running in `director`.
+    pub fn scrape(director: &Netns) -> Metrics {
+        Metrics(admin_get(director, "/metrics"))
+    }
+
+    /// The sum of the series named `name` whose labels include every `(key, value)` of `labels`; 0 when none.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+                if n != name {
+                    return None;
+                }
+                let have = rest.trim_end_matches('}');
+                let all = labels
+                    .iter()
+                    .all(|(k, v)| have.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+                all.then(|| value.parse::<f64>().ok()).flatten()
+            })
+            .sum()
+    }
+}
+
+impl Wrk {
+    /// The largest request latency wrk saw (the `Max` column of its `Latency` line).
+    pub fn latency_max(&self) -> Option<Duration> {
+        let line = self
+            .text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("Latency"))?;
+        parse_wrk_duration(line.split_whitespace().nth(3)?)
+    }
+}
+
+/// wrk's `12.34us`, `5.67ms`, `1.20s`, `2.00m` to a duration.
+pub fn parse_wrk_duration(s: &str) -> Option<Duration> {
+    let unit_at = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (n, unit) = s.split_at(unit_at);
+    let n: f64 = n.parse().ok()?;
+    let secs = match unit {
+        "us" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// A userspace relay that delays every frame one real server sends by a fixed time (the kernel of the test
+/// machine has no `netem`): the server's `eth0` goes to `r0` in a relay namespace, and `r1` there to the
+/// server's bridge port. A thread moves frames between `r0` and `r1` through `AF_PACKET` sockets, holding
+/// those from the server for `delay`. Stopped on drop.
+pub struct SlowLink {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The relay's namespace.
+    pub ns: Netns,
+}
+
+impl Fig3 {
+    /// Re-plumbs server `i` (0 = A) through a [`SlowLink`] delaying what it sends by `delay`. Its MAC and
+    /// address stay the same. Call it before the director starts.
+    pub fn slow_down(&self, i: usize, delay: Duration) -> SlowLink {
+        let server = &self.servers[i];
+        let port = ["port-a", "port-b", "port-c"][i];
+        let mac = format_mac(mac_of(server, "eth0"));
+        let relay = Netns::new("slow");
+        self.lan.ip(&["link", "del", port]);
+        veth(server, "eth0", &relay, "r0");
+        server.ip(&["link", "set", "eth0", "address", &mac]);
+        veth(&relay, "r1", &self.lan, port);
+        self.lan.ip(&["link", "set", port, "master", "br0"]);
+        for dev in ["r0", "r1"] {
+            relay.ip(&["link", "set", dev, "promisc", "on"]);
+        }
+        server.addr("eth0", &format!("{}/24", SERVERS[i]));
+        server.ip(&["route", "add", "default", "via", "10.20.0.1"]);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = stop.clone();
+            relay.thread(move || {
+                let r0 = packet_socket("r0");
+                let r1 = packet_socket("r1");
+                tx.send(()).unwrap();
+                relay_frames(r0, r1, delay, &stop);
+            })
+        };
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the relay's sockets did not open");
+        SlowLink {
+            stop,
+            thread: Some(thread),
+            ns: relay,
+        }
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A raw `AF_PACKET` socket bound to `dev` of the calling thread's namespace, all protocols.
+fn packet_socket(dev: &str) -> i32 {
+    let name = std::ffi::CString::new(dev).unwrap();
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain syscalls with live, correctly sized arguments.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        assert_ne!(ifindex, 0, "no interface {dev}");
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all));
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = all;
+        addr.sll_ifindex = ifindex as i32;
+        let rc = libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "bind to {dev}: {}", std::io::Error::last_os_error());
+        fd
+    }
+}
+
+/// Moves frames `r1 -> r0` at once and `r0 -> r1` after `delay`, until `stop`.
+fn relay_frames(r0: i32, r1: i32, delay: Duration, stop: &std::sync::atomic::AtomicBool) {
+    let mut held: std::collections::VecDeque<(Instant, Vec<u8>)> = Default::default();
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        while held.front().is_some_and(|(due, _)| *due <= now) {
+            let (_, frame) = held.pop_front().unwrap();
+            // SAFETY: sending a live buffer on our bound socket.
+            unsafe { libc::send(r1, frame.as_ptr().cast(), frame.len(), 0) };
+        }
+        let wait = held
+            .front()
+            .map_or(Duration::from_millis(10), |(due, _)| {
+                due.saturating_duration_since(now)
+            })
+            .min(Duration::from_millis(10));
+        let mut fds = [
+            libc::pollfd {
+                fd: r0,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: r1,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on two live descriptors.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait.as_millis().max(1) as i32) };
+        if n <= 0 {
+            continue;
+        }
+        for (i, p) in fds.iter().enumerate() {
+            if p.revents & libc::POLLIN == 0 {
+                continue;
+            }
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: receiving into a live buffer and address of the sizes given.
+            let got = unsafe {
+                libc::recvfrom(
+                    p.fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut len,
+                )
+            };
+            // Our own sends come back as outgoing frames: skip them.
+            if got <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let frame = &buf[..got as usize];
+            if i == 0 {
+                held.push_back((Instant::now() + delay, frame.to_vec()));
+            } else {
+                // SAFETY: sending a live buffer on our bound socket.
+                unsafe { libc::send(r0, frame.as_ptr().cast(), frame.len(), 0) };
+            }
+        }
+    }
+    // SAFETY: closing the descriptors this function was given.
+    unsafe {
+        libc::close(r0);
+        libc::close(r1);
+    }
+}
