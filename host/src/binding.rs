@@ -77,6 +77,8 @@ pub struct VirtualPort {
 pub struct Target {
     pub real_id: u32,
     pub port: u16,
+    /// A weight for this binding alone (a binder plugin's answer); `None`: the real server's `weight`.
+    pub weight: Option<u32>,
 }
 
 /// The answer to "where does this packet's destination belong?".
@@ -148,7 +150,11 @@ impl BindingTable {
                         let real_id = *real_names.get(entry.real.as_str())?;
                         let fixed = config.reals[real_id as usize].port;
                         let port = resolve_port(fixed, entry.port, port.port)?;
-                        Some(Target { real_id, port })
+                        Some(Target {
+                            real_id,
+                            port,
+                            weight: None,
+                        })
                     })
                     .collect();
                 let (policy, args) = vm.effective_policy(port);

@@ -169,6 +169,7 @@ fn bind_by_plugins(
                 .map(|b| Target {
                     real_id: b.real_id,
                     port: b.real_port,
+                    weight: Some(b.weight),
                 })
                 .collect();
             tracing::info!(

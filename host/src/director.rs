@@ -1267,10 +1267,16 @@ impl Director {
                 target_port = backup.port.unwrap_or(target_port);
             }
             let live = self.reals.get(real_id as usize)?;
+            // A binding's own weight applies to its own server (not to a backup standing in); a drained
+            // server (weight 0) stays drained.
+            let weight = match t.weight {
+                Some(w) if real_id == t.real_id && live.weight > 0 => w,
+                _ => live.weight,
+            };
             self.candidates.push(Candidate {
                 real_id,
                 target: SocketAddrV4::new(live.address, target_port),
-                weight: live.weight,
+                weight,
                 state: if exclude == Some(real_id) {
                     ServerState::Failed
                 } else {
@@ -1658,6 +1664,29 @@ mod tests {
 
     /// After `syn_retries` resends without a SYN-ACK, the next SYN goes to another server; the first
     /// server's late SYN-ACK no longer matches; the new server's does.
+    /// A binding's own weight (from a binder plugin) overrides the real server's weight for that binding.
+    #[test]
+    fn binding_weight_overrides_real_weight() {
+        let config = config(2, 1, true, false);
+        let mut bindings = BindingTable::from_config(&config);
+        for t in &mut bindings.ports[0].targets {
+            t.weight = Some(if bindings.reals[t.real_id as usize].name == "a" {
+                3
+            } else {
+                0
+            });
+        }
+        let mut d = Director::new(&config, bindings, L2);
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80);
+        for port in 0..8 {
+            assert_eq!(
+                syn_to(&mut d, WEB, 2000 + port, secs(0)),
+                a,
+                "weights 3:0:0"
+            );
+        }
+    }
+
     #[test]
     fn ditch_after_syn_retries_reselects() {
         let mut d = director(1);
