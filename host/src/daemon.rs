@@ -77,18 +77,30 @@ impl Plugins {
         Arc::new(move || {
             dir.plugins()
                 .into_iter()
-                .filter_map(|handle| {
-                    let loaded = handle.current()?;
-                    Some(admin::PluginInfo {
+                .map(|handle| {
+                    // A file that never loaded is listed too (version "none"): its refusals count.
+                    let loaded = handle.current();
+                    admin::PluginInfo {
                         name: handle.name().to_string(),
-                        version: loaded.version().to_string(),
-                        file: loaded.path().display().to_string(),
+                        version: loaded
+                            .as_ref()
+                            .map_or_else(|| "none".to_string(), |l| l.version().to_string()),
+                        file: loaded.as_ref().map_or_else(
+                            || {
+                                dir.dir()
+                                    .join(format!("{}.wasm", handle.name()))
+                                    .display()
+                                    .to_string()
+                            },
+                            |l| l.path().display().to_string(),
+                        ),
                         modified: loaded
-                            .modified()
+                            .as_ref()
+                            .and_then(|l| l.modified())
                             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                             .map_or(0, |d| d.as_secs()),
                         stats: Arc::clone(handle.stats()),
-                    })
+                    }
                 })
                 .collect()
         })

@@ -663,6 +663,14 @@ fn hot_reload_under_load_and_misbehaving_plugins() {
         phases_done < wrk_for,
         "the phases took {phases_done:?}, longer than wrk ran"
     );
+    assert_eq!(
+        m.get(
+            "vipd_plugin_reloads_total",
+            &[("plugin", "junk"), ("result", "error")]
+        ),
+        1.0,
+        "a file that never loaded still shows its refusal on /metrics"
+    );
     assert_eq!(wrk.errors(), 0, "{}", wrk.text);
     assert_eq!(wrk.non_2xx, 0, "{}", wrk.text);
     let max = wrk.latency_max().expect("wrk latency");
