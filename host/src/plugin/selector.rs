@@ -2,7 +2,7 @@
 //! quarantine.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use wasmtime::Store;
@@ -211,7 +211,9 @@ impl Selector for PluginSelector {
         }
         let current = Arc::clone(current);
         drop(guard);
-        match self.call(&current, conn, candidates) {
+        let cpu_before = thread_cpu_time();
+        let answer = self.call(&current, conn, candidates);
+        match answer {
             Ok(selection) => {
                 self.failures = 0;
                 let r = match selection {
@@ -222,7 +224,8 @@ impl Selector for PluginSelector {
                 selection
             }
             Err((result, why)) => {
-                if result.is_failure() {
+                let cpu = thread_cpu_time().saturating_sub(cpu_before);
+                if counts_towards_quarantine(result, cpu, self.host.limits.deadline) {
                     self.failures += 1;
                     tracing::warn!(
                         plugin = self.plugin.name(),
@@ -318,5 +321,63 @@ fn wit_candidate(index: usize, c: &Candidate) -> WitCandidate {
         total: c.total,
         syn_rtt_us: c.syn_rtt_us,
         ditched: c.ditched,
+    }
+}
+
+/// Whether a failed call counts towards quarantine. The deadline is wall-clock time: a call that timed out
+/// having used under half its deadline in CPU was descheduled (a busy machine), not stuck. It falls back like
+/// any failure, but does not count.
+fn counts_towards_quarantine(result: CallResult, cpu: Duration, deadline: Duration) -> bool {
+    result.is_failure() && !(result == CallResult::Timeout && cpu < deadline / 2)
+}
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A timeout that burned its deadline counts; one spent descheduled does not; traps always count.
+    #[test]
+    fn preempted_timeouts_do_not_count_towards_quarantine() {
+        let ms = Duration::from_millis;
+        assert!(counts_towards_quarantine(CallResult::Timeout, ms(1), ms(1)));
+        assert!(!counts_towards_quarantine(
+            CallResult::Timeout,
+            Duration::from_micros(100),
+            ms(1)
+        ));
+        assert!(counts_towards_quarantine(
+            CallResult::Trap,
+            Duration::ZERO,
+            ms(1)
+        ));
+        assert!(!counts_towards_quarantine(CallResult::Reject, ms(5), ms(1)));
+    }
+
+    /// The thread CPU clock moves with work done on this thread.
+    #[test]
+    fn thread_cpu_time_advances() {
+        let before = thread_cpu_time();
+        let mut x = 0u64;
+        while thread_cpu_time() < before + Duration::from_millis(2) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(thread_cpu_time() >= before + Duration::from_millis(2));
     }
 }
