@@ -316,7 +316,8 @@ fn init_refusal_is_a_config_error() {
 /// Garbage, a core module and a component of the wrong world are refused with a message saying why.
 #[test]
 fn bad_files_refused_clearly() {
-    let dir = temp_dir("bad");
+    let tmp = temp_dir("bad");
+    let dir = tmp.path();
     let garbage = dir.join("garbage.wasm");
     std::fs::write(&garbage, b"this is not wasm at all").unwrap();
     let e = format!("{:#}", host().load_file(&garbage).unwrap_err());
@@ -372,21 +373,23 @@ fn port_offset_binder() {
     );
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vipd-plugin-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A folder of its own, removed when the guard drops (also when the test fails).
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("vipd-plugin-test-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Hot reload: a new version copied in slowly is loaded once complete (never half-written) and the selector
 /// switches at its next call; garbage leaves it serving; a deleted file keeps its last good version.
 #[test]
 fn hot_reload() {
-    let dir = temp_dir("reload");
+    let tmp = temp_dir("reload");
+    let dir = tmp.path();
     let file = dir.join("p.wasm");
     std::fs::copy(path("round-robin"), &file).unwrap();
-    let pdir = host().watch_dir(&dir).unwrap();
+    let pdir = host().watch_dir(dir).unwrap();
     let handle = pdir.get("p").expect("p.wasm loaded at start");
     let mut s = host().selector(&handle, &[]).unwrap();
     let mut c = [candidate(0, 1), candidate(1, 1)];
