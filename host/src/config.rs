@@ -421,6 +421,32 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Reports `name` (of table `table[i]`, at `key`) if an earlier table of the same kind has it already.
+    fn unique_name(
+        &mut self,
+        names: &mut HashMap<String, usize>,
+        raw: &Text,
+        name: &str,
+        key: &str,
+        table: &str,
+        i: usize,
+    ) {
+        let Some(n) = raw else { return };
+        if name.is_empty() {
+            return;
+        }
+        match names.get(name) {
+            Some(&first) => self.report(
+                n.span(),
+                format!("{key}.name"),
+                format!("\"{name}\" is already the name of {table}[{first}]"),
+            ),
+            None => {
+                names.insert(name.to_owned(), i);
+            }
+        }
+    }
+
     fn report(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
         let (line, column) = position(self.text, span.start);
         self.problems.push(Problem {
@@ -626,19 +652,7 @@ impl Checker<'_> {
             let raw = raw_span.get_ref();
             let key = format!("real[{i}]");
             let name = self.name(&raw.name, &raw_span.span(), &key, "real server");
-            if let Some(n) = &raw.name
-                && !name.is_empty()
-            {
-                if let Some(&first) = names.get(&name) {
-                    self.report(
-                        n.span(),
-                        format!("{key}.name"),
-                        format!("\"{name}\" is already the name of real[{first}]"),
-                    );
-                } else {
-                    names.insert(name.clone(), i);
-                }
-            }
+            self.unique_name(&mut names, &raw.name, &name, &key, "real", i);
             let address = self.address(&raw.address, &raw_span.span(), &format!("{key}.address"));
             let port = raw
                 .port
@@ -865,19 +879,7 @@ impl Checker<'_> {
             let raw = raw_span.get_ref();
             let key = format!("virtual[{i}]");
             let name = self.name(&raw.name, &raw_span.span(), &key, "virtual machine");
-            if let Some(n) = &raw.name
-                && !name.is_empty()
-            {
-                if let Some(&first) = names.get(&name) {
-                    self.report(
-                        n.span(),
-                        format!("{key}.name"),
-                        format!("\"{name}\" is already the name of virtual[{first}]"),
-                    );
-                } else {
-                    names.insert(name.clone(), i);
-                }
-            }
+            self.unique_name(&mut names, &raw.name, &name, &key, "virtual", i);
             let address_key = format!("{key}.address");
             let address = self.address(&raw.address, &raw_span.span(), &address_key);
             if let Some(a) = &raw.address
