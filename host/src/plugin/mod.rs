@@ -364,6 +364,16 @@ impl PluginHost {
 
     /// Compiles `path` and validates it against the worlds; the error names the file and what is wrong.
     pub fn load_file(&self, path: &Path) -> Result<LoadedPlugin> {
+        Ok(self.compile_plugin(path)?.0)
+    }
+
+    /// Says which worlds `path` implements and why not the others; an error if it is no component at all.
+    pub fn check_file(&self, path: &Path) -> Result<PluginInfo> {
+        Ok(self.compile_plugin(path)?.1)
+    }
+
+    /// [`PluginHost::compile`], refusing a component that implements none of the worlds.
+    fn compile_plugin(&self, path: &Path) -> Result<(LoadedPlugin, PluginInfo)> {
         let (compiled, info) = self.compile(path)?;
         if info.worlds.is_empty() {
             let why: Vec<_> = info
@@ -377,25 +387,7 @@ impl PluginHost {
                 why.join("; ")
             );
         }
-        Ok(compiled)
-    }
-
-    /// Says which worlds `path` implements and why not the others; an error if it is no component at all.
-    pub fn check_file(&self, path: &Path) -> Result<PluginInfo> {
-        let (_, info) = self.compile(path)?;
-        if info.worlds.is_empty() {
-            let why: Vec<_> = info
-                .missing
-                .iter()
-                .map(|(w, why)| format!("not a {}: {why}", w.as_str()))
-                .collect();
-            bail!(
-                "{}: not a vipd plugin (vipd:policy@0.1.0): {}",
-                path.display(),
-                why.join("; ")
-            );
-        }
-        Ok(info)
+        Ok((compiled, info))
     }
 
     fn compile(&self, path: &Path) -> Result<(LoadedPlugin, PluginInfo)> {
