@@ -13,17 +13,21 @@
 //! call that rewrites it there. The frames to send stay in their slots until the wake-up's batch ends; then
 //! each interface gets them with `sendmmsg(2)` on its packet socket, [`SEND_CHUNK`] frames per system call,
 //! in the order they were handled. (Profile: the cost of a frame is the `send` and the receivers' kernel work
-//! it runs, not the rewrite; batching removes most per-frame system-call overhead.) No allocation, no lock, no
-//! formatting. Frames cut by the snap length or larger than the interface's MTU allows (GRO/LRO
+//! it runs, not the rewrite; batching removes most per-frame system-call overhead.) An interface can instead
+//! have a sender thread of its own ([`CaptureConfig::send_threads`]): the batch's frames for it are copied
+//! into a single-producer single-consumer ring ([`TxRing`]) and the sender thread makes the `sendmmsg`
+//! calls, so the kernel work a send triggers runs on another core; a frame that finds the ring full is shed
+//! and counted. No allocation, no lock, no formatting on the way. Frames cut by the snap length or larger than the interface's MTU allows (GRO/LRO
 //! super-frames) never reach the handler: they are counted and dropped.
 //!
 //! What may fail: opening an interface (missing, no permission: an error naming the interface), `poll`
 //! (fatal, returned). A failed send is counted, never fatal: the frame is skipped and the rest of the batch
 //! still goes out.
 
+use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -77,6 +81,32 @@ pub struct CaptureConfig {
     /// After a wake-up that handled frames, keep looking (non-blocking `poll`) this long before sleeping:
     /// the answer to a frame just sent often arrives within microseconds. Zero: always sleep at once.
     pub busy_poll: Duration,
+    /// Interfaces whose frames a sender thread of their own sends: the data path thread hands the frames of
+    /// each wake-up over to it through a ring (one copy) instead of running `sendmmsg` itself.
+    pub send_threads: SendThreads,
+    /// Slots of each sender thread's ring; a frame that finds it full is shed (counted, not sent).
+    pub send_ring: usize,
+    /// Send with `PACKET_QDISC_BYPASS`: frames go straight to the driver, past the qdisc layer (and past
+    /// the taps, so a `tcpdump` on the director's own interfaces no longer sees what vipd sends).
+    pub qdisc_bypass: bool,
+}
+
+/// Which interfaces get a sender thread (see [`CaptureConfig::send_threads`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendThreads {
+    /// Frames to the outside interface (towards clients) are sent by a thread of their own.
+    pub outside: bool,
+    /// Frames to the inside interface (towards real servers) are sent by a thread of their own.
+    pub inside: bool,
+}
+
+impl SendThreads {
+    fn get(self, iface: Interface) -> bool {
+        match iface {
+            Interface::Outside => self.outside,
+            Interface::Inside => self.inside,
+        }
+    }
 }
 
 impl Default for CaptureConfig {
@@ -88,6 +118,9 @@ impl Default for CaptureConfig {
             tick: Duration::from_millis(10),
             stats_every: Duration::from_secs(1),
             busy_poll: Duration::ZERO,
+            send_threads: crate::config::DEFAULT_SEND_THREADS,
+            send_ring: 4096,
+            qdisc_bypass: true,
         }
     }
 }
@@ -101,6 +134,8 @@ pub struct PortStats {
     pub sent: AtomicU64,
     /// Sends that failed (e.g. `ENOBUFS`, `EMSGSIZE`).
     pub send_errors: AtomicU64,
+    /// Frames not sent because this interface's sender thread had no room left in its ring.
+    pub send_shed: AtomicU64,
     /// Frames longer than the snap length or the interface's MTU (offloads on): dropped.
     pub oversize: AtomicU64,
     /// Wake-ups that stopped at the batch bound with frames left in the ring.
@@ -136,6 +171,10 @@ struct Counts {
     received: u64,
     sent: u64,
     send_errors: u64,
+    /// Of those, by the sender thread (copied from its ring's counters before publishing).
+    sender_sent: u64,
+    sender_errors: u64,
+    send_shed: u64,
     oversize: u64,
     batch_full: u64,
     pcap_drop: u64,
@@ -145,8 +184,11 @@ struct Counts {
 impl Counts {
     fn publish(&self, to: &PortStats) {
         to.received.store(self.received, Ordering::Relaxed);
-        to.sent.store(self.sent, Ordering::Relaxed);
-        to.send_errors.store(self.send_errors, Ordering::Relaxed);
+        to.sent
+            .store(self.sent + self.sender_sent, Ordering::Relaxed);
+        to.send_errors
+            .store(self.send_errors + self.sender_errors, Ordering::Relaxed);
+        to.send_shed.store(self.send_shed, Ordering::Relaxed);
         to.oversize.store(self.oversize, Ordering::Relaxed);
         to.batch_full.store(self.batch_full, Ordering::Relaxed);
         to.pcap_drop.store(self.pcap_drop, Ordering::Relaxed);
@@ -181,6 +223,12 @@ impl Port {
             .with_context(what)?;
         cap.direction(Direction::In).with_context(what)?;
         ignore_outgoing(cap.as_raw_fd()).with_context(what)?;
+        if cfg.qdisc_bypass {
+            const PACKET_QDISC_BYPASS: libc::c_int = 20;
+            if let Err(e) = set_packet_option(cap.as_raw_fd(), PACKET_QDISC_BYPASS) {
+                tracing::warn!(interface = %name, "PACKET_QDISC_BYPASS refused, sending through the qdisc: {e}");
+            }
+        }
         Ok(Port {
             name: name.to_owned(),
             iface,
@@ -207,23 +255,9 @@ impl Port {
             msg.msg_hdr.msg_iovlen = 1;
             msg.msg_len = 0;
         }
-        let fd = self.cap.as_raw_fd();
-        let mut done = 0;
-        while done < n {
-            // SAFETY: `msgs[done..n]` are initialised headers, each pointing at one live iovec in `frames`,
-            // which points into the transmit arena; all outlive the call. No address: the socket is bound.
-            let rc = unsafe {
-                libc::sendmmsg(fd, msgs[done..].as_mut_ptr(), (n - done) as libc::c_uint, 0)
-            };
-            if rc > 0 {
-                done += rc as usize;
-                self.counts.sent += rc as u64;
-            } else {
-                // The frame at `done` failed (or nothing was sent): count it and go on with the next.
-                done += 1;
-                self.counts.send_errors += 1;
-            }
-        }
+        let (sent, failed) = sendmmsg_all(self.cap.as_raw_fd(), msgs, n);
+        self.counts.sent += sent;
+        self.counts.send_errors += failed;
     }
 
     /// Reads pcap's counters and logs what grew since the last call.
@@ -242,12 +276,21 @@ impl Port {
                 "capture dropped frames (kernel ring full: the loop is not keeping up)"
             );
         }
-        if now.send_errors > was.send_errors {
+        let errors = |c: Counts| c.send_errors + c.sender_errors;
+        if errors(now) > errors(was) {
             tracing::warn!(
                 interface = %self.name,
                 side = self.iface.as_str(),
-                errors = now.send_errors - was.send_errors,
+                errors = errors(now) - errors(was),
                 "sending frames failed"
+            );
+        }
+        if now.send_shed > was.send_shed {
+            tracing::warn!(
+                interface = %self.name,
+                side = self.iface.as_str(),
+                frames = now.send_shed - was.send_shed,
+                "shed frames: the sender thread's ring was full (the sender is not keeping up)"
             );
         }
         if now.oversize > was.oversize {
@@ -265,19 +308,26 @@ impl Port {
 /// Asks the kernel not to loop our own sent frames back into this packet socket.
 fn ignore_outgoing(fd: RawFd) -> anyhow::Result<()> {
     const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+    set_packet_option(fd, PACKET_IGNORE_OUTGOING)
+        .map_err(anyhow::Error::from)
+        .context("setsockopt(PACKET_IGNORE_OUTGOING)")
+}
+
+/// Turns the `SOL_PACKET` boolean option `option` on for the packet socket `fd`.
+fn set_packet_option(fd: RawFd, option: libc::c_int) -> std::io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: `fd` is pcap's open packet socket; we pass a pointer to a live c_int and its exact size.
     let rc = unsafe {
         libc::setsockopt(
             fd,
             libc::SOL_PACKET,
-            PACKET_IGNORE_OUTGOING,
+            option,
             (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("setsockopt(PACKET_IGNORE_OUTGOING)");
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -326,6 +376,160 @@ impl Waker {
 /// Most frames handed to one `sendmmsg(2)` call.
 pub const SEND_CHUNK: usize = 64;
 
+/// Sends `msgs[..n]` on `fd` with as few `sendmmsg` calls as the kernel allows; a frame the kernel refuses
+/// is skipped. Returns (sent, failed).
+fn sendmmsg_all(fd: RawFd, msgs: &mut [libc::mmsghdr], n: usize) -> (u64, u64) {
+    let (mut sent, mut failed) = (0, 0);
+    let mut done = 0;
+    while done < n {
+        // SAFETY: `msgs[done..n]` are initialised headers, each pointing at one live iovec that points at
+        // frame bytes which outlive the call (the caller's contract). No address: the socket is bound.
+        let rc =
+            unsafe { libc::sendmmsg(fd, msgs[done..].as_mut_ptr(), (n - done) as libc::c_uint, 0) };
+        if rc > 0 {
+            done += rc as usize;
+            sent += rc as u64;
+        } else {
+            // The frame at `done` failed (or nothing was sent): count it and go on with the next.
+            done += 1;
+            failed += 1;
+        }
+    }
+    (sent, failed)
+}
+
+/// The ring between the data path thread (the one producer) and one sender thread (the one consumer).
+///
+/// Slot `i % slots` holds a frame while `tail <= i < head`: the producer writes a slot only when it is free
+/// (`head - tail < slots`) and then publishes it by advancing `head` (Release); the consumer reads the slots
+/// below `head` (Acquire) and frees them by advancing `tail` (Release) after they were sent.
+struct TxRing {
+    arena: Box<[UnsafeCell<u8>]>,
+    lens: Box<[UnsafeCell<u32>]>,
+    slot_len: usize,
+    head: AtomicUsize,
+    tail: AtomicUsize,
+    stop: AtomicBool,
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+// SAFETY: the slots are shared between exactly one producer and one consumer, which by the head/tail protocol
+// above never access the same slot at the same time; everything else is atomic.
+unsafe impl Sync for TxRing {}
+
+impl TxRing {
+    fn slots(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Producer side: copies `frame` into the next free slot; false when the ring is full.
+    fn push(&self, frame: &[u8]) -> bool {
+        let head = self.head.load(Ordering::Relaxed);
+        if head - self.tail.load(Ordering::Acquire) >= self.slots() {
+            return false;
+        }
+        let slot = head % self.slots();
+        let len = frame.len().min(self.slot_len);
+        // SAFETY: slot `head` is free (checked above): the consumer does not read it until `head` moves past it.
+        unsafe {
+            let at = self.arena.as_ptr().add(slot * self.slot_len) as *mut u8;
+            std::ptr::copy_nonoverlapping(frame.as_ptr(), at, len);
+            *self.lens[slot].get() = len as u32;
+        }
+        self.head.store(head + 1, Ordering::Release);
+        true
+    }
+}
+
+/// A thread that sends the frames of one interface, handed over through a [`TxRing`].
+struct Sender {
+    ring: Arc<TxRing>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Frames the ring had no room for.
+    shed: u64,
+}
+
+impl Sender {
+    fn spawn(name: &str, fd: RawFd, slots: usize, slot_len: usize) -> anyhow::Result<Sender> {
+        let ring = Arc::new(TxRing {
+            arena: (0..slots * slot_len).map(|_| UnsafeCell::new(0)).collect(),
+            lens: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
+            slot_len,
+            head: AtomicUsize::new(0),
+            tail: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        let r = ring.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vipd-send-{name}"))
+            .spawn(move || sender_loop(&r, fd))
+            .with_context(|| format!("starting the sender thread of {name:?}"))?;
+        Ok(Sender {
+            ring,
+            thread: Some(thread),
+            shed: 0,
+        })
+    }
+
+    /// Wakes the thread if it sleeps; a few atomic operations when it does not.
+    fn wake(&self) {
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.ring.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// The sender thread: sends what the ring holds, [`SEND_CHUNK`] frames per `sendmmsg`, and sleeps when it is
+/// empty until the data path wakes it (or 50 ms passed, to look at `stop`).
+fn sender_loop(ring: &TxRing, fd: RawFd) {
+    // SAFETY: iovec and mmsghdr are plain C structs for which all-zero bytes are valid values.
+    let mut iov: [libc::iovec; SEND_CHUNK] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; SEND_CHUNK] = unsafe { std::mem::zeroed() };
+    loop {
+        let tail = ring.tail.load(Ordering::Relaxed);
+        let head = ring.head.load(Ordering::Acquire);
+        if head == tail {
+            if ring.stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::park_timeout(Duration::from_millis(50));
+            continue;
+        }
+        let n = (head - tail).min(SEND_CHUNK);
+        for (k, (io, msg)) in iov.iter_mut().zip(msgs.iter_mut()).take(n).enumerate() {
+            let slot = (tail + k) % ring.slots();
+            // SAFETY: slots tail..head were published by the producer (Acquire above) and stay ours until
+            // `tail` moves past them.
+            let len = unsafe { *ring.lens[slot].get() } as usize;
+            *io = libc::iovec {
+                iov_base: ring.arena[slot * ring.slot_len].get().cast(),
+                iov_len: len,
+            };
+            msg.msg_hdr.msg_iov = io;
+            msg.msg_hdr.msg_iovlen = 1;
+            msg.msg_len = 0;
+        }
+        let (sent, failed) = sendmmsg_all(fd, &mut msgs, n);
+        ring.tail.store(tail + n, Ordering::Release);
+        ring.sent.fetch_add(sent, Ordering::Relaxed);
+        ring.failed.fetch_add(failed, Ordering::Relaxed);
+    }
+}
+
 /// The frames of one wake-up: each is read into a slot, handled in place and, when it is to be sent, stays
 /// there until [`DataPath::flush`] sends every pending slot out of its interface.
 struct TxBatch {
@@ -366,6 +570,8 @@ pub struct DataPath {
     epoch: Instant,
     /// The frames being handled in this wake-up, and those waiting to be sent.
     tx: TxBatch,
+    /// The sender thread of each interface that has one (index: `Interface as usize`).
+    senders: [Option<Sender>; 2],
 }
 
 impl DataPath {
@@ -380,9 +586,25 @@ impl DataPath {
         if cfg.batch == 0 || cfg.snaplen < 64 {
             bail!("capture: batch must be > 0 and snaplen >= 64");
         }
+        let outside = Port::open(outside.0, Interface::Outside, outside.1, &cfg)?;
+        let inside = Port::open(inside.0, Interface::Inside, inside.1, &cfg)?;
+        let mut senders = [None, None];
+        for port in [&outside, &inside] {
+            if cfg.send_threads.get(port.iface) {
+                // The thread sends on the capture's own packet socket, which outlives it: `Drop for
+                // DataPath` joins the senders before the captures close.
+                senders[port.iface as usize] = Some(Sender::spawn(
+                    &port.name,
+                    port.cap.as_raw_fd(),
+                    cfg.send_ring.max(SEND_CHUNK),
+                    cfg.snaplen,
+                )?);
+            }
+        }
         Ok(DataPath {
-            outside: Port::open(outside.0, Interface::Outside, outside.1, &cfg)?,
-            inside: Port::open(inside.0, Interface::Inside, inside.1, &cfg)?,
+            outside,
+            inside,
+            senders,
             wake: EventFd::new()?,
             stats: Arc::new(CaptureStats::default()),
             // One wake-up reads at most `batch` frames from each interface.
@@ -400,6 +622,25 @@ impl DataPath {
     /// The counters of both interfaces, updated once per wake-up.
     pub fn stats(&self) -> Arc<CaptureStats> {
         self.stats.clone()
+    }
+
+    /// Publishes both interfaces' counters, the sender threads' included.
+    fn publish(&mut self) {
+        for (port, sender) in [
+            (
+                &mut self.outside,
+                &self.senders[Interface::Outside as usize],
+            ),
+            (&mut self.inside, &self.senders[Interface::Inside as usize]),
+        ] {
+            if let Some(sender) = sender {
+                port.counts.sender_sent = sender.ring.sent.load(Ordering::Relaxed);
+                port.counts.sender_errors = sender.ring.failed.load(Ordering::Relaxed);
+                port.counts.send_shed = sender.shed;
+            }
+        }
+        self.outside.counts.publish(&self.stats.outside);
+        self.inside.counts.publish(&self.stats.inside);
     }
 
     fn port(&mut self, iface: Interface) -> &mut Port {
@@ -447,10 +688,9 @@ impl DataPath {
                 next_tick = now + self.cfg.tick;
             }
             if now >= next_stats {
+                self.publish();
                 self.outside.report();
                 self.inside.report();
-                self.outside.counts.publish(&self.stats.outside);
-                self.inside.counts.publish(&self.stats.inside);
                 next_stats = now + self.cfg.stats_every;
             }
             let now = self.epoch.elapsed();
@@ -482,10 +722,9 @@ impl DataPath {
                 spin_until = self.epoch.elapsed() + self.cfg.busy_poll;
             }
         }
+        self.publish();
         self.outside.report();
         self.inside.report();
-        self.outside.counts.publish(&self.stats.outside);
-        self.inside.counts.publish(&self.stats.inside);
         Ok(())
     }
 
@@ -515,8 +754,7 @@ impl DataPath {
                 self.port(iface).counts.batch_full += 1;
             }
         }
-        self.outside.counts.publish(&self.stats.outside);
-        self.inside.counts.publish(&self.stats.inside);
+        self.publish();
         self.outside.counts.received + self.inside.counts.received - before
     }
 
@@ -571,9 +809,27 @@ impl DataPath {
             outside,
             inside,
             tx,
+            senders,
             ..
         } = self;
         for (iface, port) in [(Interface::Outside, outside), (Interface::Inside, inside)] {
+            if let Some(sender) = &mut senders[iface as usize] {
+                let mut handed = false;
+                for (slot, &(to, len)) in tx.pending.iter().enumerate() {
+                    if to == iface {
+                        let at = slot * tx.slot_len;
+                        if sender.ring.push(&tx.arena[at..at + len]) {
+                            handed = true;
+                        } else {
+                            sender.shed += 1;
+                        }
+                    }
+                }
+                if handed {
+                    sender.wake();
+                }
+                continue;
+            }
             // SAFETY: iovec and mmsghdr are plain C structs for which all-zero bytes (null pointers, zero
             // lengths) are valid values.
             let mut iov: [libc::iovec; SEND_CHUNK] = unsafe { std::mem::zeroed() };
@@ -603,6 +859,13 @@ impl DataPath {
     }
 }
 
+impl Drop for DataPath {
+    fn drop(&mut self) {
+        // Stop and join the sender threads while the packet sockets they send on are still open.
+        self.senders = [None, None];
+    }
+}
+
 fn pollfd(fd: RawFd) -> libc::pollfd {
     libc::pollfd {
         fd,
@@ -620,6 +883,94 @@ mod tests {
     fn defaults_are_sane() {
         let c = CaptureConfig::default();
         assert!(c.snaplen >= 1518 + 4 && c.batch >= 64 && c.tick <= Duration::from_millis(100));
+    }
+
+    /// A datagram socket pair standing in for a packet socket: `sendmmsg` works the same on it.
+    fn socket_pair() -> (RawFd, RawFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a live array of two descriptors for the kernel to fill.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+        (fds[0], fds[1])
+    }
+
+    fn recv(fd: RawFd, buf: &mut [u8]) -> usize {
+        // SAFETY: reads into a live buffer of its own length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n >= 0, "recv: {}", std::io::Error::last_os_error());
+        n as usize
+    }
+
+    #[test]
+    /// Every frame handed to a sender thread goes out once, whole and in order, through a ring much smaller
+    /// than the number of frames (so slots are reused many times); a full ring refuses instead of blocking.
+    fn sender_thread_sends_everything_in_order() {
+        let (tx_fd, rx_fd) = socket_pair();
+        let sender = Sender::spawn("test", tx_fd, 8, 64).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 128];
+            (0..5000u32)
+                .map(|_| {
+                    let n = recv(rx_fd, &mut buf);
+                    buf[..n].to_vec()
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut refused = 0;
+        for i in 0..5000u32 {
+            let frame: Vec<u8> = i
+                .to_be_bytes()
+                .iter()
+                .copied()
+                .cycle()
+                .take(4 + (i % 60) as usize)
+                .collect();
+            while !sender.ring.push(&frame) {
+                refused += 1;
+                sender.wake();
+                std::thread::yield_now();
+            }
+            sender.wake();
+        }
+        let got = reader.join().unwrap();
+        for (i, frame) in got.iter().enumerate() {
+            let i = i as u32;
+            assert_eq!(frame.len(), 4 + (i % 60) as usize, "frame {i}");
+            assert_eq!(frame[..4], i.to_be_bytes(), "frame {i} out of order");
+        }
+        assert_eq!(sender.ring.sent.load(Ordering::Relaxed), 5000);
+        assert_eq!(sender.ring.failed.load(Ordering::Relaxed), 0);
+        assert!(
+            refused > 0,
+            "an 8-slot ring never filled up with 5000 frames"
+        );
+        drop(sender);
+        // SAFETY: both descriptors are ours; the sender thread has been joined.
+        unsafe {
+            libc::close(tx_fd);
+            libc::close(rx_fd);
+        }
+    }
+
+    #[test]
+    /// Dropping a sender joins its thread, also while it sleeps on an empty ring (it is woken, not
+    /// waited out).
+    fn sender_thread_stops_when_dropped() {
+        let (tx_fd, rx_fd) = socket_pair();
+        let sender = Sender::spawn("test", tx_fd, 8, 64).unwrap();
+        let ring = Arc::clone(&sender.ring);
+        drop(sender);
+        assert!(ring.stop.load(Ordering::Relaxed));
+        assert_eq!(
+            Arc::strong_count(&ring),
+            1,
+            "the sender thread still holds the ring"
+        );
+        // SAFETY: both descriptors are ours; the sender thread has been joined.
+        unsafe {
+            libc::close(tx_fd);
+            libc::close(rx_fd);
+        }
     }
 
     #[test]

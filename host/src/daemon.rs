@@ -24,7 +24,7 @@ use crate::Interface;
 use crate::admin::{self, Admin};
 use crate::binding::{BindingTable, Target};
 use crate::capture::{Action, CaptureConfig, CaptureStats, Control, DataPath, Handler};
-use crate::config::Config;
+use crate::config::{Config, DirectorConfig};
 use crate::director::{Director, DropReason, Layer2, StateChange, Verdict};
 use crate::health::{self, Checker};
 use crate::ifcheck::{self, Offloads};
@@ -269,7 +269,11 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let mut datapath = DataPath::open(
         (&outside.name, outside.mtu),
         (&inside.name, inside.mtu),
-        CaptureConfig::default(),
+        CaptureConfig {
+            send_threads: loaded.config.director.send_threads,
+            qdisc_bypass: loaded.config.director.qdisc_bypass,
+            ..CaptureConfig::default()
+        },
         epoch,
     )?;
     let Loaded {
@@ -333,6 +337,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
         let stop = Arc::clone(&stop);
         let report = Arc::clone(&report);
         let path = options.config.clone();
+        let started = config.director.clone();
         let mut checker = Some(checker);
         let plugins = plugins;
         std::thread::Builder::new().name("vipd-signals".into()).spawn(move || {
@@ -342,6 +347,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
                         Ok(loaded) => {
                             crate::metrics::config_reloaded(true);
                             tracing::info!(config = %path.display(), "config reloaded; installing");
+                            warn_start_only(&started, &loaded.config.director);
                             // Old checks stop first; the new ones start after the config is queued, so
                             // the data path installs it before it sees their first verdicts.
                             drop(checker.take());
@@ -412,6 +418,34 @@ pub fn run(options: &RunOptions) -> Result<()> {
 
 /// Logs the director's and the capture's counters on one line (`SIGUSR1`, and at exit); off the packet
 /// path. `drops` lists the non-zero drop reasons as `reason:count,...`.
+/// Logs each `[director]` key that changed in a reloaded config but only takes effect at the next start.
+fn warn_start_only(running: &DirectorConfig, new: &DirectorConfig) {
+    let changed = [
+        ("outside", running.outside != new.outside),
+        ("inside", running.inside != new.inside),
+        ("listen", running.listen != new.listen),
+        (
+            "max_connections",
+            running.max_connections != new.max_connections,
+        ),
+        ("plugins", running.plugins != new.plugins),
+        ("admin_token", running.admin_token != new.admin_token),
+        ("plugin_memory", running.plugin_memory != new.plugin_memory),
+        (
+            "plugin_deadline",
+            running.plugin_deadline != new.plugin_deadline,
+        ),
+        ("send_threads", running.send_threads != new.send_threads),
+        ("qdisc_bypass", running.qdisc_bypass != new.qdisc_bypass),
+    ];
+    for (key, _) in changed.iter().filter(|(_, c)| *c) {
+        tracing::warn!(
+            key = %format_args!("director.{key}"),
+            "changed in the reloaded config; it takes effect at the next start (the running value stays)"
+        );
+    }
+}
+
 fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
     let counters = director.counters();
     let mut drops = String::new();
@@ -444,6 +478,8 @@ fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
         pcap_ifdrop_inside = get(Interface::Inside, |p| &p.pcap_ifdrop),
         send_errors_outside = get(Interface::Outside, |p| &p.send_errors),
         send_errors_inside = get(Interface::Inside, |p| &p.send_errors),
+        send_shed_outside = get(Interface::Outside, |p| &p.send_shed),
+        send_shed_inside = get(Interface::Inside, |p| &p.send_shed),
         oversize_outside = get(Interface::Outside, |p| &p.oversize),
         oversize_inside = get(Interface::Inside, |p| &p.oversize),
         "{message}"

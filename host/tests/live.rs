@@ -186,15 +186,46 @@ fn unsupported_port_is_refused_at_once() {
 
 #[test]
 /// wrk with 1,000 concurrent keep-alive connections for 10 s through one VIP (three servers): no socket
-/// error, no non-2xx answer, and neither capture ring dropped a frame.
+/// error, no non-2xx answer, and neither capture ring dropped a frame. The default data path: a sender thread
+/// for the outside interface, `PACKET_QDISC_BYPASS`.
 fn load_1000_connections_without_errors_or_capture_drops() {
     let _serial = serial();
+    load_through(&repo_file("examples/fig3.toml"), Duration::from_secs(10));
+}
+
+#[test]
+/// The same load with the other ways of sending: a sender thread for each interface and sends through the
+/// qdisc; and no sender thread at all (the data path thread sends).
+fn load_with_every_send_mode() {
+    let _serial = serial();
+    let fig3 = std::fs::read_to_string(repo_file("examples/fig3.toml")).unwrap();
+    for extra in [
+        "send_threads = \"both\"\nqdisc_bypass = false",
+        "send_threads = \"none\"",
+    ] {
+        let dir = TempDir::new("vipd-send-mode");
+        let config = dir.join("fig3.toml");
+        std::fs::write(
+            &config,
+            fig3.replacen("[director]\n", &format!("[director]\n{extra}\n"), 1),
+        )
+        .unwrap();
+        eprintln!("--- {extra}");
+        load_through(&config, Duration::from_secs(4));
+    }
+}
+
+/// Runs wrk with 1,000 connections through FIG. 3 served by `vipd run CONFIG` and checks that nothing was
+/// lost anywhere.
+fn load_through(config: &std::path::Path, duration: Duration) {
     raise_nofile(65536);
-    let mut live = Live::start("examples/fig3.toml", "http://192.0.2.1/");
+    let fig = Fig3::new();
+    let sites = fig.start_sites();
+    let mut live = Live::with(fig, sites, config, "http://192.0.2.1/");
     let w = live
         .fig
         .client
-        .wrk("http://192.0.2.1/", 2, 1000, Duration::from_secs(10), &[]);
+        .wrk("http://192.0.2.1/", 2, 1000, duration, &[]);
     let stats = live.vipd.vipd_stop();
     eprintln!("{}", w.text);
     eprintln!("{stats:?}");
@@ -207,7 +238,13 @@ fn load_1000_connections_without_errors_or_capture_drops() {
         "pcap_ifdrop_inside",
         "send_errors_outside",
         "send_errors_inside",
+        "send_shed_outside",
+        "send_shed_inside",
     ] {
+        assert!(
+            stats.fields.contains_key(key),
+            "{key} not logged: {stats:?}"
+        );
         assert_eq!(stats.get(key), 0, "{key}: {stats:?}");
     }
     assert!(stats.get("connections_created") >= 1000, "{stats:?}");
