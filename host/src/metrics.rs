@@ -40,6 +40,7 @@ pub const NAMES: &[&str] = &[
     "vipd_conntrack_capacity",
     "vipd_conntrack_evictions_total",
     "vipd_pcap_dropped_total",
+    "vipd_send_failures_total",
     "vipd_plugin_calls_total",
     "vipd_plugin_call_duration_seconds",
     "vipd_plugin_reloads_total",
@@ -304,6 +305,11 @@ fn describe() {
         "vipd_pcap_dropped_total",
         "Frames libpcap reports dropped (kernel ring full plus interface drops), by interface."
     );
+    describe_counter!(
+        "vipd_send_failures_total",
+        "Frames the data path did not send, by interface: error (the kernel refused the send) and shed (the \
+         interface's sender thread had no room left in its ring)."
+    );
     describe_gauge!(
         "vipd_build_info",
         "Always 1; the version label says which vipd runs."
@@ -350,6 +356,13 @@ fn record(s: &Snapshot, capture: Option<&CaptureStats>) {
             let dropped = port.pcap_drop.load(std::sync::atomic::Ordering::Relaxed)
                 + port.pcap_ifdrop.load(std::sync::atomic::Ordering::Relaxed);
             counter("vipd_pcap_dropped_total", vec![label("interface", name)]).absolute(dropped);
+            for (reason, v) in [("error", &port.send_errors), ("shed", &port.send_shed)] {
+                counter(
+                    "vipd_send_failures_total",
+                    vec![label("interface", name), label("reason", reason)],
+                )
+                .absolute(v.load(std::sync::atomic::Ordering::Relaxed));
+            }
         }
     }
     for reason in DropReason::ALL {
