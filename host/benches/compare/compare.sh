@@ -34,8 +34,10 @@
 #   kernel stack with an nftables netdev ingress rule after vipd's capture saw them; 0: the kernel sees them)
 #   VIPD_BASE=path/to/another/vipd adds the contender `vipd-base`: that binary with vipd's config, to
 #   measure an optimisation before/after in the same run (e.g. VIPD_BASE=/tmp/vipd-old ... vipd vipd-base).
+#   X1, X2, X3='[director] lines' define the contenders vipd-x1..x3: vipd with those lines added to its
+#   config, e.g. X1='send_threads = "none"' ... vipd vipd-x1 (lines separated by ';').
 #   PERF=1 records `perf record -g` of vipd during one test (PERF_TEST=conn, ka or bulk) into
-#   $OUT_DIR/perf-CONTENDER-TEST-rROUND.data.
+#   $OUT_DIR/perf-CONTENDER-TEST-rROUND.data; PERF=all records the whole machine (-a), for every contender.
 # Output: a markdown report in OUT_DIR (host/benches/compare/results/), also written between the
 # `<!-- compare:begin -->` and `<!-- compare:end -->` markers of --doc FILE when given. Needs root. Sends
 # traffic only inside the namespaces it creates; removes everything on exit, also on Ctrl-C.
@@ -65,7 +67,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --doc) DOC=$2; shift 2 ;;
         --label) LABEL=$2; shift 2 ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^set -euo/ { exit } NR > 1' "$0"; exit 0 ;;
         *) CONTENDERS+=("$1"); shift ;;
     esac
 done
@@ -269,6 +271,16 @@ VIPD=$(realpath "$VIPD")
 [[ -n ${VIPD_BASE:-} ]] && VIPD_BASE=$(realpath "$VIPD_BASE")
 PLUGIN_ABS=$(realpath -m "$PLUGIN_DIR")
 vipd_config round-robin "" >"$TMP/vipd.toml"
+# vipd-x1..x3: vipd with the [director] lines of X1..X3 added (e.g. X1='send_threads = "none"'), to measure
+# a setting against the default in the same run.
+for x in 1 2 3; do
+    var=X$x
+    if [[ -n ${!var:-} ]]; then
+        awk -v extra="${!var}" '{ print } $0 == "[director]" {
+            n = split(extra, l, ";"); for (i = 1; i <= n; i++) { sub(/^ +/, "", l[i]); print l[i] } }' \
+            "$TMP/vipd.toml" >"$TMP/vipd-x$x.toml"
+    fi
+done
 
 # Which contenders run; plugin ones only when their plugin is there and vipd accepts the config.
 NOTES=()
@@ -389,6 +401,9 @@ start_vipd-kstack() { VIPD_KERNEL_DROP=0 start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-base() { start_vipd_with "$TMP/vipd.toml" "$VIPD_BASE"; }
 start_vipd-wasm() { start_vipd_with "$TMP/vipd-wasm.toml"; }
 start_vipd-maglev() { start_vipd_with "$TMP/vipd-maglev.toml"; }
+start_vipd-x1() { start_vipd_with "$TMP/vipd-x1.toml"; }
+start_vipd-x2() { start_vipd_with "$TMP/vipd-x2.toml"; }
+start_vipd-x3() { start_vipd_with "$TMP/vipd-x3.toml"; }
 
 serving() {
     if [[ -n $DPID ]] && ! kill -0 "$DPID" 2>/dev/null; then return 2; fi
@@ -414,6 +429,9 @@ cpu_ticks() {   # PID -> utime+stime in clock ticks
     awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 TCK=$(getconf CLK_TCK)
+machine_ticks() {   # -> "idle total" clock ticks of all CPUs since boot (/proc/stat)
+    awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t }' /proc/stat
+}
 
 # wrk_parse FILE -> "rps errors p50us p99us requests"
 wrk_parse() {
@@ -452,7 +470,12 @@ load() {
 # perf_around TEST CMD...: runs CMD, under `perf record -g` of the director when PERF=1 and TEST=PERF_TEST.
 perf_around() {
     local test=$1; shift
-    if [[ $PERF == 1 && $CUR == vipd* && $test == "$PERF_TEST" && -n $DPID ]]; then
+    if [[ $PERF == all && $test == "$PERF_TEST" ]]; then
+        perf record -g -a -o "$OUT_DIR/perf-$CUR-$test-r$ROUND.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+        local perf_pid=$!
+        "$@"
+        wait "$perf_pid" 2>/dev/null || true
+    elif [[ $PERF == 1 && $CUR == vipd* && $test == "$PERF_TEST" && -n $DPID ]]; then
         perf record -g -o "$OUT_DIR/perf-$CUR-$test-r$ROUND.data" -p "$DPID" -- sleep "$DURATION" >/dev/null 2>&1 &
         local perf_pid=$!
         "$@"
@@ -465,14 +488,16 @@ perf_around() {
 per100k() { awk -v d="$1" -v t="$TCK" -v n="$2" 'BEGIN { printf "%.3f", d / t / n * 100000 }'; }
 
 measure() {   # ROUND CONTENDER
-    local r=$1 c=$2 t0 t1 s0 s1 rps err p50 p99 req
+    local r=$1 c=$2 t0 t1 s0 s1 m0 m1 rps err p50 p99 req
     local out=$TMP/out-$r-$c
     # new connections per second
-    t0=$(cpu_ticks "$DPID") s0=$(ctx_switches "$DPID")
+    t0=$(cpu_ticks "$DPID") s0=$(ctx_switches "$DPID") m0=$(machine_ticks)
     perf_around conn load "$out.conn" -H 'Connection: close' >"$out.conn.sum"
-    t1=$(cpu_ticks "$DPID") s1=$(ctx_switches "$DPID")
+    t1=$(cpu_ticks "$DPID") s1=$(ctx_switches "$DPID") m1=$(machine_ticks)
     read -r rps err req <"$out.conn.sum"
     record "$r" "$c" conn_s "$rps"; record "$r" "$c" conn_err "$err"
+    record "$r" "$c" idle_conn "$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        printf "%.1f", 100 * (y[1] - x[1]) / (y[2] - x[2]) }')"
     if [[ -n $DPID && $req -gt 0 ]]; then
         record "$r" "$c" cpu_conn "$(per100k $((t1 - t0)) "$req")"
         record "$r" "$c" ctx_conn "$(awk -v d=$((s1 - s0)) -v n="$req" 'BEGIN { printf "%.3f", d / n }')"
@@ -557,7 +582,9 @@ cp "$RESULTS" "$OUT_DIR/last.tsv"
 # --- the report ---------------------------------------------------------------------------------------------
 MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/ { print $2 }') GiB, Linux $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME"); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 VERSIONS="vipd $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(haproxy -v 2>/dev/null | head -1 | awk '{ print "HAProxy " $3 }'), $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'), $(iptables -V), $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'), iperf3 $(iperf3 -v | head -1 | awk '{ print $2 }')"
-COMMAND="DURATION=$DURATION ROUNDS=$ROUNDS IDLE=$IDLE WRK_THREADS=$WRK_THREADS WRK_CONNS=$WRK_CONNS LAT_CONNS=$LAT_CONNS LAT_DELAY_MS=$LAT_DELAY_MS VIPD_KERNEL_DROP=$VIPD_KERNEL_DROP $HERE/compare.sh ${CONTENDERS[*]}"
+XS=""
+for x in X1 X2 X3; do [[ -n ${!x:-} ]] && XS+="$x='${!x}' "; done
+COMMAND="${XS}DURATION=$DURATION ROUNDS=$ROUNDS IDLE=$IDLE WRK_THREADS=$WRK_THREADS WRK_CONNS=$WRK_CONNS LAT_CONNS=$LAT_CONNS LAT_DELAY_MS=$LAT_DELAY_MS VIPD_KERNEL_DROP=$VIPD_KERNEL_DROP $HERE/compare.sh ${CONTENDERS[*]}"
 REPORT=$OUT_DIR/last.md
 python3 "$HERE/report.py" "$RESULTS" "${LABEL:-$(date -u +%F\ %H:%M) UTC}" "$MACHINE" "$VERSIONS" "$COMMAND" \
     "$ELAPSED" "${NOTES[@]}" >"$REPORT"

@@ -5,11 +5,12 @@ Usage: report.py RESULTS.tsv LABEL MACHINE VERSIONS COMMAND ELAPSED_S [NOTE...]
 RESULTS.tsv lines: round, contender, metric, value (tab-separated).
 """
 import math
+import os
 import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base"]
+ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
 NAMES = {
     "none": "no director (ceiling)",
     "dnat": "iptables DNAT + conntrack",
@@ -23,6 +24,9 @@ NAMES = {
     "vipd-kstack": "vipd, kernel stack also sees its frames",
     "vipd-base": "vipd, baseline binary (VIPD_BASE)",
 }
+for _x in ("X1", "X2", "X3"):
+    if os.environ.get(_x):
+        NAMES[f"vipd-{_x.lower()}"] = "vipd, " + os.environ[_x].replace(";", ",")
 # metric, header, format, higher is better
 COLUMNS = [
     ("conn_s", "new conn/s", "{:,.0f}", True),
@@ -33,6 +37,7 @@ COLUMNS = [
     ("cpu_conn", "CPU s / 100k conn", "{:.2f}", False),
     ("cpu_ka", "CPU s / 100k req (keep-alive)", "{:.2f}", False),
     ("ctx_conn", "context switches / conn", "{:.2f}", False),
+    ("idle_conn", "CPU idle % (new conn run)", "{:.0f}", False),
     ("errors", "errors", "{:.0f}", False),
 ]
 
