@@ -464,7 +464,7 @@ impl Sender {
         });
         let r = ring.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("vipd-send-{name}"))
+            .name(format!("vipd-tx-{name}"))
             .spawn(move || sender_loop(&r, fd))
             .with_context(|| format!("starting the sender thread of {name:?}"))?;
         Ok(Sender {
@@ -493,7 +493,8 @@ impl Drop for Sender {
 }
 
 /// The sender thread: sends what the ring holds, [`SEND_CHUNK`] frames per `sendmmsg`, and sleeps when it is
-/// empty until the data path wakes it (or 50 ms passed, to look at `stop`).
+/// empty until the data path wakes it (after new frames, or to stop: it returns once the ring is empty and
+/// `stop` is set, so what was handed over before the stop still goes out).
 fn sender_loop(ring: &TxRing, fd: RawFd) {
     // SAFETY: iovec and mmsghdr are plain C structs for which all-zero bytes are valid values.
     let mut iov: [libc::iovec; SEND_CHUNK] = unsafe { std::mem::zeroed() };
@@ -506,7 +507,8 @@ fn sender_loop(ring: &TxRing, fd: RawFd) {
             if ring.stop.load(Ordering::Acquire) {
                 return;
             }
-            std::thread::park_timeout(Duration::from_millis(50));
+            // An `unpark` that came before this call makes it return at once: no wake-up is lost.
+            std::thread::park();
             continue;
         }
         let n = (head - tail).min(SEND_CHUNK);
@@ -516,7 +518,7 @@ fn sender_loop(ring: &TxRing, fd: RawFd) {
             // `tail` moves past them.
             let len = unsafe { *ring.lens[slot].get() } as usize;
             *io = libc::iovec {
-                iov_base: ring.arena[slot * ring.slot_len].get().cast(),
+                iov_base: ring.arena[slot * ring.slot_len..].as_ptr() as *mut libc::c_void,
                 iov_len: len,
             };
             msg.msg_hdr.msg_iov = io;
@@ -594,7 +596,7 @@ impl DataPath {
                 // The thread sends on the capture's own packet socket, which outlives it: `Drop for
                 // DataPath` joins the senders before the captures close.
                 senders[port.iface as usize] = Some(Sender::spawn(
-                    &port.name,
+                    port.iface.as_str(),
                     port.cap.as_raw_fd(),
                     cfg.send_ring.max(SEND_CHUNK),
                     cfg.snaplen,
