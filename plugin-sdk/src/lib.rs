@@ -153,10 +153,12 @@ pub trait Selector: Sized + 'static {
     /// Picks the `index` of one eligible candidate (see [`Candidate::eligible`]).
     fn select(&mut self, conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError>;
 
-    /// A connection placed on `real_id` closed. Default: ignored.
+    /// A connection placed on `real_id` closed. Default: ignored. Reserved: vipd 0.1 does not call it yet;
+    /// [`Candidate`]'s `active` and `total` counts carry the same information at the next `select`.
     fn connection_closed(&mut self, _conn: &Connection, _real_id: u32) {}
 
-    /// A connection placed on `real_id` was ditched (its SYN went unanswered). Default: ignored.
+    /// A connection placed on `real_id` was ditched (its SYN went unanswered). Default: ignored. Reserved:
+    /// vipd 0.1 does not call it yet; see [`Candidate`]'s `ditched` count and `state`.
     fn connection_ditched(&mut self, _conn: &Connection, _real_id: u32) {}
 
     /// Real server `real_id` changed state. Default: ignored.
