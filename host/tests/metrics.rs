@@ -169,6 +169,18 @@ fn metrics_count_connections_and_prometheus_scrapes() {
         text.contains(r#"vipd_pcap_dropped_total{interface="outside"}"#),
         "{text}"
     );
+    // Every frame handled was sent: nothing refused by the kernel, nothing shed by the sender thread.
+    for iface in ["outside", "inside"] {
+        for reason in ["error", "shed"] {
+            let name =
+                format!(r#"vipd_send_failures_total{{interface="{iface}",reason="{reason}"}}"#);
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{name} "))),
+                "{name} missing:\n{text}"
+            );
+            assert_eq!(series(&text, &name), 0.0, "{name}\n{text}");
+        }
+    }
 
     // promtool lints the exposition format (names, HELP, TYPE, units).
     let file = dir.join("metrics.txt");
