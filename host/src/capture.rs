@@ -674,6 +674,16 @@ impl DataPath {
             outside = %self.outside.name,
             inside = %self.inside.name,
             batch = self.cfg.batch,
+            sender_threads = match (
+                self.senders[Interface::Outside as usize].is_some(),
+                self.senders[Interface::Inside as usize].is_some(),
+            ) {
+                (false, false) => "none",
+                (true, false) => "outside",
+                (false, true) => "inside",
+                (true, true) => "both",
+            },
+            qdisc_bypass = self.cfg.qdisc_bypass,
             "data path running"
         );
         loop {
