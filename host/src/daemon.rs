@@ -450,7 +450,7 @@ fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
     let counters = director.counters();
     let mut drops = String::new();
     for reason in DropReason::ALL {
-        let n = counters.drops[reason as usize];
+        let n = counters.dropped(reason);
         if n > 0 {
             if !drops.is_empty() {
                 drops.push(',');

@@ -181,8 +181,8 @@ pub struct Counters {
     /// Frames forwarded out of each interface (translated), and generated frames sent (RST, ICMP, ARP).
     pub forwarded: [u64; 2],
     pub generated: [u64; 2],
-    /// By [`DropReason`], in the order of [`DropReason::ALL`].
-    pub drops: [u64; DropReason::ALL.len()],
+    /// By the interface the frame came in on and [`DropReason`] (in the order of [`DropReason::ALL`]).
+    pub drops: [[u64; DropReason::ALL.len()]; 2],
     /// Connection attempts answered with RST or ICMP, by [`DropReason`] (unsupported port, no server, ...).
     pub refused: [u64; DropReason::ALL.len()],
     pub connections_created: u64,
@@ -203,6 +203,13 @@ pub struct Counters {
     /// Real server state changes, and those dropped from a full event queue before anyone drained them.
     pub state_changes: u64,
     pub events_lost: u64,
+}
+
+impl Counters {
+    /// Frames dropped for `reason`, both interfaces together.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops.iter().map(|side| side[reason as usize]).sum()
+    }
 }
 
 /// What became of a received frame: the `result` label of `vipd_packets_total{direction="in"}`.
@@ -848,7 +855,7 @@ impl Director {
                 Handled::Replied
             }
             Verdict::Drop(reason) => {
-                self.counters.drops[reason as usize] += 1;
+                self.counters.drops[side][reason as usize] += 1;
                 Handled::Dropped
             }
             Verdict::Consumed => Handled::Consumed,

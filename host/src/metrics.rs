@@ -261,7 +261,7 @@ fn describe() {
     );
     describe_counter!(
         "vipd_drops_total",
-        "Frames not forwarded, by reason of the packet path."
+        "Frames not forwarded, by the interface they came in on and the reason of the packet path."
     );
     describe_gauge!(
         "vipd_connections_active",
@@ -365,9 +365,17 @@ fn record(s: &Snapshot, capture: Option<&CaptureStats>) {
             }
         }
     }
-    for reason in DropReason::ALL {
-        counter("vipd_drops_total", vec![label("reason", reason.as_str())])
-            .absolute(c.drops[reason as usize]);
+    for iface in [Interface::Outside, Interface::Inside] {
+        for reason in DropReason::ALL {
+            counter(
+                "vipd_drops_total",
+                vec![
+                    label("interface", iface.as_str()),
+                    label("reason", reason.as_str()),
+                ],
+            )
+            .absolute(c.drops[iface as usize][reason as usize]);
+        }
     }
 
     let b = &s.bindings;
@@ -541,7 +549,7 @@ address = "192.0.2.1"
         s.reals[0].syn_rtt_us = 1500;
         s.reals[1].ditched_total = 4;
         s.rejected[0][DropReason::NoServer as usize] = 3;
-        s.counters.drops[DropReason::NoConnection as usize] = 9;
+        s.counters.drops[1][DropReason::NoConnection as usize] = 9;
         s.counters.handled[0][Handled::Forwarded as usize] = 100;
         s.counters.rx_bytes[0] = 6400;
         s.counters.expired = 2;
@@ -563,7 +571,8 @@ address = "192.0.2.1"
             r#"vipd_connections_total{virtual="web",port="53/udp",real="b"} 0"#,
             r#"vipd_syn_resends_total{virtual="web",real="a"} 1"#,
             r#"vipd_connections_rejected_total{virtual="web",reason="no_server"} 3"#,
-            r#"vipd_drops_total{reason="no_connection"} 9"#,
+            r#"vipd_drops_total{interface="inside",reason="no_connection"} 9"#,
+            r#"vipd_drops_total{interface="outside",reason="no_connection"} 0"#,
             r#"vipd_packets_total{interface="outside",direction="in",result="forwarded"} 100"#,
             r#"vipd_bytes_total{interface="outside",direction="in"} 6400"#,
             r#"vipd_real_server_state{real="b",state="draining"} 1"#,

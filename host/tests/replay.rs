@@ -153,7 +153,7 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
 }
 
 fn drops(run: &Run, reason: DropReason) -> u64 {
-    run.summary.counters.drops[reason as usize]
+    run.summary.counters.dropped(reason)
 }
 
 /// The patent's example: three sites on port 80 reach one host on 8001-8003, and answers come back from the sites.
