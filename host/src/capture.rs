@@ -412,6 +412,8 @@ struct TxRing {
     stop: AtomicBool,
     sent: AtomicU64,
     failed: AtomicU64,
+    /// Frames sent and counted (`tail` as of after the counters were updated).
+    done: AtomicUsize,
 }
 
 // SAFETY: the slots are shared between exactly one producer and one consumer, which by the head/tail protocol
@@ -421,6 +423,11 @@ unsafe impl Sync for TxRing {}
 impl TxRing {
     fn slots(&self) -> usize {
         self.lens.len()
+    }
+
+    /// True when every frame handed over has been sent and counted.
+    fn is_drained(&self) -> bool {
+        self.done.load(Ordering::Acquire) == self.head.load(Ordering::Relaxed)
     }
 
     /// Producer side: copies `frame` into the next free slot; false when the ring is full.
@@ -461,6 +468,7 @@ impl Sender {
             stop: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
         });
         let r = ring.clone();
         let thread = std::thread::Builder::new()
@@ -529,6 +537,7 @@ fn sender_loop(ring: &TxRing, fd: RawFd) {
         ring.tail.store(tail + n, Ordering::Release);
         ring.sent.fetch_add(sent, Ordering::Relaxed);
         ring.failed.fetch_add(failed, Ordering::Relaxed);
+        ring.done.store(tail + n, Ordering::Release);
     }
 }
 
@@ -732,6 +741,13 @@ impl DataPath {
                 && !self.cfg.busy_poll.is_zero()
             {
                 spin_until = self.epoch.elapsed() + self.cfg.busy_poll;
+            }
+        }
+        // Let the sender threads finish what was handed to them, so the last counters are whole.
+        let deadline = Instant::now() + Duration::from_millis(100);
+        for sender in self.senders.iter().flatten() {
+            while !sender.ring.is_drained() && Instant::now() < deadline {
+                std::thread::yield_now();
             }
         }
         self.publish();
@@ -950,13 +966,16 @@ mod tests {
             assert_eq!(frame.len(), 4 + (i % 60) as usize, "frame {i}");
             assert_eq!(frame[..4], i.to_be_bytes(), "frame {i} out of order");
         }
-        assert_eq!(sender.ring.sent.load(Ordering::Relaxed), 5000);
-        assert_eq!(sender.ring.failed.load(Ordering::Relaxed), 0);
+        // The thread counts a batch after its `sendmmsg` returned, which can be after the reader got it:
+        // join the thread (drop) before reading its counters.
+        let ring = Arc::clone(&sender.ring);
+        drop(sender);
+        assert_eq!(ring.sent.load(Ordering::Relaxed), 5000);
+        assert_eq!(ring.failed.load(Ordering::Relaxed), 0);
         assert!(
             refused > 0,
             "an 8-slot ring never filled up with 5000 frames"
         );
-        drop(sender);
         // SAFETY: both descriptors are ours; the sender thread has been joined.
         unsafe {
             libc::close(tx_fd);
