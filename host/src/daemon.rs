@@ -420,7 +420,17 @@ pub fn run(options: &RunOptions) -> Result<()> {
 /// path. `drops` lists the non-zero drop reasons as `reason:count,...`.
 /// Logs each `[director]` key that changed in a reloaded config but only takes effect at the next start.
 fn warn_start_only(running: &DirectorConfig, new: &DirectorConfig) {
-    let changed = [
+    for key in start_only_changes(running, new) {
+        tracing::warn!(
+            key = %format_args!("director.{key}"),
+            "changed in the reloaded config; it takes effect at the next start (the running value stays)"
+        );
+    }
+}
+
+/// The `[director]` keys that differ between `running` and `new` and are read only at start.
+fn start_only_changes(running: &DirectorConfig, new: &DirectorConfig) -> Vec<&'static str> {
+    [
         ("outside", running.outside != new.outside),
         ("inside", running.inside != new.inside),
         ("listen", running.listen != new.listen),
@@ -437,13 +447,10 @@ fn warn_start_only(running: &DirectorConfig, new: &DirectorConfig) {
         ),
         ("send_threads", running.send_threads != new.send_threads),
         ("qdisc_bypass", running.qdisc_bypass != new.qdisc_bypass),
-    ];
-    for (key, _) in changed.iter().filter(|(_, c)| *c) {
-        tracing::warn!(
-            key = %format_args!("director.{key}"),
-            "changed in the reloaded config; it takes effect at the next start (the running value stays)"
-        );
-    }
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
@@ -524,5 +531,36 @@ impl Handler for Director {
 
     fn tick(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8])) {
         Director::tick(self, now, send)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn director(extra: &str) -> DirectorConfig {
+        let text = format!(
+            "[director]\noutside = \"eth0\"\ninside = \"eth1\"\n{extra}\n[[real]]\nname = \"a\"\naddress = \"10.0.0.1\"\n"
+        );
+        Config::parse(&text, std::path::Path::new("test.toml"))
+            .unwrap()
+            .director
+    }
+
+    #[test]
+    /// A reload that changes a start-only key is named; one that changes only what a reload applies
+    /// (syn_retries) is not.
+    fn reload_names_the_start_only_keys_that_changed() {
+        let running = director("");
+        assert!(start_only_changes(&running, &director("syn_retries = 5")).is_empty());
+        assert_eq!(
+            start_only_changes(
+                &running,
+                &director(
+                    "send_threads = \"both\"\nqdisc_bypass = false\nlisten = \"127.0.0.1:1\""
+                )
+            ),
+            ["listen", "send_threads", "qdisc_bypass"]
+        );
     }
 }
