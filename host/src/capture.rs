@@ -171,9 +171,10 @@ struct Counts {
     received: u64,
     sent: u64,
     send_errors: u64,
-    /// Of those, by the sender thread (copied from its ring's counters before publishing).
+    /// Sent and failed by the sender thread (copied from its ring's counters before publishing).
     sender_sent: u64,
     sender_errors: u64,
+    /// Frames the sender thread's ring had no room for.
     send_shed: u64,
     oversize: u64,
     batch_full: u64,
@@ -412,8 +413,6 @@ struct TxRing {
     stop: AtomicBool,
     sent: AtomicU64,
     failed: AtomicU64,
-    /// Frames sent and counted (`tail` as of after the counters were updated).
-    done: AtomicUsize,
 }
 
 // SAFETY: the slots are shared between exactly one producer and one consumer, which by the head/tail protocol
@@ -425,9 +424,10 @@ impl TxRing {
         self.lens.len()
     }
 
-    /// True when every frame handed over has been sent and counted.
+    /// True when every frame handed over has been sent and counted (the consumer counts before it
+    /// frees the slots).
     fn is_drained(&self) -> bool {
-        self.done.load(Ordering::Acquire) == self.head.load(Ordering::Relaxed)
+        self.tail.load(Ordering::Acquire) == self.head.load(Ordering::Relaxed)
     }
 
     /// Producer side: copies `frame` into the next free slot; false when the ring is full.
@@ -453,8 +453,6 @@ impl TxRing {
 struct Sender {
     ring: Arc<TxRing>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Frames the ring had no room for.
-    shed: u64,
 }
 
 impl Sender {
@@ -468,7 +466,6 @@ impl Sender {
             stop: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            done: AtomicUsize::new(0),
         });
         let r = ring.clone();
         let thread = std::thread::Builder::new()
@@ -478,7 +475,6 @@ impl Sender {
         Ok(Sender {
             ring,
             thread: Some(thread),
-            shed: 0,
         })
     }
 
@@ -534,10 +530,9 @@ fn sender_loop(ring: &TxRing, fd: RawFd) {
             msg.msg_len = 0;
         }
         let (sent, failed) = sendmmsg_all(fd, &mut msgs, n);
-        ring.tail.store(tail + n, Ordering::Release);
         ring.sent.fetch_add(sent, Ordering::Relaxed);
         ring.failed.fetch_add(failed, Ordering::Relaxed);
-        ring.done.store(tail + n, Ordering::Release);
+        ring.tail.store(tail + n, Ordering::Release);
     }
 }
 
@@ -647,7 +642,6 @@ impl DataPath {
             if let Some(sender) = sender {
                 port.counts.sender_sent = sender.ring.sent.load(Ordering::Relaxed);
                 port.counts.sender_errors = sender.ring.failed.load(Ordering::Relaxed);
-                port.counts.send_shed = sender.shed;
             }
         }
         self.outside.counts.publish(&self.stats.outside);
@@ -841,7 +835,7 @@ impl DataPath {
             ..
         } = self;
         for (iface, port) in [(Interface::Outside, outside), (Interface::Inside, inside)] {
-            if let Some(sender) = &mut senders[iface as usize] {
+            if let Some(sender) = &senders[iface as usize] {
                 let mut handed = false;
                 for (slot, &(to, len)) in tx.pending.iter().enumerate() {
                     if to == iface {
@@ -849,7 +843,7 @@ impl DataPath {
                         if sender.ring.push(&tx.arena[at..at + len]) {
                             handed = true;
                         } else {
-                            sender.shed += 1;
+                            port.counts.send_shed += 1;
                         }
                     }
                 }
