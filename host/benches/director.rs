@@ -13,25 +13,30 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use vipd::Interface;
-use vipd::binding::BindingTable;
+use vipd::assemble::Assembly;
 use vipd::config::Config;
 use vipd::director::{Director, Layer2, Verdict};
+use vipd::wire::MacAddr;
 
 const TABLE: u16 = 50_000;
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
 const L2: Layer2 = Layer2 {
-    outside_mac: [2, 0, 0, 0, 0, 1],
-    inside_mac: [2, 0, 0, 0, 0, 2],
+    outside_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+    inside_mac: MacAddr([2, 0, 0, 0, 0, 2]),
     inside_ip: Ipv4Addr::UNSPECIFIED,
 };
 const HOST_A: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 10);
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
-fn config() -> Config {
+/// The patent fixture's director, assembled as `vipd run` would (its policies are built-in).
+fn director() -> Director {
     let text = include_str!("../../tests/fixtures/patent.toml");
-    let mut config = Config::parse(text, Path::new("patent.toml")).expect("fixture config");
+    let path = Path::new("patent.toml");
+    let mut config = Config::parse(text, path).expect("fixture config");
     config.director.max_connections = 1 << 20;
-    config
+    Assembly::new(path, config, None)
+        .expect("fixture assembles")
+        .director(L2)
 }
 
 /// A TCP segment from client `n` (by address and port) to the VIP, or from host-a back to it.
@@ -40,11 +45,11 @@ fn segment(n: u16, inbound: bool, syn: bool, ack: bool) -> Vec<u8> {
     let port = 10_000 + n;
     let mut v = Vec::new();
     let b = if inbound {
-        PacketBuilder::ethernet2(CLIENT_MAC, L2.outside_mac)
+        PacketBuilder::ethernet2(CLIENT_MAC, L2.outside_mac.0)
             .ipv4(client.octets(), VIP.octets(), 64)
             .tcp(port, 80, 1, 64240)
     } else {
-        PacketBuilder::ethernet2([2, 0, 0, 0, 2, 0x0a], L2.inside_mac)
+        PacketBuilder::ethernet2([2, 0, 0, 0, 2, 0x0a], L2.inside_mac.0)
             .ipv4(HOST_A.octets(), client.octets(), 64)
             .tcp(8001, port, 1, 64240)
     };
@@ -55,8 +60,7 @@ fn segment(n: u16, inbound: bool, syn: bool, ack: bool) -> Vec<u8> {
 }
 
 fn established(c: &mut Criterion) {
-    let config = config();
-    let mut director = Director::new(&config, BindingTable::from_config(&config), L2);
+    let mut director = director();
     let now = Duration::from_secs(1);
     for n in 0..TABLE {
         let mut syn = segment(n, true, true, false);
@@ -93,8 +97,7 @@ fn established(c: &mut Criterion) {
 }
 
 fn new_connection(c: &mut Criterion) {
-    let config = config();
-    let mut director = Director::new(&config, BindingTable::from_config(&config), L2);
+    let mut director = director();
     let syns: Vec<Vec<u8>> = (0..TABLE).map(|n| segment(n, true, true, false)).collect();
     let mut g = c.benchmark_group("director");
     g.throughput(Throughput::Elements(1));

@@ -5,6 +5,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
+use strum::VariantArray;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use vipd::plugin::{CallResult, PluginHandle, PluginHost, PluginLimits};
 use vipd::policy::{Candidate, NewConnection, RoundRobin, Selector, ServerState};
@@ -81,7 +83,7 @@ fn bench(c: &mut Criterion) {
                 })
             });
             let st = handle.stats();
-            let by: Vec<_> = CallResult::ALL
+            let by: Vec<_> = CallResult::VARIANTS
                 .iter()
                 .map(|&r| (r.as_str(), st.calls(r)))
                 .collect();

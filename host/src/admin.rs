@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -29,8 +29,10 @@ use tokio::sync::oneshot;
 
 use crate::capture::{CaptureStats, Waker};
 use crate::conntable::Connection;
-use crate::director::{Director, Snapshot};
+use crate::director::{Director, Published};
+use crate::plugin::{PluginDir, PluginEntry};
 use crate::policy::ServerState;
+use crate::status::Status;
 use crate::wire::Protocol;
 
 /// Rows of `/connections` when `limit` is not given, and the most it may ask for.
@@ -38,21 +40,6 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
 /// Largest request body read.
 const MAX_BODY: usize = 64 * 1024;
-
-/// A loaded plugin as `/status` lists it (filled by the plugin module).
-#[derive(Clone, Debug)]
-pub struct PluginInfo {
-    pub name: String,
-    pub version: String,
-    pub file: String,
-    /// File modification time, seconds since the Unix epoch.
-    pub modified: u64,
-    /// Its calls, reloads and plugin-defined metrics, for `/metrics`.
-    pub stats: Arc<crate::plugin::PluginStats>,
-}
-
-/// Lists the loaded plugins; called per `/status` request.
-pub type PluginList = Arc<dyn Fn() -> Vec<PluginInfo> + Send + Sync>;
 
 /// An operator action on a real server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,13 +182,14 @@ fn connections(director: &Director, query: &ConnectionQuery, now: Duration) -> V
 /// What the HTTP side reads and whom it asks.
 #[derive(Clone)]
 pub struct Admin {
-    pub snapshot: Arc<Mutex<Snapshot>>,
+    pub snapshot: Published,
     pub capture: Option<Arc<CaptureStats>>,
     pub commands: mpsc::Sender<Command>,
     /// Wakes the data path so it drains `commands` at once.
     pub waker: Option<Waker>,
     pub token: Option<String>,
-    pub plugins: PluginList,
+    /// The watched plugins folder, listed per `/status` and `/metrics` request.
+    pub plugins: Option<Arc<PluginDir>>,
 }
 
 /// Binds `listen` now (so a bad address fails the start) and serves on a new thread until the process
@@ -275,7 +263,7 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
     r
 }
 
-fn json_reply(status: StatusCode, value: &Value) -> Reply {
+fn json_reply(status: StatusCode, value: &impl serde::Serialize) -> Reply {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
     reply(status, "application/json", body)
@@ -333,7 +321,10 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Repl
             _ => method_not_allowed("GET"),
         },
         ["status"] => match *req.method() {
-            Method::GET => json_reply(StatusCode::OK, &status(admin)),
+            Method::GET => {
+                let status = Status::new(&admin.snapshot.load(), &admin.plugin_entries());
+                json_reply(StatusCode::OK, &status)
+            }
             _ => method_not_allowed("GET"),
         },
         ["connections"] => match *req.method() {
@@ -363,11 +354,8 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Repl
 }
 
 fn metrics(admin: &Admin) -> Reply {
-    let snapshot = match admin.snapshot.lock() {
-        Ok(s) => s.clone(),
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "snapshot lock poisoned"),
-    };
-    let text = crate::metrics::render(&snapshot, admin.capture.as_deref(), &(admin.plugins)());
+    let snapshot = admin.snapshot.load();
+    let text = crate::metrics::render(&snapshot, admin.capture.as_deref(), &admin.plugin_entries());
     reply(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -375,95 +363,10 @@ fn metrics(admin: &Admin) -> Reply {
     )
 }
 
-/// The `/status` document.
-pub fn status_json(s: &Snapshot, plugins: &[PluginInfo]) -> Value {
-    let b = &s.bindings;
-    let virtuals: Vec<Value> = b
-        .virtuals
-        .iter()
-        .map(|vm| {
-            let ports: Vec<Value> = vm
-                .ports
-                .iter()
-                .filter_map(|&id| b.ports.get(id as usize).map(|p| (id as usize, p)))
-                .map(|(port_id, p)| {
-                    let bindings: Vec<Value> = p
-                        .targets
-                        .iter()
-                        .map(|t| {
-                            let real = s.reals.get(t.real_id as usize);
-                            let f = s.flow(port_id, t.real_id as usize);
-                            json!({
-                                "real": real.map_or("", |r| r.name.as_str()),
-                                "address": real.map(|r| SocketAddrV4::new(r.address, t.port).to_string()),
-                                "port": t.port,
-                                "active": f.active,
-                                "total": f.total,
-                            })
-                        })
-                        .collect();
-                    let (active, total) = (0..s.reals.len())
-                        .map(|r| s.flow(port_id, r))
-                        .fold((0u64, 0u64), |(a, t), f| (a + u64::from(f.active), t + f.total));
-                    json!({
-                        "port": p.port,
-                        "protocol": protocol_str(p.protocol),
-                        "policy": p.policy,
-                        "active": active,
-                        "total": total,
-                        "bindings": bindings,
-                    })
-                })
-                .collect();
-            json!({
-                "name": vm.name,
-                "address": vm.address.to_string(),
-                "ports": ports,
-            })
-        })
-        .collect();
-    let reals: Vec<Value> = s
-        .reals
-        .iter()
-        .map(|r| {
-            json!({
-                "name": r.name,
-                "address": r.address.to_string(),
-                "state": r.state.as_str(),
-                "weight": r.weight,
-                "active": r.active,
-                "total": r.total,
-                "syn_rtt_seconds": f64::from(r.syn_rtt_us) / 1e6,
-                "ditched": r.ditched,
-                "ditched_total": r.ditched_total,
-            })
-        })
-        .collect();
-    let plugins: Vec<Value> = plugins
-        .iter()
-        .map(|p| json!({ "name": p.name, "version": p.version, "file": p.file, "modified": p.modified }))
-        .collect();
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": s.now.as_secs_f64(),
-        "connections": s.connections,
-        "capacity": s.capacity,
-        "virtual_machines": virtuals,
-        "reals": reals,
-        "plugins": plugins,
-    })
-}
-
-fn protocol_str(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
+impl Admin {
+    fn plugin_entries(&self) -> Vec<PluginEntry> {
+        self.plugins.as_ref().map_or_else(Vec::new, |d| d.entries())
     }
-}
-
-fn status(admin: &Admin) -> Value {
-    let snapshot = admin.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-    status_json(&snapshot, &(admin.plugins)())
 }
 
 /// Parses `virtual=..&real=..&limit=..`.
@@ -536,7 +439,7 @@ async fn dump(admin: &Admin, query: &str) -> Reply {
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     {
-        let s = admin.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+        let s = admin.snapshot.load();
         if let Some(v) = &query.virtual_name
             && !s.bindings.virtuals.iter().any(|vm| &vm.name == v)
         {
@@ -564,7 +467,7 @@ async fn dump(admin: &Admin, query: &str) -> Reply {
         .iter()
         .map(|c| {
             json!({
-                "protocol": protocol_str(c.protocol),
+                "protocol": c.protocol.as_str(),
                 "client": c.client.to_string(),
                 "virtual": c.virtual_name,
                 "virtual_address": c.virtual_addr.to_string(),
@@ -653,98 +556,6 @@ pub fn request(
     Ok((code, body.to_owned()))
 }
 
-/// `vipd status`: the `/status` document as a table like `ipvsadm -Ln --stats`: one line per virtual
-/// port, one indented line per binding, then the real servers.
-pub fn format_status(v: &Value) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "vipd {}  connections {}/{}  up {:.0}s",
-        v["version"].as_str().unwrap_or("?"),
-        v["connections"],
-        v["capacity"],
-        v["uptime_seconds"].as_f64().unwrap_or(0.0)
-    );
-    let _ = writeln!(
-        out,
-        "Prot LocalAddress:Port          Virtual        Policy          ActiveConn      Conns"
-    );
-    let _ = writeln!(
-        out,
-        "  -> RemoteAddress:Port        Real           State            ActiveConn      Conns"
-    );
-    let reals = v["reals"].as_array().cloned().unwrap_or_default();
-    let state_of = |name: &str| {
-        reals
-            .iter()
-            .find(|r| r["name"] == name)
-            .and_then(|r| r["state"].as_str())
-            .unwrap_or("?")
-            .to_owned()
-    };
-    for vm in v["virtual_machines"].as_array().into_iter().flatten() {
-        for p in vm["ports"].as_array().into_iter().flatten() {
-            let addr = format!("{}:{}", vm["address"].as_str().unwrap_or("?"), p["port"]);
-            let _ = writeln!(
-                out,
-                "{:<4} {:<25} {:<14} {:<15} {:>10} {:>10}",
-                p["protocol"].as_str().unwrap_or("?").to_uppercase(),
-                addr,
-                vm["name"].as_str().unwrap_or("?"),
-                p["policy"].as_str().unwrap_or("?"),
-                p["active"],
-                p["total"]
-            );
-            for b in p["bindings"].as_array().into_iter().flatten() {
-                let name = b["real"].as_str().unwrap_or("?");
-                let _ = writeln!(
-                    out,
-                    "  -> {:<25} {:<14} {:<15} {:>11} {:>10}",
-                    b["address"].as_str().unwrap_or("?"),
-                    name,
-                    state_of(name),
-                    b["active"],
-                    b["total"]
-                );
-            }
-        }
-    }
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "Real           Address          State      Weight ActiveConn      Conns  SynRtt(ms) Ditched"
-    );
-    for r in &reals {
-        let _ = writeln!(
-            out,
-            "{:<14} {:<16} {:<10} {:>6} {:>10} {:>10} {:>11.3} {:>7}",
-            r["name"].as_str().unwrap_or("?"),
-            r["address"].as_str().unwrap_or("?"),
-            r["state"].as_str().unwrap_or("?"),
-            r["weight"],
-            r["active"],
-            r["total"],
-            r["syn_rtt_seconds"].as_f64().unwrap_or(0.0) * 1e3,
-            r["ditched_total"]
-        );
-    }
-    let plugins = v["plugins"].as_array().cloned().unwrap_or_default();
-    if !plugins.is_empty() {
-        let _ = writeln!(out, "\nPlugin         Version    File");
-        for p in &plugins {
-            let _ = writeln!(
-                out,
-                "{:<14} {:<10} {}",
-                p["name"].as_str().unwrap_or("?"),
-                p["version"].as_str().unwrap_or("?"),
-                p["file"].as_str().unwrap_or("?")
-            );
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,25 +571,5 @@ mod tests {
         assert!(parse_query("limit=10001").is_err());
         assert!(parse_query("limit=x").is_err());
         assert!(parse_query("colour=red").is_err());
-    }
-
-    /// `/status` lists virtual machines with their ports and bindings, and the reals with live state.
-    #[test]
-    fn status_document() {
-        let s = crate::metrics::tests::snapshot();
-        let v = status_json(&s, &[]);
-        let port = &v["virtual_machines"][0]["ports"][0];
-        assert_eq!(v["virtual_machines"][0]["name"], "web");
-        assert_eq!(port["port"], 80);
-        assert_eq!(port["total"], 12);
-        assert_eq!(port["bindings"][0]["real"], "a");
-        assert_eq!(port["bindings"][0]["address"], "10.0.0.1:8080");
-        assert_eq!(port["bindings"][0]["active"], 2);
-        assert_eq!(v["reals"][1]["state"], "draining");
-        assert_eq!(v["reals"][0]["syn_rtt_seconds"], 0.0015);
-        assert_eq!(v["plugins"], json!([]));
-        let table = format_status(&v);
-        assert!(table.contains("TCP  192.0.2.1:80"), "{table}");
-        assert!(table.contains("  -> 10.0.0.1:8080"), "{table}");
     }
 }

@@ -45,7 +45,7 @@ pub struct RealServer {
     pub backup: Option<u32>,
     pub failure_threshold: u32,
     pub retry_after: Duration,
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<crate::wire::MacAddr>,
 }
 
 /// A virtual address and the ports it supports (patent FIG. 6A).

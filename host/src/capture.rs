@@ -34,6 +34,7 @@ use anyhow::{Context, bail};
 use pcap::{Active, Capture, Direction};
 
 use crate::Interface;
+use crate::config::SendThreads;
 
 /// What the data path does with a frame after the handler has seen it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,24 +90,6 @@ pub struct CaptureConfig {
     /// Send with `PACKET_QDISC_BYPASS`: frames go straight to the driver, past the qdisc layer (and past
     /// the taps, so a `tcpdump` on the director's own interfaces no longer sees what vipd sends).
     pub qdisc_bypass: bool,
-}
-
-/// Which interfaces get a sender thread (see [`CaptureConfig::send_threads`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SendThreads {
-    /// Frames to the outside interface (towards clients) are sent by a thread of their own.
-    pub outside: bool,
-    /// Frames to the inside interface (towards real servers) are sent by a thread of their own.
-    pub inside: bool,
-}
-
-impl SendThreads {
-    fn get(self, iface: Interface) -> bool {
-        match iface {
-            Interface::Outside => self.outside,
-            Interface::Inside => self.inside,
-        }
-    }
 }
 
 impl Default for CaptureConfig {
@@ -596,7 +579,7 @@ impl DataPath {
         let inside = Port::open(inside.0, Interface::Inside, inside.1, &cfg)?;
         let mut senders = [None, None];
         for port in [&outside, &inside] {
-            if cfg.send_threads.get(port.iface) {
+            if cfg.send_threads[port.iface] {
                 // The thread sends on the capture's own packet socket, which outlives it: `Drop for
                 // DataPath` joins the senders before the captures close.
                 senders[port.iface as usize] = Some(Sender::spawn(

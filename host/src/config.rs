@@ -18,9 +18,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::capture::SendThreads;
+use crate::Sides;
 use crate::conntable::Timeouts;
-use crate::wire::Protocol;
+use crate::wire::{MacAddr, Protocol};
 
 /// `[director] listen` when not given.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -34,10 +34,10 @@ pub const DEFAULT_PLUGIN_MEMORY: u64 = 16 << 20;
 /// `[director] send_threads` when not given: frames towards the clients get a sender thread (measured in
 /// docs/benchmarks.md: +50 % bulk throughput, +6 % keep-alive requests; a second one for the inside cost more
 /// wake-ups than it saved).
-pub const DEFAULT_SEND_THREADS: SendThreads = SendThreads {
-    outside: true,
-    inside: false,
-};
+pub const DEFAULT_SEND_THREADS: SendThreads = SendThreads::new(true, false);
+
+/// `[director] send_threads`: which interfaces get a sender thread of their own.
+pub type SendThreads = Sides<bool>;
 
 /// `[director] plugin_deadline` when not given.
 pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(1);
@@ -104,7 +104,7 @@ pub struct RealConfig {
     /// How long a failed server waits before it gets a trial connection.
     pub retry_after: Duration,
     /// Static neighbour entry; skips ARP.
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<MacAddr>,
     pub check: Option<HealthCheck>,
 }
 
@@ -631,7 +631,7 @@ impl Checker<'_> {
                         (DEFAULT_SEND_THREADS.outside, DEFAULT_SEND_THREADS.inside)
                     }
                 };
-                SendThreads { outside, inside }
+                SendThreads::new(outside, inside)
             }
         };
         DirectorConfig {
@@ -713,7 +713,7 @@ impl Checker<'_> {
                 DEFAULT_RETRY_AFTER,
             );
             let mac = raw.mac.as_ref().and_then(|m| {
-                let parsed = parse_mac(m.get_ref());
+                let parsed = m.get_ref().parse::<MacAddr>().ok();
                 if parsed.is_none() {
                     self.report(
                         m.span(),
@@ -1341,20 +1341,6 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// `"02:00:00:00:00:0a"` (also with '-') to bytes.
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split([':', '-']);
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 /// `"16MiB"`, `"512 KiB"`, `"1GiB"`, `"65536B"` or `"65536"` to bytes.
 fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -1496,13 +1482,7 @@ policy_args = { x = "y" }
         assert_eq!(c.director.plugin_deadline, Duration::from_millis(5));
         assert_eq!(
             (c.director.send_threads, c.director.qdisc_bypass),
-            (
-                SendThreads {
-                    outside: true,
-                    inside: true
-                },
-                false
-            )
+            (SendThreads::new(true, true), false)
         );
         assert_eq!(c.timeouts.established, Duration::from_secs(120));
         assert_eq!(c.timeouts.udp, Duration::from_secs(4));
@@ -1511,7 +1491,7 @@ policy_args = { x = "y" }
             (a.port, a.weight, a.backup.as_deref(), a.failure_threshold),
             (Some(8001), 3, Some("b"), 2)
         );
-        assert_eq!(a.mac, Some([2, 0, 0, 0, 0, 0x0a]));
+        assert_eq!(a.mac, Some(MacAddr([2, 0, 0, 0, 0, 0x0a])));
         assert_eq!(
             a.check,
             Some(HealthCheck {

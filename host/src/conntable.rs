@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
+use strum::EnumCount;
+
 use crate::wire::Protocol;
 
 /// Idle timeouts per connection state (config section `[timeouts]`).
@@ -57,7 +59,18 @@ impl Default for Timeouts {
 pub type ConnId = u32;
 
 /// The state of a connection, tracked from TCP flags; each state is one timeout class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum ConnState {
     /// The client's SYN went to the real server; no SYN-ACK yet (half-open).
     SynSent,
@@ -70,25 +83,12 @@ pub enum ConnState {
 }
 
 impl ConnState {
-    /// Every state, in the order of [`ConnTable::count_by_state`].
-    pub const ALL: [ConnState; 4] = [
-        ConnState::SynSent,
-        ConnState::Established,
-        ConnState::Closing,
-        ConnState::Udp,
-    ];
-
     /// The name used in metric labels and the admin API.
     pub fn as_str(self) -> &'static str {
-        match self {
-            ConnState::SynSent => "syn_sent",
-            ConnState::Established => "established",
-            ConnState::Closing => "closing",
-            ConnState::Udp => "udp",
-        }
+        self.into()
     }
 
-    /// The index of this state in [`ConnState::ALL`] (and of its timeout list).
+    /// The index of this state in [`ConnState::VARIANTS`] (and of its timeout list).
     pub fn index(self) -> usize {
         self as usize
     }
@@ -110,7 +110,7 @@ pub struct Connection {
     /// The real server address and port the connection was given to.
     pub real: SocketAddrV4,
     /// Frames back to the client go to the MAC its frames came from.
-    pub client_mac: [u8; 6],
+    pub client_mac: crate::wire::MacAddr,
     /// Index of the real server in the binding table.
     pub real_id: u32,
     /// Index of the virtual port in the binding table.
@@ -246,7 +246,7 @@ pub struct ConnTable {
     /// Per timeout list: oldest entry, newest entry, number of entries.
     heads: [u32; 4],
     tails: [u32; 4],
-    counts: [usize; 4],
+    counts: [usize; ConnState::COUNT],
     /// Ids by inbound key; sized for 2 × capacity so that deleted-slot cleanup rehashes in place.
     inbound: HashTable<ConnId>,
     /// Ids by outbound key; sized like `inbound`.
@@ -596,12 +596,12 @@ impl ConnTable {
         }
     }
 
-    /// Live connections per state, indexed like [`ConnState::ALL`].
-    pub fn count_by_state(&self) -> [usize; 4] {
+    /// Live connections per state, indexed like [`ConnState::VARIANTS`].
+    pub fn count_by_state(&self) -> [usize; ConnState::COUNT] {
         self.counts
     }
 
-    fn timeout_nanos(&self) -> [u64; 4] {
+    fn timeout_nanos(&self) -> [u64; ConnState::COUNT] {
         let t = &self.timeouts;
         [t.syn, t.established, t.closing, t.udp].map(nanos)
     }
@@ -655,6 +655,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::HashMap;
     use std::net::Ipv4Addr;
+    use strum::VariantArray;
 
     const SYN: Duration = Duration::from_secs(10);
     const EST: Duration = Duration::from_secs(900);
@@ -689,7 +690,7 @@ mod tests {
             client: addr([198, 51, 100, 7], c),
             virtual_addr: addr([192, 0, 2, 1], v),
             real: addr([10, 0, 0, 1], r),
-            client_mac: [2, 0, 0, 0, 0, 1],
+            client_mac: crate::wire::MacAddr([2, 0, 0, 0, 0, 1]),
             real_id: r as u32,
             port_id: v as u32,
             state,
@@ -1046,7 +1047,7 @@ mod tests {
     }
 
     fn state() -> impl Strategy<Value = ConnState> {
-        prop::sample::select(ConnState::ALL.to_vec())
+        prop::sample::select(ConnState::VARIANTS.to_vec())
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1081,7 +1082,7 @@ mod tests {
             client: addr([198, 51, 100, client % 3], 1000 + (client / 3) as u16),
             virtual_addr: addr([192, 0, 2, 1 + vip], 80),
             real: addr([10, 0, 0, 1 + real], 8001),
-            client_mac: [2, 0, 0, 0, 0, client],
+            client_mac: crate::wire::MacAddr([2, 0, 0, 0, 0, client]),
             real_id: real as u32,
             port_id: vip as u32,
             state,

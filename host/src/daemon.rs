@@ -11,7 +11,7 @@
 //! reach the data path over a third channel.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -20,17 +20,17 @@ use anyhow::{Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
+use strum::VariantArray;
+
 use crate::Interface;
 use crate::admin::{self, Admin};
-use crate::binding::{BindingTable, Target};
+use crate::assemble::{Assembly, Plugins};
 use crate::capture::{Action, CaptureConfig, CaptureStats, Control, DataPath, Handler};
 use crate::config::{Config, DirectorConfig};
 use crate::director::{Director, DropReason, Layer2, StateChange, Verdict};
 use crate::health::{self, Checker};
 use crate::ifcheck::{self, Offloads};
-use crate::plugin::{PluginDir, PluginHost, PluginLimits, RealInfo, VirtualInfo};
 use crate::policy::ServerState;
-use crate::policy::{RoundRobin, Selector};
 
 /// How `vipd run` was asked to start.
 #[derive(Clone, Debug)]
@@ -40,211 +40,11 @@ pub struct RunOptions {
     pub fix_offloads: bool,
 }
 
-/// A validated config, ready to be installed by the data path.
-struct Loaded {
-    config: Config,
-    bindings: BindingTable,
-    selectors: Vec<Box<dyn Selector>>,
-}
-
-/// The plugin host and its watched folder (`[director] plugins`), made once at start: the folder is
-/// watched and its plugins hot-reloaded for the daemon's whole life.
-struct Plugins {
-    host: PluginHost,
-    dir: Arc<PluginDir>,
-}
-
-impl Plugins {
-    fn start(config: &Config) -> Result<Option<Plugins>> {
-        let Some(folder) = &config.director.plugins else {
-            return Ok(None);
-        };
-        let limits = PluginLimits {
-            memory_bytes: usize::try_from(config.director.plugin_memory).unwrap_or(usize::MAX),
-            deadline: config.director.plugin_deadline,
-        };
-        let host = PluginHost::new(limits).context("starting the plugin host")?;
-        let dir = host
-            .watch_dir(folder)
-            .with_context(|| format!("plugins folder {}", folder.display()))?;
-        let dir = Arc::new(dir);
-        Ok(Some(Plugins { host, dir }))
-    }
-
-    /// `/status` and `/metrics` list the plugins loaded now.
-    fn list(&self) -> admin::PluginList {
-        let dir = Arc::clone(&self.dir);
-        Arc::new(move || {
-            dir.plugins()
-                .into_iter()
-                .map(|handle| {
-                    // A file that never loaded is listed too (version "none"): its refusals count.
-                    let loaded = handle.current();
-                    admin::PluginInfo {
-                        name: handle.name().to_string(),
-                        version: loaded
-                            .as_ref()
-                            .map_or_else(|| "none".to_string(), |l| l.version().to_string()),
-                        file: loaded.as_ref().map_or_else(
-                            || {
-                                dir.dir()
-                                    .join(format!("{}.wasm", handle.name()))
-                                    .display()
-                                    .to_string()
-                            },
-                            |l| l.path().display().to_string(),
-                        ),
-                        modified: loaded
-                            .as_ref()
-                            .and_then(|l| l.modified())
-                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                            .map_or(0, |d| d.as_secs()),
-                        stats: Arc::clone(handle.stats()),
-                    }
-                })
-                .collect()
-        })
-    }
-}
-
-fn load(path: &Path, plugins: Option<&Plugins>) -> Result<Loaded> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut bindings = BindingTable::from_config(&config);
-    bind_by_plugins(path, &config, &mut bindings, plugins)?;
-    let selectors = selectors_for(path, &bindings, plugins)?;
-    Ok(Loaded {
-        config,
-        bindings,
-        selectors,
-    })
-}
-
-/// Fills the ports of virtual machines with a `binder` that have no `bind` of their own.
-fn bind_by_plugins(
-    path: &Path,
-    config: &Config,
-    bindings: &mut BindingTable,
-    plugins: Option<&Plugins>,
-) -> Result<()> {
-    let reals: Vec<RealInfo> = bindings
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(id, r)| RealInfo {
-            id: id as u32,
-            name: r.name.clone(),
-            addr: r.address,
-            port: r.port,
-            weight: r.weight,
-        })
-        .collect();
-    for (virtual_id, vm) in config.virtuals.iter().enumerate() {
-        let Some(name) = &vm.binder else { continue };
-        let where_ = || {
-            format!(
-                "{}: virtual machine {:?}: binder {name:?}",
-                path.display(),
-                vm.name
-            )
-        };
-        let Some(p) = plugins else {
-            anyhow::bail!(
-                "{}: no plugins folder is configured ([director] plugins)",
-                where_()
-            );
-        };
-        let handle = p.dir.get(name).with_context(|| {
-            format!("{}: no {name}.wasm in {}", where_(), p.dir.dir().display())
-        })?;
-        let args: Vec<(String, String)> = vm.binder_args.clone().into_iter().collect();
-        let mut binder = p.host.binder(&handle, &args).with_context(where_)?;
-        let info = VirtualInfo {
-            id: virtual_id as u32,
-            name: vm.name.clone(),
-            addr: vm.address,
-            ports: vm
-                .ports
-                .iter()
-                .map(|port| (port.port, port.protocol))
-                .collect(),
-        };
-        let out = binder.bind(&info, &reals).with_context(where_)?;
-        let vm_ports = bindings.virtuals[virtual_id].ports.clone();
-        for port_id in vm_ports {
-            let port = &mut bindings.ports[port_id as usize];
-            if !port.targets.is_empty() {
-                continue;
-            }
-            port.targets = out
-                .iter()
-                .filter(|b| b.virtual_port == port.port && b.protocol == port.protocol)
-                .map(|b| Target {
-                    real_id: b.real_id,
-                    port: b.real_port,
-                    weight: Some(b.weight),
-                })
-                .collect();
-            tracing::info!(
-                virtual_machine = %vm.name,
-                port = port.port,
-                targets = port.targets.len(),
-                binder = %name,
-                "bindings from plugin"
-            );
-        }
-    }
-    Ok(())
-}
-
-/// One selector per virtual port: the plugin `NAME.wasm` if the folder has it, else the built-in `NAME`.
-fn selectors_for(
-    path: &Path,
-    bindings: &BindingTable,
-    plugins: Option<&Plugins>,
-) -> Result<Vec<Box<dyn Selector>>> {
-    let mut selectors: Vec<Box<dyn Selector>> = Vec::with_capacity(bindings.ports.len());
-    for port in &bindings.ports {
-        let vm = &bindings.virtuals[port.virtual_id as usize];
-        let name = port.policy.as_str();
-        let plugin = plugins.and_then(|p| Some((p, p.dir.get(name)?)));
-        let selector: Box<dyn Selector> = match plugin {
-            Some((p, handle)) => {
-                let args: Vec<(String, String)> = port.policy_args.clone().into_iter().collect();
-                Box::new(p.host.selector(&handle, &args).with_context(|| {
-                    format!(
-                        "{}: virtual machine {:?} port {}: policy {name:?}",
-                        path.display(),
-                        vm.name,
-                        port.port
-                    )
-                })?)
-            }
-            None if name == BUILTIN_ROUND_ROBIN => Box::new(RoundRobin::new()),
-            None => anyhow::bail!(
-                "{}: virtual machine {:?} port {}: policy {name:?} is no built-in ({BUILTIN_ROUND_ROBIN}) and no \
-                 plugin {name}.wasm is loaded{}",
-                path.display(),
-                vm.name,
-                port.port,
-                plugins.map_or(" (no [director] plugins folder)".to_string(), |p| format!(
-                    " from {}",
-                    p.dir.dir().display()
-                ))
-            ),
-        };
-        selectors.push(selector);
-    }
-    Ok(selectors)
-}
-
-/// The built-in policy's name.
-const BUILTIN_ROUND_ROBIN: &str = "round-robin";
-
 /// Runs the director until `SIGTERM` or `SIGINT`.
 pub fn run(options: &RunOptions) -> Result<()> {
     let first = Config::load(&options.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let plugins = Plugins::start(&first)?;
-    let loaded = load(&options.config, plugins.as_ref())?;
+    let plugins = Plugins::start(&first, None)?;
+    let loaded = Assembly::new(&options.config, first, plugins.as_ref())?;
     let config = &loaded.config;
     let offloads = if options.fix_offloads {
         Offloads::Disable
@@ -276,20 +76,17 @@ pub fn run(options: &RunOptions) -> Result<()> {
         },
         epoch,
     )?;
-    let Loaded {
-        config,
-        bindings,
-        selectors,
-    } = loaded;
     tracing::info!(
         config = %options.config.display(),
-        virtual_machines = bindings.virtuals.len(),
-        ports = bindings.ports.len(),
-        real_servers = bindings.reals.len(),
-        max_connections = config.director.max_connections,
+        virtual_machines = loaded.bindings.virtuals.len(),
+        ports = loaded.bindings.ports.len(),
+        real_servers = loaded.bindings.reals.len(),
+        max_connections = loaded.config.director.max_connections,
         "vipd serving"
     );
-    let mut director = Director::with_selectors(&config, bindings, selectors, l2);
+    log_policies(&loaded);
+    let config = loaded.config.clone();
+    let mut director = loaded.director(l2);
 
     crate::metrics::install();
     let (admin_tx, admin_rx) = mpsc::channel::<admin::Command>();
@@ -301,9 +98,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
             commands: admin_tx,
             waker: Some(datapath.waker()),
             token: config.director.admin_token.clone(),
-            plugins: plugins
-                .as_ref()
-                .map_or_else(|| Arc::new(Vec::new) as admin::PluginList, Plugins::list),
+            plugins: plugins.as_ref().map(|p| Arc::clone(p.dir())),
         },
     )?;
     tracing::info!(listen = %config.director.listen, "metrics and admin API");
@@ -328,7 +123,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let report = Arc::new(AtomicBool::new(false));
     let capture_stats = datapath.stats();
-    let (reload_tx, reload_rx) = mpsc::channel::<Loaded>();
+    let (reload_tx, reload_rx) = mpsc::channel::<Assembly>();
     let mut signals =
         Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
@@ -343,10 +138,11 @@ pub fn run(options: &RunOptions) -> Result<()> {
         std::thread::Builder::new().name("vipd-signals".into()).spawn(move || {
             for signal in signals.forever() {
                 match signal {
-                    SIGHUP => match load(&path, plugins.as_ref()) {
+                    SIGHUP => match Assembly::load(&path, plugins.as_ref()) {
                         Ok(loaded) => {
                             crate::metrics::config_reloaded(true);
                             tracing::info!(config = %path.display(), "config reloaded; installing");
+                            log_policies(&loaded);
                             warn_start_only(&started, &loaded.config.director);
                             // Old checks stop first; the new ones start after the config is queued, so
                             // the data path installs it before it sees their first verdicts.
@@ -379,9 +175,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
 
     let result = datapath.run(&mut director, &mut |director: &mut Director| {
         while let Ok(loaded) = reload_rx.try_recv() {
-            director.set_limits(&loaded.config);
-            director.install(loaded.bindings, loaded.selectors);
-            director.set_checked(&loaded.config);
+            loaded.install(director);
         }
         while let Ok(report) = health_rx.try_recv() {
             tracing::info!(
@@ -416,8 +210,13 @@ pub fn run(options: &RunOptions) -> Result<()> {
     result
 }
 
-/// Logs the director's and the capture's counters on one line (`SIGUSR1`, and at exit); off the packet
-/// path. `drops` lists the non-zero drop reasons as `reason:count,...`.
+/// Logs which policy serves each virtual port (at start and on each reload).
+fn log_policies(assembly: &Assembly) {
+    for used in &assembly.policies {
+        tracing::info!("{used}");
+    }
+}
+
 /// Logs each `[director]` key that changed in a reloaded config but only takes effect at the next start.
 fn warn_start_only(running: &DirectorConfig, new: &DirectorConfig) {
     for key in start_only_changes(running, new) {
@@ -453,10 +252,12 @@ fn start_only_changes(running: &DirectorConfig, new: &DirectorConfig) -> Vec<&'s
     .collect()
 }
 
+/// Logs the director's and the capture's counters on one line (`SIGUSR1`, and at exit); off the packet
+/// path. `drops` lists the non-zero drop reasons as `reason:count,...`.
 fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
     let counters = director.counters();
     let mut drops = String::new();
-    for reason in DropReason::ALL {
+    for &reason in DropReason::VARIANTS {
         let n = counters.dropped(reason);
         if n > 0 {
             if !drops.is_empty() {
@@ -476,8 +277,8 @@ fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
         connections = director.table().len(),
         connections_created = counters.connections_created,
         expired = counters.expired,
-        forwarded_inside = counters.forwarded[Interface::Inside as usize],
-        forwarded_outside = counters.forwarded[Interface::Outside as usize],
+        forwarded_inside = counters.forwarded.inside,
+        forwarded_outside = counters.forwarded.outside,
         drops = %drops,
         pcap_drop_outside = get(Interface::Outside, |p| &p.pcap_drop),
         pcap_drop_inside = get(Interface::Inside, |p| &p.pcap_drop),

@@ -14,6 +14,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, bail};
 
+use crate::wire::MacAddr;
+
 /// `SIOCETHTOOL` from `<linux/sockios.h>`.
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 /// `ETH_FLAG_LRO` in the `ETHTOOL_GFLAGS` word.
@@ -86,7 +88,7 @@ pub struct InterfaceInfo {
     /// `/sys/class/net/DEV/operstate`: `up`, `down` (no carrier, e.g. veth peer down), `unknown`, ...
     pub operstate: String,
     /// Its MAC address: the source of every frame the director sends from it.
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     /// Its first IPv4 address, if any (the inside interface uses it as the source of ARP requests).
     pub ipv4: Option<Ipv4Addr>,
     /// Its MTU.
@@ -200,19 +202,8 @@ pub fn ip_forward_enabled() -> anyhow::Result<bool> {
     Ok(v.trim() != "0")
 }
 
-fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let p = parts
-            .next()
-            .with_context(|| format!("{s:?} is not a MAC address"))?;
-        *b = u8::from_str_radix(p, 16).with_context(|| format!("{s:?} is not a MAC address"))?;
-    }
-    if parts.next().is_some() {
-        bail!("{s:?} is not a MAC address");
-    }
-    Ok(mac)
+fn parse_mac(s: &str) -> anyhow::Result<MacAddr> {
+    Ok(s.trim().parse::<MacAddr>()?)
 }
 
 fn ioctl_socket() -> anyhow::Result<OwnedFd> {
@@ -335,7 +326,7 @@ mod tests {
     fn parses_mac() {
         assert_eq!(
             parse_mac("02:00:00:00:00:0a").unwrap(),
-            [2, 0, 0, 0, 0, 0x0a]
+            MacAddr([2, 0, 0, 0, 0, 0x0a])
         );
         assert!(parse_mac("02:00:00:00:00").is_err());
         assert!(parse_mac("02:00:00:00:00:0a:01").is_err());

@@ -33,6 +33,7 @@
 //! (real server, client) and its source is rewritten back to the virtual address before it leaves outside.
 
 pub mod admin;
+pub mod assemble;
 pub mod binding;
 pub mod capture;
 pub mod config;
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod policy;
 pub mod replay;
+pub mod status;
 pub mod wire;
 
 /// The two sides of the director.
@@ -70,6 +72,64 @@ impl Interface {
         match self {
             Interface::Outside => "outside",
             Interface::Inside => "inside",
+        }
+    }
+}
+
+/// One `T` for each side of the director, indexed by [`Interface`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Sides<T> {
+    pub outside: T,
+    pub inside: T,
+}
+
+impl<T> Sides<T> {
+    pub const fn new(outside: T, inside: T) -> Sides<T> {
+        Sides { outside, inside }
+    }
+
+    /// Both sides, outside first.
+    pub fn iter(&self) -> impl Iterator<Item = (Interface, &T)> {
+        [
+            (Interface::Outside, &self.outside),
+            (Interface::Inside, &self.inside),
+        ]
+        .into_iter()
+    }
+
+    /// Both sides, outside first, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Interface, &mut T)> {
+        [
+            (Interface::Outside, &mut self.outside),
+            (Interface::Inside, &mut self.inside),
+        ]
+        .into_iter()
+    }
+
+    pub fn map<U>(self, mut f: impl FnMut(Interface, T) -> U) -> Sides<U> {
+        Sides {
+            outside: f(Interface::Outside, self.outside),
+            inside: f(Interface::Inside, self.inside),
+        }
+    }
+}
+
+impl<T> std::ops::Index<Interface> for Sides<T> {
+    type Output = T;
+
+    fn index(&self, side: Interface) -> &T {
+        match side {
+            Interface::Outside => &self.outside,
+            Interface::Inside => &self.inside,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<Interface> for Sides<T> {
+    fn index_mut(&mut self, side: Interface) -> &mut T {
+        match side {
+            Interface::Outside => &mut self.outside,
+            Interface::Inside => &mut self.inside,
         }
     }
 }

@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
 use std::net::Ipv4Addr;
-use vipd::binding::BindingTable;
+use vipd::assemble::{Assembly, Plugins};
 use vipd::config::Config;
 use vipd::daemon::RunOptions;
 use vipd::director::{Layer2, Verdict};
 use vipd::replay::ReplayOptions;
+use vipd::status::Status;
+use vipd::wire::MacAddr;
 
 /// A programmable Layer-4 director: virtual IP addresses on many ports.
 #[derive(Parser)]
@@ -54,12 +56,16 @@ enum Command {
         /// Where to write the frames the director sends out of the inside interface.
         #[arg(long)]
         write_inside: Option<PathBuf>,
+        /// The plugins folder whose policies and binders serve the replay, instead of the config's
+        /// `[director] plugins`.
+        #[arg(long, value_name = "DIR")]
+        plugins: Option<PathBuf>,
         /// The director's outside MAC address in the replay.
-        #[arg(long, default_value = "02:00:00:00:00:01", value_parser = parse_mac)]
-        outside_mac: [u8; 6],
+        #[arg(long, default_value = "02:00:00:00:00:01")]
+        outside_mac: MacAddr,
         /// The director's inside MAC address in the replay.
-        #[arg(long, default_value = "02:00:00:00:00:02", value_parser = parse_mac)]
-        inside_mac: [u8; 6],
+        #[arg(long, default_value = "02:00:00:00:00:02")]
+        inside_mac: MacAddr,
         /// Print nothing per frame, only the totals.
         #[arg(long, short)]
         quiet: bool,
@@ -135,6 +141,7 @@ fn main() -> ExitCode {
             inside,
             write_outside,
             write_inside,
+            plugins,
             outside_mac,
             inside_mac,
             quiet,
@@ -151,15 +158,17 @@ fn main() -> ExitCode {
                 write_inside,
                 layer2,
             };
-            replay(&config, &options, quiet)
+            replay(&config, plugins.as_deref(), &options, quiet)
         }
         Command::Status { api, json } => api_call(&api, "GET", "/status", |body| {
             if json {
                 return body.to_owned();
             }
-            match serde_json::from_str(body) {
-                Ok(v) => vipd::admin::format_status(&v),
-                Err(_) => body.to_owned(),
+            match serde_json::from_str::<Status>(body) {
+                Ok(status) => status.to_string(),
+                Err(e) => {
+                    format!("{body}\n(vipd status: cannot read this /status document: {e})\n")
+                }
             }
         }),
         Command::Real { action, name, api } => {
@@ -197,30 +206,27 @@ fn init_logging() {
         .init();
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let mut mac = [0u8; 6];
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("{s:?} is not a MAC address like 02:00:00:00:00:01"));
-    }
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        *byte = u8::from_str_radix(part, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
-    }
-    Ok(mac)
-}
-
-/// `vipd replay`: one line per input frame (what arrived, what the director did, what left), then totals.
-fn replay(path: &std::path::Path, options: &ReplayOptions, quiet: bool) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
+/// `vipd replay`: the policy of each virtual port, one line per input frame (what arrived, what the
+/// director did, what left), then totals. The director is assembled as `vipd run` would assemble it.
+fn replay(
+    path: &std::path::Path,
+    plugins: Option<&std::path::Path>,
+    options: &ReplayOptions,
+    quiet: bool,
+) -> ExitCode {
+    let assembly = match assemble(path, plugins) {
+        Ok(a) => a,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("vipd replay: {e:#}");
             return ExitCode::FAILURE;
         }
     };
     let mut stdout = std::io::stdout().lock();
+    for used in &assembly.policies {
+        let _ = writeln!(stdout, "{used}");
+    }
     let mut closed = false;
-    let result = vipd::replay::replay(&config, options, |e| {
+    let result = vipd::replay::replay(assembly, options, |e| {
         if quiet || closed {
             return;
         }
@@ -254,10 +260,10 @@ fn replay(path: &std::path::Path, options: &ReplayOptions, quiet: bool) -> ExitC
             let _ = writeln!(
                 stdout,
                 "frames in: outside {} inside {}; out: outside {} inside {}; connections created {}, syn resends {}",
-                summary.frames_in[0],
-                summary.frames_in[1],
-                summary.frames_out[0],
-                summary.frames_out[1],
+                summary.frames_in.outside,
+                summary.frames_in.inside,
+                summary.frames_out.outside,
+                summary.frames_out.inside,
                 c.connections_created,
                 c.syn_resends
             );
@@ -270,11 +276,12 @@ fn replay(path: &std::path::Path, options: &ReplayOptions, quiet: bool) -> ExitC
     }
 }
 
-/// `vipd check`: exit 0 with a summary, or 1 with one problem per line on stderr.
+/// `vipd check`: exit 0 with a summary, or 1 with one problem per line on stderr. The config is assembled
+/// as `vipd run` would assemble it: policies and binders are loaded from its plugins folder.
 fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(config) => {
-            let table = BindingTable::from_config(&config);
+    match assemble(path, None) {
+        Ok(assembly) => {
+            let table = &assembly.bindings;
             println!(
                 "{}: ok: {} virtual machines, {} ports, {} real servers",
                 path.display(),
@@ -282,13 +289,23 @@ fn check(path: &std::path::Path) -> ExitCode {
                 table.ports.len(),
                 table.reals.len()
             );
+            for used in &assembly.policies {
+                println!("  {used}");
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("{err}");
+            eprintln!("{err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The config at `path` assembled with the plugins of `plugins` (or of its `[director] plugins`).
+fn assemble(path: &std::path::Path, plugins: Option<&std::path::Path>) -> anyhow::Result<Assembly> {
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plugins = Plugins::start(&config, plugins)?;
+    Assembly::new(path, config, plugins.as_ref())
 }
 
 /// `vipd plugin check`: what the file implements, or why it is no vipd plugin.

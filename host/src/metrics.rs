@@ -10,19 +10,17 @@
 
 use std::sync::OnceLock;
 
-use crate::admin::PluginInfo;
-use crate::plugin::{CallResult, DURATION_BUCKETS};
+use crate::plugin::{CallResult, DURATION_BUCKETS, PluginEntry};
 
 use metrics::{Counter, Gauge, Label};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::Interface;
 use crate::capture::CaptureStats;
 use crate::director::{DropReason, Handled, Snapshot};
 use crate::policy::ServerState;
 use crate::wire::Protocol;
+use strum::VariantArray;
 
 /// Every metric name vipd exports: the user contract (docs/metrics.md), and what the dashboard may query.
 pub const NAMES: &[&str] = &[
@@ -57,27 +55,13 @@ const REJECT_REASONS: [DropReason; 4] = [
     DropReason::Collision,
 ];
 
-const SERVER_STATES: [ServerState; 3] =
-    [ServerState::Up, ServerState::Draining, ServerState::Failed];
-
-/// Buckets of `vipd_plugin_call_duration_seconds`: a policy call takes microseconds; the deadline is ms.
-const PLUGIN_BUCKETS: [f64; 12] = [
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2,
-];
-
 static GLOBAL: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder for metrics counted off the packet path (once; later calls return
 /// the same handle). If another recorder is already installed, returns a handle that renders nothing.
 pub fn install() -> &'static PrometheusHandle {
     GLOBAL.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("vipd_plugin_call_duration_seconds".into()),
-                &PLUGIN_BUCKETS,
-            )
-            .expect("bucket list is not empty")
-            .build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             return PrometheusBuilder::new().build_recorder().handle();
@@ -103,7 +87,7 @@ pub fn config_reloaded(ok: bool) {
 pub fn render(
     snapshot: &Snapshot,
     capture: Option<&CaptureStats>,
-    plugins: &[PluginInfo],
+    plugins: &[PluginEntry],
 ) -> String {
     let recorder = PrometheusBuilder::new().build_recorder();
     metrics::with_local_recorder(&recorder, || record(snapshot, capture));
@@ -118,19 +102,23 @@ pub fn render(
 /// The plugins' counters, in the Prometheus text format: `vipd_plugin_calls_total{plugin, result}`,
 /// `vipd_plugin_call_duration_seconds{plugin}` (histogram), `vipd_plugin_reloads_total{plugin, result}` and
 /// the plugin-defined `vipd_plugin_metric{plugin, name}`.
-pub fn render_plugins(out: &mut String, plugins: &[PluginInfo]) {
+pub fn render_plugins(out: &mut String, plugins: &[PluginEntry]) {
     use std::fmt::Write as _;
     if plugins.is_empty() {
         return;
     }
-    let results = CallResult::ALL.map(|r| r.as_str()).join(", ");
+    let results = CallResult::VARIANTS
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ = writeln!(
         out,
         "# HELP vipd_plugin_calls_total Policy plugin calls, by plugin and result ({results})."
     );
     let _ = writeln!(out, "# TYPE vipd_plugin_calls_total counter");
     for p in plugins {
-        for result in CallResult::ALL {
+        for &result in CallResult::VARIANTS {
             let n = p.stats.calls(result);
             let _ = writeln!(
                 out,
@@ -320,9 +308,9 @@ fn record(s: &Snapshot, capture: Option<&CaptureStats>) {
     describe();
     let c = &s.counters;
     for iface in [Interface::Outside, Interface::Inside] {
-        let i = iface as usize;
+        let i = iface;
         let name = iface.as_str();
-        for h in Handled::ALL {
+        for &h in Handled::VARIANTS {
             counter(
                 "vipd_packets_total",
                 vec![
@@ -366,7 +354,7 @@ fn record(s: &Snapshot, capture: Option<&CaptureStats>) {
         }
     }
     for iface in [Interface::Outside, Interface::Inside] {
-        for reason in DropReason::ALL {
+        for &reason in DropReason::VARIANTS {
             counter(
                 "vipd_drops_total",
                 vec![
@@ -374,7 +362,7 @@ fn record(s: &Snapshot, capture: Option<&CaptureStats>) {
                     label("reason", reason.as_str()),
                 ],
             )
-            .absolute(c.drops[iface as usize][reason as usize]);
+            .absolute(c.drops[iface][reason as usize]);
         }
     }
 
@@ -436,7 +424,7 @@ fn record(s: &Snapshot, capture: Option<&CaptureStats>) {
             vec![label("real", real.name.as_str())],
         )
         .absolute(real.ditched_total);
-        for state in SERVER_STATES {
+        for &state in ServerState::VARIANTS {
             gauge(
                 "vipd_real_server_state",
                 vec![
@@ -528,7 +516,7 @@ address = "192.0.2.1"
             .collect();
         let mut s = Snapshot {
             flows: vec![FlowCount::default(); bindings.ports.len() * reals.len()],
-            rejected: vec![[0; DropReason::ALL.len()]; bindings.virtuals.len()],
+            rejected: vec![[0; <DropReason as strum::EnumCount>::COUNT]; bindings.virtuals.len()],
             reals,
             connections: 3,
             capacity: 1000,
@@ -549,9 +537,9 @@ address = "192.0.2.1"
         s.reals[0].syn_rtt_us = 1500;
         s.reals[1].ditched_total = 4;
         s.rejected[0][DropReason::NoServer as usize] = 3;
-        s.counters.drops[1][DropReason::NoConnection as usize] = 9;
-        s.counters.handled[0][Handled::Forwarded as usize] = 100;
-        s.counters.rx_bytes[0] = 6400;
+        s.counters.drops.inside[DropReason::NoConnection as usize] = 9;
+        s.counters.handled.outside[Handled::Forwarded as usize] = 100;
+        s.counters.rx_bytes.outside = 6400;
         s.counters.expired = 2;
         s
     }
@@ -615,7 +603,7 @@ address = "192.0.2.1"
         let stats = std::sync::Arc::new(crate::plugin::PluginStats::default());
         stats.record_call(CallResult::Ok, std::time::Duration::from_micros(5));
         stats.record_reload(true);
-        let plugin = PluginInfo {
+        let plugin = PluginEntry {
             name: "test-plugin".into(),
             version: "1".into(),
             file: "test-plugin.wasm".into(),

@@ -8,7 +8,18 @@ use std::net::SocketAddrV4;
 use crate::wire::Protocol;
 
 /// Health of a real server as the director sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ServerState {
     /// Takes new connections.
     Up,

@@ -13,11 +13,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use pcap::{Capture, Linktype, Offline, PacketHeader, Savefile};
 
-use crate::Interface;
-use crate::binding::BindingTable;
-use crate::config::Config;
-use crate::director::{Counters, Director, Layer2, Verdict};
+use crate::assemble::Assembly;
+use crate::director::{Counters, Layer2, Verdict};
 use crate::wire::{self, Transport};
+use crate::{Interface, Sides};
 
 /// How often, in capture time, the director's tick runs during a replay.
 const TICK: Duration = Duration::from_millis(100);
@@ -46,51 +45,49 @@ pub struct Event {
 /// Totals of a replay.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
-    pub frames_in: [u64; 2],
-    pub frames_out: [u64; 2],
+    pub frames_in: Sides<u64>,
+    pub frames_out: Sides<u64>,
     /// The director's counters at the end of the replay.
     pub counters: Counters,
 }
 
-/// Replays the inputs through a director built from `config`, calling `on_event` per input frame.
+/// Replays the inputs through a director built from `assembly` (exactly as `vipd run` would serve it:
+/// the same bindings, binders and policies), calling `on_event` per input frame.
 pub fn replay(
-    config: &Config,
+    assembly: Assembly,
     options: &ReplayOptions,
     mut on_event: impl FnMut(&Event),
 ) -> Result<Summary> {
-    let bindings = BindingTable::from_config(config);
-    let mut director = Director::new(config, bindings, options.layer2);
-    let mut inputs = [
+    let mut director = assembly.director(options.layer2);
+    let mut inputs = Sides::new(
         open_input(options.outside.as_deref())?,
         open_input(options.inside.as_deref())?,
-    ];
-    let mut outputs = [
+    );
+    let mut outputs = Sides::new(
         open_output(options.write_outside.as_deref())?,
         open_output(options.write_inside.as_deref())?,
-    ];
-    let mut heads = [next_frame(&mut inputs[0])?, next_frame(&mut inputs[1])?];
+    );
+    let mut heads = Sides::new(
+        next_frame(&mut inputs.outside)?,
+        next_frame(&mut inputs.inside)?,
+    );
     let mut summary = Summary::default();
     let mut next_tick = Duration::ZERO;
     let mut buf = Vec::with_capacity(65536);
 
     loop {
         // The earlier of the two heads; on a tie the outside goes first.
-        let side = match (&heads[0], &heads[1]) {
-            (Some(a), Some(b)) => usize::from(b.0 < a.0),
-            (Some(_), None) => 0,
-            (None, Some(_)) => 1,
+        let from = match (&heads.outside, &heads.inside) {
+            (Some(a), Some(b)) if b.0 < a.0 => Interface::Inside,
+            (Some(_), _) => Interface::Outside,
+            (None, Some(_)) => Interface::Inside,
             (None, None) => break,
         };
-        let Some((time, header, data)) = heads[side].take() else {
+        let Some((time, header, data)) = heads[from].take() else {
             break;
         };
-        heads[side] = next_frame(&mut inputs[side])?;
-        let from = if side == 0 {
-            Interface::Outside
-        } else {
-            Interface::Inside
-        };
-        summary.frames_in[side] += 1;
+        heads[from] = next_frame(&mut inputs[from])?;
+        summary.frames_in[from] += 1;
 
         if time >= next_tick {
             next_tick = time + TICK;
@@ -125,7 +122,7 @@ pub fn replay(
             after,
         });
     }
-    for out in outputs.iter_mut().flatten() {
+    for out in outputs.iter_mut().filter_map(|(_, out)| out.as_mut()) {
         out.flush().context("flushing an output capture")?;
     }
     summary.counters = director.counters().clone();
@@ -176,14 +173,14 @@ fn next_frame(input: &mut Option<Capture<Offline>>) -> Result<Option<Frame>> {
 }
 
 fn write_frame(
-    outputs: &mut [Option<Savefile>; 2],
+    outputs: &mut Sides<Option<Savefile>>,
     summary: &mut Summary,
     to: Interface,
     at: &PacketHeader,
     frame: &[u8],
 ) {
-    summary.frames_out[to as usize] += 1;
-    if let Some(out) = &mut outputs[to as usize] {
+    summary.frames_out[to] += 1;
+    if let Some(out) = &mut outputs[to] {
         let header = PacketHeader {
             ts: at.ts,
             caplen: frame.len() as u32,

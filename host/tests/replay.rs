@@ -6,15 +6,16 @@ use std::path::{Path, PathBuf};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use vipd::Interface;
-use vipd::config::Config;
+use vipd::assemble::Assembly;
 use vipd::director::{DropReason, Layer2, Verdict};
 use vipd::replay::{Event, ReplayOptions, Summary, replay};
+use vipd::wire::MacAddr;
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 const HOST_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x0a];
 const L2: Layer2 = Layer2 {
-    outside_mac: [0x02, 0, 0, 0, 0, 0x01],
-    inside_mac: [0x02, 0, 0, 0, 0, 0x02],
+    outside_mac: MacAddr([0x02, 0, 0, 0, 0, 0x01]),
+    inside_mac: MacAddr([0x02, 0, 0, 0, 0, 0x02]),
     inside_ip: Ipv4Addr::UNSPECIFIED,
 };
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
@@ -51,7 +52,8 @@ struct Run {
 
 fn run(scenario: &str, config: &str) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::load(&fixtures().join(config)).unwrap_or_else(|e| panic!("{e}"));
+    let assembly =
+        Assembly::load(&fixtures().join(config), None).unwrap_or_else(|e| panic!("{e:#}"));
     let options = ReplayOptions {
         outside: Some(fixtures().join(format!("{scenario}.outside.pcap"))),
         inside: Some(fixtures().join(format!("{scenario}.inside.pcap"))),
@@ -60,7 +62,7 @@ fn run(scenario: &str, config: &str) -> Run {
         layer2: L2,
     };
     let mut events = Vec::new();
-    let summary = replay(&config, &options, |e| events.push(e.clone())).unwrap();
+    let summary = replay(assembly, &options, |e| events.push(e.clone())).unwrap();
     Run {
         events,
         summary,
@@ -175,7 +177,7 @@ fn patent_example_round_trip() {
         assert_eq!(s.src, (CLIENT, 40000 + n));
         assert_eq!(s.dst, (HOST_A, 8000 + n), "site{n} goes to port 800{n}");
         assert_eq!(s.dst_mac, HOST_A_MAC);
-        assert_eq!(s.src_mac, L2.inside_mac);
+        assert_eq!(s.src_mac, L2.inside_mac.0);
     }
     for s in &r.outside {
         let n = s.dst.1 - 40000;
@@ -189,7 +191,7 @@ fn patent_example_round_trip() {
             s.dst_mac, CLIENT_MAC,
             "back to the MAC the client's frames came from"
         );
-        assert_eq!(s.src_mac, L2.outside_mac);
+        assert_eq!(s.src_mac, L2.outside_mac.0);
     }
     let bodies: Vec<_> = r
         .outside

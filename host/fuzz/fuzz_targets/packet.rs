@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use vipd::Interface;
-use vipd::binding::BindingTable;
+use vipd::assemble::Assembly;
 use vipd::config::Config;
-use vipd::director::{Director, Layer2, Verdict};
+use vipd::director::{Layer2, Verdict};
+use vipd::wire::MacAddr;
 
 const CONFIG: &str = include_str!("../../../tests/fixtures/binding-modes.toml");
 
@@ -22,8 +23,13 @@ fn config() -> &'static Config {
 
 fuzz_target!(|data: &[u8]| {
     let config = config();
-    let l2 = Layer2 { outside_mac: [2, 0, 0, 0, 0, 1], inside_mac: [2, 0, 0, 0, 0, 2], inside_ip: Ipv4Addr::UNSPECIFIED };
-    let mut director = Director::new(config, BindingTable::from_config(config), l2);
+    let l2 = Layer2 {
+        outside_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        inside_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+        inside_ip: Ipv4Addr::UNSPECIFIED,
+    };
+    let assembly = Assembly::new(Path::new("binding-modes.toml"), config.clone(), None).expect("fixture assembles");
+    let mut director = assembly.director(l2);
     let mut now = Duration::ZERO;
     // The input is a sequence of frames: [side+time byte][len hi][len lo][frame bytes...].
     let mut rest = data;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use notify::{RecursiveMode, Watcher};
 
-use super::{PluginHandle, PluginHost, plugin_name};
+use super::{PluginEntry, PluginHandle, PluginHost, plugin_name};
 
 /// How long a file's size and modification time must stay the same before it is loaded.
 pub const SETTLE: Duration = Duration::from_millis(200);
@@ -88,6 +88,38 @@ impl PluginDir {
             .collect();
         v.sort_by(|a, b| a.name().cmp(b.name()));
         v
+    }
+
+    /// What `/status` and `/metrics` list: every plugin seen, sorted by name. A file that never loaded is
+    /// listed too (version `none`), so its refusals show.
+    pub fn entries(&self) -> Vec<PluginEntry> {
+        self.plugins()
+            .into_iter()
+            .map(|handle| {
+                let loaded = handle.current();
+                PluginEntry {
+                    name: handle.name().to_string(),
+                    version: loaded
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), |l| l.version().to_string()),
+                    file: loaded.as_ref().map_or_else(
+                        || {
+                            self.dir
+                                .join(format!("{}.wasm", handle.name()))
+                                .display()
+                                .to_string()
+                        },
+                        |l| l.path().display().to_string(),
+                    ),
+                    modified: loaded
+                        .as_ref()
+                        .and_then(|l| l.modified())
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs()),
+                    stats: Arc::clone(handle.stats()),
+                }
+            })
+            .collect()
     }
 }
 

@@ -246,6 +246,19 @@ impl fmt::Display for PluginInfo {
     }
 }
 
+/// A plugin of the watched folder as `/status` and `/metrics` list it ([`PluginDir::entries`]).
+#[derive(Clone, Debug)]
+pub struct PluginEntry {
+    pub name: String,
+    /// The version serving, `none` when no version of the file ever loaded.
+    pub version: String,
+    pub file: String,
+    /// File modification time, seconds since the Unix epoch.
+    pub modified: u64,
+    /// Its calls, reloads and plugin-defined metrics, for `/metrics`.
+    pub stats: Arc<PluginStats>,
+}
+
 /// A plugin by name whose current version may be swapped ([`PluginDir`]); what selectors and binders hold.
 #[derive(Clone)]
 pub struct PluginHandle {

@@ -4,8 +4,21 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use strum::{EnumCount, VariantArray};
+
 /// How one `select` call ended; each is a `result` label of `vipd_plugin_calls_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum CallResult {
     /// The plugin picked an eligible candidate.
     Ok,
@@ -26,30 +39,9 @@ pub enum CallResult {
 }
 
 impl CallResult {
-    /// Every result, in label order.
-    pub const ALL: [CallResult; 8] = [
-        CallResult::Ok,
-        CallResult::Reject,
-        CallResult::Deferred,
-        CallResult::Trap,
-        CallResult::Timeout,
-        CallResult::Memory,
-        CallResult::BadAnswer,
-        CallResult::Quarantined,
-    ];
-
     /// The metric label.
     pub fn as_str(self) -> &'static str {
-        match self {
-            CallResult::Ok => "ok",
-            CallResult::Reject => "reject",
-            CallResult::Deferred => "deferred",
-            CallResult::Trap => "trap",
-            CallResult::Timeout => "timeout",
-            CallResult::Memory => "memory",
-            CallResult::BadAnswer => "bad_answer",
-            CallResult::Quarantined => "quarantined",
-        }
+        self.into()
     }
 
     /// Whether the built-in round-robin served the connection instead of the plugin.
@@ -89,7 +81,7 @@ pub enum MetricKind {
 /// Counters of one plugin (by name, across its versions and all virtual ports using it).
 #[derive(Debug, Default)]
 pub struct PluginStats {
-    calls: [AtomicU64; CallResult::ALL.len()],
+    calls: [AtomicU64; CallResult::COUNT],
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     duration_sum_ns: AtomicU64,
@@ -123,7 +115,7 @@ impl PluginStats {
 
     /// Calls that round-robin served instead of the plugin.
     pub fn fallbacks(&self) -> u64 {
-        CallResult::ALL
+        CallResult::VARIANTS
             .iter()
             .filter(|r| r.is_fallback())
             .map(|&r| self.calls(r))

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::policy::{Candidate, NewConnection, Selection, Selector, ServerState};
 use crate::wire::Protocol;
+use strum::VariantArray;
 
 fn plugins_dir() -> PathBuf {
     let dir = std::env::var_os("VIPD_TEST_PLUGINS")
@@ -250,7 +251,10 @@ fn unbounded_allocation_hits_memory_limit() {
     let c = [candidate(0, 1)];
     assert_eq!(pick(&mut s, 0, &c), 0);
     let st = s.plugin().stats();
-    let r: Vec<_> = CallResult::ALL.iter().map(|&r| (r, st.calls(r))).collect();
+    let r: Vec<_> = CallResult::VARIANTS
+        .iter()
+        .map(|&r| (r, st.calls(r)))
+        .collect();
     assert_eq!(st.calls(CallResult::Memory), 1, "{r:?}");
 }
 

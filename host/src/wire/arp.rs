@@ -13,10 +13,7 @@ use etherparse::{
 };
 
 use super::build::pad;
-use super::{ETHERNET_HEADER_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4};
-
-/// The Ethernet broadcast address.
-pub const BROADCAST: [u8; 6] = [0xFF; 6];
+use super::{ETHERNET_HEADER_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, MacAddr};
 
 /// The ARP operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,14 +26,10 @@ pub enum ArpOp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Arp {
     pub operation: ArpOp,
-    pub sender_mac: [u8; 6],
+    pub sender_mac: MacAddr,
     pub sender_ip: Ipv4Addr,
-    pub target_mac: [u8; 6],
+    pub target_mac: MacAddr,
     pub target_ip: Ipv4Addr,
-}
-
-fn mac(b: &[u8]) -> Option<[u8; 6]> {
-    b.try_into().ok()
 }
 
 fn ipv4(b: &[u8]) -> Option<Ipv4Addr> {
@@ -65,15 +58,15 @@ pub fn parse_arp(frame: &[u8]) -> Option<Arp> {
     };
     Some(Arp {
         operation,
-        sender_mac: mac(arp.sender_hw_addr())?,
+        sender_mac: MacAddr::from_slice(arp.sender_hw_addr())?,
         sender_ip: ipv4(arp.sender_protocol_addr())?,
-        target_mac: mac(arp.target_hw_addr())?,
+        target_mac: MacAddr::from_slice(arp.target_hw_addr())?,
         target_ip: ipv4(arp.target_protocol_addr())?,
     })
 }
 
 /// Writes one ARP frame; 0 if `out` is too small.
-fn build(eth_dst: [u8; 6], arp: &Arp, out: &mut [u8]) -> usize {
+fn build(eth_dst: MacAddr, arp: &Arp, out: &mut [u8]) -> usize {
     let operation = match arp.operation {
         ArpOp::Request => ArpOperation::REQUEST,
         ArpOp::Reply => ArpOperation::REPLY,
@@ -82,14 +75,14 @@ fn build(eth_dst: [u8; 6], arp: &Arp, out: &mut [u8]) -> usize {
         ArpHardwareId::ETHERNET,
         EtherType::IPV4,
         operation,
-        &arp.sender_mac,
+        &arp.sender_mac.0,
         &arp.sender_ip.octets(),
-        &arp.target_mac,
+        &arp.target_mac.0,
         &arp.target_ip.octets(),
     ) else {
         return 0;
     };
-    PacketBuilder::ethernet2(arp.sender_mac, eth_dst)
+    PacketBuilder::ethernet2(arp.sender_mac.0, eth_dst.0)
         .arp(packet)
         .write_to_slice(out)
         .map_or(0, |len| pad(out, len))
@@ -97,7 +90,7 @@ fn build(eth_dst: [u8; 6], arp: &Arp, out: &mut [u8]) -> usize {
 
 /// A broadcast request asking who has `target_ip`.
 pub fn build_arp_request(
-    our_mac: [u8; 6],
+    our_mac: MacAddr,
     our_ip: Ipv4Addr,
     target_ip: Ipv4Addr,
     out: &mut [u8],
@@ -106,14 +99,14 @@ pub fn build_arp_request(
         operation: ArpOp::Request,
         sender_mac: our_mac,
         sender_ip: our_ip,
-        target_mac: [0; 6],
+        target_mac: MacAddr::ZERO,
         target_ip,
     };
-    build(BROADCAST, &arp, out)
+    build(MacAddr::BROADCAST, &arp, out)
 }
 
 /// The reply to the request `to`: `our_ip` is at `our_mac`, sent to the requester's MAC.
-pub fn build_arp_reply(our_mac: [u8; 6], our_ip: Ipv4Addr, to: &Arp, out: &mut [u8]) -> usize {
+pub fn build_arp_reply(our_mac: MacAddr, our_ip: Ipv4Addr, to: &Arp, out: &mut [u8]) -> usize {
     let arp = Arp {
         operation: ArpOp::Reply,
         sender_mac: our_mac,
@@ -125,15 +118,15 @@ pub fn build_arp_reply(our_mac: [u8; 6], our_ip: Ipv4Addr, to: &Arp, out: &mut [
 }
 
 /// A gratuitous ARP announcing that `ip` is at `our_mac`: a broadcast request with sender = target = `ip`.
-pub fn build_gratuitous_arp(our_mac: [u8; 6], ip: Ipv4Addr, out: &mut [u8]) -> usize {
+pub fn build_gratuitous_arp(our_mac: MacAddr, ip: Ipv4Addr, out: &mut [u8]) -> usize {
     let arp = Arp {
         operation: ArpOp::Request,
         sender_mac: our_mac,
         sender_ip: ip,
-        target_mac: [0; 6],
+        target_mac: MacAddr::ZERO,
         target_ip: ip,
     };
-    build(BROADCAST, &arp, out)
+    build(MacAddr::BROADCAST, &arp, out)
 }
 
 #[cfg(test)]
@@ -141,8 +134,8 @@ mod tests {
     use super::*;
     use etherparse::{NetSlice, SlicedPacket};
 
-    const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-    const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    const OUR_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const PEER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
     const OUR_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
@@ -160,7 +153,7 @@ mod tests {
         let mut out = [0xAAu8; 128];
         let n = build_arp_request(OUR_MAC, OUR_IP, PEER_IP, &mut out);
         assert_eq!(n, 60);
-        assert_eq!(&out[0..6], &BROADCAST);
+        assert_eq!(&out[0..6], &MacAddr::BROADCAST.0);
         assert!(out[42..60].iter().all(|&b| b == 0), "padding is zero");
         let a = parse_arp(&out[..n]).unwrap();
         assert_eq!(
@@ -169,7 +162,7 @@ mod tests {
                 operation: ArpOp::Request,
                 sender_mac: OUR_MAC,
                 sender_ip: OUR_IP,
-                target_mac: [0; 6],
+                target_mac: MacAddr::ZERO,
                 target_ip: PEER_IP
             }
         );
@@ -187,8 +180,8 @@ mod tests {
         let mut out = [0u8; 60];
         let n = build_arp_reply(OUR_MAC, OUR_IP, &request, &mut out);
         assert_eq!(n, 60);
-        assert_eq!(&out[0..6], &PEER_MAC);
-        assert_eq!(&out[6..12], &OUR_MAC);
+        assert_eq!(&out[0..6], &PEER_MAC.0);
+        assert_eq!(&out[6..12], &OUR_MAC.0);
         let a = parse_arp(&out[..n]).unwrap();
         assert_eq!(
             a,
@@ -212,7 +205,7 @@ mod tests {
         assert_eq!(a.operation, ArpOp::Request);
         assert_eq!(a.sender_ip, OUR_IP);
         assert_eq!(a.target_ip, OUR_IP);
-        assert_eq!(&out[0..6], &BROADCAST);
+        assert_eq!(&out[0..6], &MacAddr::BROADCAST.0);
     }
 
     /// A buffer shorter than the padded frame yields 0.

@@ -6,7 +6,8 @@
 use etherparse::{Icmpv4Type, PacketBuilder, icmpv4::DestUnreachableHeader};
 
 use super::{
-    ICMP_HEADER_LEN, ICMP_QUOTED_DATA_LEN, Icmp, MIN_FRAME_LEN, Packet, TcpFlags, Transport, be16,
+    ICMP_HEADER_LEN, ICMP_QUOTED_DATA_LEN, Icmp, MIN_FRAME_LEN, MacAddr, Packet, TcpFlags,
+    Transport, be16,
 };
 
 /// TTL of generated packets.
@@ -29,7 +30,7 @@ pub(crate) fn pad(out: &mut [u8], len: usize) -> usize {
 /// A RST+ACK answering the TCP segment `p` (RFC 793 "Reset Generation"): from `p.dst:dport` to
 /// `p.src:sport`, seq = `p.ack` if ACK was set else 0, ack = `p.seq` + the segment's length (payload, plus
 /// one each for SYN and FIN).
-pub fn build_tcp_rst(p: &Packet, our_mac: [u8; 6], out: &mut [u8]) -> usize {
+pub fn build_tcp_rst(p: &Packet, our_mac: MacAddr, out: &mut [u8]) -> usize {
     let Transport::Tcp {
         src_port,
         dst_port,
@@ -49,7 +50,7 @@ pub fn build_tcp_rst(p: &Packet, our_mac: [u8; 6], out: &mut [u8]) -> usize {
     let seg_len = u32::from(payload_len)
         + u32::from(flags.contains(TcpFlags::SYN))
         + u32::from(flags.contains(TcpFlags::FIN));
-    let len = PacketBuilder::ethernet2(our_mac, p.src_mac)
+    let len = PacketBuilder::ethernet2(our_mac.0, p.src_mac.0)
         .ipv4(p.dst.octets(), p.src.octets(), TTL)
         .tcp(dst_port, src_port, rst_seq, 0)
         .rst()
@@ -63,14 +64,14 @@ pub fn build_tcp_rst(p: &Packet, our_mac: [u8; 6], out: &mut [u8]) -> usize {
 pub fn build_icmp_port_unreachable(
     frame: &[u8],
     p: &Packet,
-    our_mac: [u8; 6],
+    our_mac: MacAddr,
     out: &mut [u8],
 ) -> usize {
     let quote_end = p.end.min(p.l4.saturating_add(ICMP_QUOTED_DATA_LEN));
     let Some(quoted) = frame.get(p.ip..quote_end) else {
         return 0;
     };
-    let len = PacketBuilder::ethernet2(our_mac, p.src_mac)
+    let len = PacketBuilder::ethernet2(our_mac.0, p.src_mac.0)
         .ipv4(p.dst.octets(), p.src.octets(), TTL)
         .icmpv4(Icmpv4Type::DestinationUnreachable(
             DestUnreachableHeader::Port,
@@ -81,7 +82,7 @@ pub fn build_icmp_port_unreachable(
 
 /// An ICMP echo reply to the echo request `p`, from `p.dst` to `p.src`, with its identifier, sequence
 /// number and data (RFC 792).
-pub fn build_icmp_echo_reply(frame: &[u8], p: &Packet, our_mac: [u8; 6], out: &mut [u8]) -> usize {
+pub fn build_icmp_echo_reply(frame: &[u8], p: &Packet, our_mac: MacAddr, out: &mut [u8]) -> usize {
     if p.transport != Transport::Icmp(Icmp::EchoRequest) {
         return 0;
     }
@@ -91,7 +92,7 @@ pub fn build_icmp_echo_reply(frame: &[u8], p: &Packet, our_mac: [u8; 6], out: &m
     let Some(data) = frame.get(p.l4 + ICMP_HEADER_LEN..p.end) else {
         return 0;
     };
-    let len = PacketBuilder::ethernet2(our_mac, p.src_mac)
+    let len = PacketBuilder::ethernet2(our_mac.0, p.src_mac.0)
         .ipv4(p.dst.octets(), p.src.octets(), TTL)
         .icmpv4_echo_reply(id, seq)
         .write_to_slice(out, data);

@@ -18,6 +18,7 @@
 pub mod arp;
 mod build;
 pub mod checksum;
+mod ethernet;
 mod rewrite;
 
 use std::net::Ipv4Addr;
@@ -28,6 +29,7 @@ use etherparse::{
 
 pub use arp::{Arp, ArpOp, build_arp_reply, build_arp_request, build_gratuitous_arp, parse_arp};
 pub use build::{build_icmp_echo_reply, build_icmp_port_unreachable, build_tcp_rst};
+pub use ethernet::{MacAddr, ParseMacError};
 pub use rewrite::{
     rewrite_destination, rewrite_icmp_error_inbound, rewrite_icmp_error_outbound, rewrite_source,
     set_macs,
@@ -57,7 +59,10 @@ const ICMP_DEST_UNREACHABLE: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 
 /// Transport protocols the director translates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -74,7 +79,18 @@ impl Protocol {
 }
 
 /// Why a frame cannot be translated; each variant is a drop-reason metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Error {
     /// The EtherType is not IPv4 (ARP is handled by [`parse_arp`]; VLAN-tagged frames land here too).
     NotIpv4,
@@ -97,32 +113,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// Every variant, for registering metric labels up front.
-    pub const ALL: [Error; 9] = [
-        Error::NotIpv4,
-        Error::Truncated,
-        Error::BadIpHeader,
-        Error::BadIpChecksum,
-        Error::Fragment,
-        Error::UnsupportedProtocol,
-        Error::BadTcpHeader,
-        Error::BadUdpHeader,
-        Error::BadIcmp,
-    ];
-
     /// The metric label (snake_case).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Error::NotIpv4 => "not_ipv4",
-            Error::Truncated => "truncated",
-            Error::BadIpHeader => "bad_ip_header",
-            Error::BadIpChecksum => "bad_ip_checksum",
-            Error::Fragment => "fragment",
-            Error::UnsupportedProtocol => "unsupported_protocol",
-            Error::BadTcpHeader => "bad_tcp_header",
-            Error::BadUdpHeader => "bad_udp_header",
-            Error::BadIcmp => "bad_icmp",
-        }
+        self.into()
     }
 }
 
@@ -175,8 +168,8 @@ impl std::ops::BitOr for TcpFlags {
 /// What parsing found: offsets into the frame and the header fields the director decides on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
     /// Offset of the IPv4 header (14: untagged Ethernet).
     pub ip: usize,
     /// Offset of the transport header (`ip + IHL*4`).
@@ -296,8 +289,8 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Error> {
         _ => return Err(Error::UnsupportedProtocol),
     };
     Ok(Packet {
-        src_mac: eth.source(),
-        dst_mac: eth.destination(),
+        src_mac: MacAddr(eth.source()),
+        dst_mac: MacAddr(eth.destination()),
         ip,
         l4,
         end,

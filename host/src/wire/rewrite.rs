@@ -7,7 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::checksum;
-use super::{Icmp, Packet, Protocol, Transport, be16};
+use super::{Icmp, MacAddr, Packet, Protocol, Transport, be16};
 
 const IP_CHECKSUM: usize = 10;
 const IP_SRC: usize = 12;
@@ -155,9 +155,9 @@ pub fn rewrite_source(frame: &mut [u8], p: &Packet, addr: Ipv4Addr, port: u16) {
 }
 
 /// Sets the Ethernet source and destination addresses.
-pub fn set_macs(frame: &mut [u8], src: [u8; 6], dst: [u8; 6]) {
-    let _ = write_bytes(frame, 0, &dst);
-    let _ = write_bytes(frame, 6, &src);
+pub fn set_macs(frame: &mut [u8], src: MacAddr, dst: MacAddr) {
+    let _ = write_bytes(frame, 0, &dst.0);
+    let _ = write_bytes(frame, 6, &src.0);
 }
 
 /// Translates an ICMP error: one end of the outer packet (optional) and one end of the quoted one.

@@ -8,11 +8,13 @@ use etherparse::{
 };
 use proptest::prelude::*;
 
+use strum::VariantArray;
+
 use super::*;
 
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
-const DIRECTOR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xd1];
-const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x51];
+const CLIENT_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xc1]);
+const DIRECTOR_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xd1]);
+const SERVER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x51]);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const REAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 21);
@@ -28,7 +30,7 @@ fn tcp_frame(
     flags: TcpFlags,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
         .ipv4(src.octets(), dst.octets(), 64)
         .tcp(sport, dport, 1000, 64240);
     if flags.contains(TcpFlags::SYN) {
@@ -53,7 +55,7 @@ fn tcp_frame(
 
 fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+    PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
         .ipv4(src.octets(), dst.octets(), 64)
         .udp(sport, dport)
         .write(&mut v, payload)
@@ -63,7 +65,7 @@ fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8
 
 fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+    PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
         .ipv4(src.octets(), dst.octets(), 64)
         .icmpv4_echo_request(id, seq)
         .write(&mut v, payload)
@@ -85,7 +87,7 @@ fn icmp_error(
         None => ip,
     };
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+    PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
         .ipv4(src.octets(), dst.octets(), 64)
         .icmpv4(kind)
         .write(&mut v, q)
@@ -329,7 +331,7 @@ fn parse_icmp_error_about_icmp() {
 #[test]
 fn parse_icmp_other() {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+    PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
         .ipv4(CLIENT.octets(), VIP.octets(), 64)
         .icmpv4_echo_reply(1, 1)
         .write(&mut v, &[])
@@ -371,7 +373,7 @@ fn parse_ethernet_padding() {
 #[test]
 fn error_labels() {
     let mut seen = std::collections::HashSet::new();
-    for e in Error::ALL {
+    for &e in Error::VARIANTS {
         let s = e.as_str();
         assert!(
             s.chars()
@@ -824,7 +826,7 @@ fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
                 let mut f = match kind {
                     0 => {
                         let mut v = Vec::new();
-                        PacketBuilder::ethernet2(CLIENT_MAC, DIRECTOR_MAC)
+                        PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
                             .ipv4(src.octets(), dst.octets(), 64)
                             .tcp(sp, dp, seq, 1024)
                             .write(&mut v, &payload)

@@ -1,0 +1,248 @@
+//! The director (patent FIGS. 5 to 9): one frame and `now` in, a [`Verdict`] out.
+//!
+//! The director owns the connection table, the live state of every real server and its neighbour (MAC)
+//! entries, and one [`Selector`] per virtual port. It is driven by one thread: the live capture loop, the pcap
+//! replay, a test or a fuzzer, all the same way. Pure: no I/O, no clock, no allocation per packet, no lock.
+//!
+//! One job per file, all of them `impl Director`:
+//! - [`path`]: the packet path. From the outside, a frame to a virtual address is looked up by (client,
+//!   virtual address); a SYN with no connection opens one, or is refused (RST; ICMP port unreachable for UDP);
+//!   the destination is rewritten to the real server and the frame leaves on the inside. From the inside, a
+//!   frame from a real server is looked up by (real server, client), its source is rewritten to the virtual
+//!   address and it leaves on the outside. ICMP errors about a connection are translated both ways.
+//! - [`select`]: how a SYN picks a server: the bound targets with live state, backups standing in for failed
+//!   servers, trial connections, the port's policy, and re-selection when a server ditches a connection.
+//! - [`reals`]: the real servers' live state (patent FIG. 6B: state, ditched connections, failure threshold,
+//!   backup), fed by ditched connections, active health checks and the operator; every change is queued with
+//!   its reason for [`Director::drain_events`]. The rules are in docs/failure-handling.md.
+//! - [`neighbours`]: Layer 2: ARP answers for virtual addresses, gratuitous ARP, the real servers' MACs.
+//! - [`stats`]: counters, drop reasons, and the [`Snapshot`] published for metrics and the admin API.
+//! - [`install`]: putting a new binding table and its selectors in place (start and reload).
+//!
+//! What fails: every frame that cannot be translated is dropped with a [`DropReason`] and counted; nothing on
+//! this path panics on packet bytes.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hashbrown::HashMap;
+
+use crate::Interface;
+use crate::binding::BindingTable;
+use crate::config::Config;
+use crate::conntable::ConnTable;
+use crate::policy::{Candidate, RoundRobin, Selector};
+use crate::wire::MacAddr;
+
+mod install;
+mod neighbours;
+mod path;
+mod reals;
+mod select;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use reals::{RealLive, StateChange, StateReason, UnknownReal};
+pub use stats::{Counters, DropReason, FlowCount, Handled, PerReason, Published, Snapshot};
+
+use neighbours::Neighbour;
+use reals::{EVENT_CAPACITY, Health};
+use stats::release;
+
+/// Largest frame the director generates (an ICMP echo reply to a full-size request).
+const REPLY_CAPACITY: usize = 2048;
+/// Connections examined per tick at most, so a tick never stalls the data path.
+const EXPIRE_BUDGET: usize = 4096;
+
+/// What to do with a frame after [`Director::handle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The frame was rewritten in place; send it out of this interface.
+    Forward(Interface),
+    /// A generated frame is in [`Director::reply`]; send it out of this interface. The original is dropped.
+    Reply(Interface),
+    /// The frame is dropped, for this reason.
+    Drop(DropReason),
+    /// The frame was for the director itself (an ARP answer) and has been taken in.
+    Consumed,
+}
+
+/// The director's own Layer-2 identity on each side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layer2 {
+    pub outside_mac: MacAddr,
+    pub inside_mac: MacAddr,
+    /// Sender address of ARP requests for real servers; `0.0.0.0` (an ARP probe) when the inside has none.
+    pub inside_ip: Ipv4Addr,
+}
+
+/// The packet path. See the module documentation.
+pub struct Director {
+    bindings: Arc<BindingTable>,
+    selectors: Vec<Box<dyn Selector>>,
+    reals: Vec<RealLive>,
+    /// Parallel to `reals`.
+    health: Vec<Health>,
+    events: VecDeque<StateChange>,
+    /// The latest `now` seen, for state changes made without one (a reload).
+    now: Duration,
+    neighbours: HashMap<Ipv4Addr, Neighbour>,
+    table: ConnTable,
+    l2: Layer2,
+    syn_retries: u8,
+    counters: Counters,
+    /// Scratch for generated frames, and for the candidates of a new connection: reused, never reallocated.
+    reply: Box<[u8]>,
+    reply_len: usize,
+    candidates: Vec<Candidate>,
+    announce_left: u8,
+    announce_next: Duration,
+    published: Published,
+    /// When the last snapshot was published, and whether one is due at the next tick regardless.
+    published_at: Option<Duration>,
+    publish_due: bool,
+    /// Per (virtual port, real server): `port_id * reals.len() + real_id`; sized at install, never per packet.
+    flows: Vec<FlowCount>,
+    /// Per virtual machine, by [`DropReason`] index; sized at install.
+    rejected: Vec<PerReason>,
+}
+
+impl Director {
+    /// A director for `bindings`, with the built-in policy (or the given selectors, one per virtual port).
+    pub fn new(config: &Config, bindings: BindingTable, l2: Layer2) -> Director {
+        let selectors = bindings
+            .ports
+            .iter()
+            .map(|_| Box::new(RoundRobin::new()) as Box<dyn Selector>)
+            .collect();
+        Director::with_selectors(config, bindings, selectors, l2)
+    }
+
+    /// A director whose virtual port `i` is served by `selectors[i]`.
+    pub fn with_selectors(
+        config: &Config,
+        bindings: BindingTable,
+        selectors: Vec<Box<dyn Selector>>,
+        l2: Layer2,
+    ) -> Director {
+        assert_eq!(
+            selectors.len(),
+            bindings.ports.len(),
+            "one selector per virtual port"
+        );
+        let max_targets = bindings
+            .ports
+            .iter()
+            .map(|p| p.targets.len())
+            .max()
+            .unwrap_or(0);
+        let mut director = Director {
+            bindings: Arc::new(BindingTable::default()),
+            selectors: Vec::new(),
+            reals: Vec::new(),
+            health: Vec::new(),
+            events: VecDeque::with_capacity(EVENT_CAPACITY),
+            now: Duration::ZERO,
+            neighbours: HashMap::new(),
+            table: ConnTable::new(config.director.max_connections as usize, config.timeouts),
+            l2,
+            syn_retries: config.director.syn_retries.min(254) as u8,
+            counters: Counters::default(),
+            reply: vec![0; REPLY_CAPACITY].into_boxed_slice(),
+            reply_len: 0,
+            candidates: Vec::with_capacity(max_targets),
+            announce_left: 0,
+            announce_next: Duration::ZERO,
+            published: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            published_at: None,
+            publish_due: true,
+            flows: Vec::new(),
+            rejected: Vec::new(),
+        };
+        director.install(bindings, selectors);
+        director.set_checked(config);
+        director
+    }
+
+    /// The binding table in force.
+    pub fn bindings(&self) -> &Arc<BindingTable> {
+        &self.bindings
+    }
+
+    /// The frame generated by the last [`Verdict::Reply`].
+    pub fn reply(&self) -> &[u8] {
+        &self.reply[..self.reply_len]
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn reals(&self) -> &[RealLive] {
+        &self.reals
+    }
+
+    pub fn table(&self) -> &ConnTable {
+        &self.table
+    }
+
+    /// Handles one frame that arrived on `from` at `now`.
+    pub fn handle(&mut self, from: Interface, frame: &mut [u8], now: Duration) -> Verdict {
+        let side = from;
+        self.now = now;
+        self.counters.rx_frames[side] += 1;
+        self.counters.rx_bytes[side] += frame.len() as u64;
+        let verdict = match from {
+            Interface::Outside => self.inbound(frame, now),
+            Interface::Inside => self.outbound(frame, now),
+        };
+        let handled = match verdict {
+            Verdict::Forward(to) => {
+                self.counters.forwarded[to] += 1;
+                self.counters.tx_bytes[to] += frame.len() as u64;
+                Handled::Forwarded
+            }
+            Verdict::Reply(to) => {
+                self.counters.generated[to] += 1;
+                self.counters.tx_bytes[to] += self.reply_len as u64;
+                Handled::Replied
+            }
+            Verdict::Drop(reason) => {
+                self.counters.drops[side][reason as usize] += 1;
+                Handled::Dropped
+            }
+            Verdict::Consumed => Handled::Consumed,
+        };
+        self.counters.handled[side][handled as usize] += 1;
+        verdict
+    }
+
+    /// Periodic work: expires idle connections (bounded), refreshes neighbours, announces virtual
+    /// addresses, and publishes a [`Snapshot`]. Frames to send go through `send`.
+    pub fn tick(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8])) {
+        self.now = now;
+        self.expire(now, EXPIRE_BUDGET);
+        self.resolve_neighbours(now, send);
+        self.announce(now, send);
+        self.publish_if_due(now);
+    }
+
+    /// Removes up to `budget` idle connections.
+    pub fn expire(&mut self, now: Duration, budget: usize) {
+        let Director {
+            table,
+            reals,
+            counters,
+            flows,
+            ..
+        } = self;
+        table.expire(now, budget, |conn| {
+            counters.expired += 1;
+            release(reals, flows, conn);
+        });
+    }
+}

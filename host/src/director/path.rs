@@ -1,0 +1,414 @@
+//! The packet path (patent FIGS. 7, 8 and 9): frames from clients and from real servers.
+//!
+//! - From the outside: ARP requests for virtual addresses are answered ([`super::neighbours`]); a frame to a
+//!   virtual address is looked up by (client, virtual address); a SYN with no connection opens one, its
+//!   server chosen by [`super::select`], or is refused (no such port: RST, or ICMP port unreachable for UDP);
+//!   the destination is rewritten to the real server and the frame leaves on the inside.
+//! - From the inside: a frame from a real server is looked up by (real server, client), its source is
+//!   rewritten to the virtual address and it leaves on the outside, addressed to the MAC the client's frames
+//!   came from. A SYN-ACK establishes the connection; an RST to a SYN ditches it.
+//! - ICMP errors that belong to a connection are translated both ways, embedded header included.
+//!
+//! Any other frame is dropped with its [`DropReason`]. No allocation, lock or plugin call happens here
+//! except through [`Director::select`], once per new connection.
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use super::select::Ditch;
+use super::stats::{flow_mut, release};
+use super::{Director, DropReason, Verdict};
+use crate::Interface;
+use crate::binding::Lookup;
+use crate::conntable::{ConnId, ConnState, Connection, InsertError};
+use crate::wire::{self, Icmp, Packet, Protocol, TcpFlags, Transport};
+
+/// `Connection::syn_resends` of a connection re-given after an RST, until the client's next SYN: that SYN is
+/// the first the new server sees, not a resend. `syn_retries` stays below it.
+const REGIVEN: u8 = u8::MAX;
+
+impl Director {
+    /// Frames from clients (patent FIGS. 7 and 8).
+    pub(super) fn inbound(&mut self, frame: &mut [u8], now: Duration) -> Verdict {
+        if let Some(arp) = wire::parse_arp(frame) {
+            return self.arp_outside(&arp);
+        }
+        let p = match wire::parse(frame) {
+            Ok(p) => p,
+            Err(e) => return Verdict::Drop(e.into()),
+        };
+        if self.bindings.virtual_by_address(p.dst).is_none() {
+            return Verdict::Drop(DropReason::NotVirtual);
+        }
+        match p.transport {
+            Transport::Tcp {
+                src_port,
+                dst_port,
+                flags,
+                ..
+            } => self.inbound_flow(frame, &p, Protocol::Tcp, src_port, dst_port, flags, now),
+            Transport::Udp { src_port, dst_port } => self.inbound_flow(
+                frame,
+                &p,
+                Protocol::Udp,
+                src_port,
+                dst_port,
+                TcpFlags(0),
+                now,
+            ),
+            Transport::Icmp(Icmp::EchoRequest) => {
+                self.reply_len =
+                    wire::build_icmp_echo_reply(frame, &p, self.l2.outside_mac, &mut self.reply);
+                self.generated(Interface::Outside)
+            }
+            Transport::Icmp(Icmp::Error { embedded, .. }) => {
+                // The error is about a packet the client side saw from us: virtual -> client.
+                let client = SocketAddrV4::new(embedded.dst, embedded.dst_port);
+                let virt = SocketAddrV4::new(embedded.src, embedded.src_port);
+                let Some(id) = self.table.lookup_inbound(embedded.protocol, client, virt) else {
+                    return Verdict::Drop(DropReason::NoConnection);
+                };
+                let real = self.table.get(id).real;
+                let Some(mac) = self.neighbour(*real.ip()) else {
+                    return Verdict::Drop(DropReason::NoNeighbour);
+                };
+                wire::rewrite_icmp_error_inbound(frame, &p, *real.ip(), real);
+                wire::set_macs(frame, self.l2.inside_mac, mac);
+                Verdict::Forward(Interface::Inside)
+            }
+            Transport::Icmp(Icmp::Other) => Verdict::Drop(DropReason::Ignored),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn inbound_flow(
+        &mut self,
+        frame: &mut [u8],
+        p: &Packet,
+        protocol: Protocol,
+        src_port: u16,
+        dst_port: u16,
+        flags: TcpFlags,
+        now: Duration,
+    ) -> Verdict {
+        let client = SocketAddrV4::new(p.src, src_port);
+        let virt = SocketAddrV4::new(p.dst, dst_port);
+        if protocol == Protocol::Tcp && invalid_flags(flags) {
+            return Verdict::Drop(DropReason::BadTcpFlags);
+        }
+        let opens = match protocol {
+            Protocol::Tcp => flags.contains(TcpFlags::SYN) && !flags.contains(TcpFlags::ACK),
+            Protocol::Udp => true,
+        };
+        let id = match self.table.lookup_inbound(protocol, client, virt) {
+            Some(id) if opens && protocol == Protocol::Tcp => {
+                match self.table.get(id).state {
+                    // A SYN for a connection that already closed: the client reuses its port. Start over.
+                    ConnState::Closing => {
+                        self.close(id);
+                        match self.open(frame, p, protocol, client, virt, now) {
+                            Ok(id) => id,
+                            Err(v) => return v,
+                        }
+                    }
+                    // The first SYN to the server that took over after an RST: not a resend to it.
+                    ConnState::SynSent if self.table.get(id).syn_resends == REGIVEN => {
+                        self.counters.syn_resends += 1;
+                        let conn = self.table.get_mut(id);
+                        conn.syn_resends = 0;
+                        if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), conn) {
+                            f.syn_resends += 1;
+                        }
+                        id
+                    }
+                    // Resent `syn_retries` times and still no SYN-ACK: ditched; this SYN goes elsewhere.
+                    ConnState::SynSent if self.table.get(id).syn_resends >= self.syn_retries => {
+                        self.counters.syn_resends += 1;
+                        if let Some(f) =
+                            flow_mut(&mut self.flows, self.reals.len(), self.table.get(id))
+                        {
+                            f.syn_resends += 1;
+                        }
+                        match self.ditch(id, now) {
+                            Ditch::Moved | Ditch::Kept => id,
+                            Ditch::Nowhere => {
+                                self.close(id);
+                                let virtual_id =
+                                    self.bindings.virtual_by_address(p.dst).unwrap_or(u32::MAX);
+                                return self.refuse(
+                                    frame,
+                                    p,
+                                    protocol,
+                                    virtual_id,
+                                    DropReason::NoServer,
+                                );
+                            }
+                        }
+                    }
+                    // The patent's SYN resend: same connection, same server.
+                    _ => {
+                        self.counters.syn_resends += 1;
+                        let conn = self.table.get_mut(id);
+                        conn.syn_resends = conn.syn_resends.saturating_add(1);
+                        if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), conn) {
+                            f.syn_resends += 1;
+                        }
+                        let real = *conn.real.ip();
+                        self.reask_neighbour(real);
+                        id
+                    }
+                }
+            }
+            Some(id) => id,
+            None if opens => match self.open(frame, p, protocol, client, virt, now) {
+                Ok(id) => id,
+                Err(v) => return v,
+            },
+            None => return Verdict::Drop(DropReason::NoConnection),
+        };
+        self.table.touch(id, now);
+        if protocol == Protocol::Tcp {
+            self.track_client_flags(id, flags, now);
+        }
+        let conn = self.table.get(id);
+        let real = conn.real;
+        let Some(mac) = self.neighbour(*real.ip()) else {
+            return Verdict::Drop(DropReason::NoNeighbour);
+        };
+        wire::rewrite_destination(frame, p, *real.ip(), real.port());
+        wire::set_macs(frame, self.l2.inside_mac, mac);
+        Verdict::Forward(Interface::Inside)
+    }
+
+    /// Creates the connection object for a new connection (patent FIG. 5), or says why not.
+    fn open(
+        &mut self,
+        frame: &[u8],
+        p: &Packet,
+        protocol: Protocol,
+        client: SocketAddrV4,
+        virt: SocketAddrV4,
+        now: Duration,
+    ) -> Result<ConnId, Verdict> {
+        let port_id = match self.bindings.lookup(*virt.ip(), protocol, virt.port()) {
+            Lookup::Port(id) => id,
+            Lookup::UnsupportedPort { virtual_id } => {
+                return Err(self.refuse(
+                    frame,
+                    p,
+                    protocol,
+                    virtual_id,
+                    DropReason::UnsupportedPort,
+                ));
+            }
+            Lookup::NotVirtual => return Err(Verdict::Drop(DropReason::NotVirtual)),
+        };
+        let virtual_id = self
+            .bindings
+            .ports
+            .get(port_id as usize)
+            .map_or(u32::MAX, |port| port.virtual_id);
+        let Some((real_id, target)) = self.select(port_id, client, virt, protocol, None, now)
+        else {
+            return Err(self.refuse(frame, p, protocol, virtual_id, DropReason::NoServer));
+        };
+        let state = match protocol {
+            Protocol::Tcp => ConnState::SynSent,
+            Protocol::Udp => ConnState::Udp,
+        };
+        let conn = Connection {
+            protocol,
+            client,
+            virtual_addr: virt,
+            real: target,
+            client_mac: p.src_mac,
+            real_id,
+            port_id,
+            state,
+            syn_resends: 0,
+            fin_seen: 0,
+            created: now,
+            last_seen: now,
+        };
+        match self.table.insert(conn) {
+            Ok(inserted) => {
+                if let Some(evicted) = inserted.evicted {
+                    match evicted.state {
+                        ConnState::Closing => self.counters.evicted_closing += 1,
+                        _ => self.counters.evicted_half_open += 1,
+                    }
+                    release(&mut self.reals, &mut self.flows, &evicted);
+                }
+                self.counters.connections_created += 1;
+                if let Some(r) = self.reals.get_mut(real_id as usize) {
+                    r.active += 1;
+                    r.total += 1;
+                }
+                if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), &conn) {
+                    f.active += 1;
+                    f.total += 1;
+                }
+                Ok(inserted.id)
+            }
+            Err(InsertError::Full) => {
+                Err(self.refuse(frame, p, protocol, virtual_id, DropReason::TableFull))
+            }
+            Err(InsertError::Collision) => {
+                Err(self.refuse(frame, p, protocol, virtual_id, DropReason::Collision))
+            }
+            // Unreachable: the caller looked the connection up first. Treat as a stray packet.
+            Err(InsertError::Exists) => Err(Verdict::Drop(DropReason::NoConnection)),
+        }
+    }
+
+    /// Answers a connection attempt that cannot be served: RST for TCP, ICMP port unreachable for UDP.
+    fn refuse(
+        &mut self,
+        frame: &[u8],
+        p: &Packet,
+        protocol: Protocol,
+        virtual_id: u32,
+        reason: DropReason,
+    ) -> Verdict {
+        self.counters.refused[reason as usize] += 1;
+        if let Some(r) = self.rejected.get_mut(virtual_id as usize) {
+            r[reason as usize] += 1;
+        }
+        let mac = self.l2.outside_mac;
+        self.reply_len = match protocol {
+            Protocol::Tcp => wire::build_tcp_rst(p, mac, &mut self.reply),
+            Protocol::Udp => wire::build_icmp_port_unreachable(frame, p, mac, &mut self.reply),
+        };
+        if self.reply_len == 0 {
+            Verdict::Drop(reason)
+        } else {
+            Verdict::Reply(Interface::Outside)
+        }
+    }
+
+    pub(super) fn generated(&self, to: Interface) -> Verdict {
+        if self.reply_len == 0 {
+            Verdict::Drop(DropReason::Truncated)
+        } else {
+            Verdict::Reply(to)
+        }
+    }
+
+    fn track_client_flags(&mut self, id: ConnId, flags: TcpFlags, now: Duration) {
+        if flags.contains(TcpFlags::RST) || flags.contains(TcpFlags::FIN) {
+            let conn = self.table.get_mut(id);
+            if flags.contains(TcpFlags::FIN) {
+                conn.fin_seen |= 1;
+            }
+            if conn.state != ConnState::Closing {
+                self.table.set_state(id, ConnState::Closing, now);
+            }
+        }
+    }
+
+    /// Frames from real servers (patent FIG. 9).
+    pub(super) fn outbound(&mut self, frame: &mut [u8], now: Duration) -> Verdict {
+        if let Some(arp) = wire::parse_arp(frame) {
+            return self.arp_inside(&arp, now);
+        }
+        let p = match wire::parse(frame) {
+            Ok(p) => p,
+            Err(e) => return Verdict::Drop(e.into()),
+        };
+        let (protocol, src_port, dst_port, flags) = match p.transport {
+            Transport::Tcp {
+                src_port,
+                dst_port,
+                flags,
+                ..
+            } => (Protocol::Tcp, src_port, dst_port, flags),
+            Transport::Udp { src_port, dst_port } => {
+                (Protocol::Udp, src_port, dst_port, TcpFlags(0))
+            }
+            Transport::Icmp(Icmp::Error { embedded, .. }) => {
+                // About a packet the server got from the client: client -> real.
+                let real = SocketAddrV4::new(embedded.dst, embedded.dst_port);
+                let client = SocketAddrV4::new(embedded.src, embedded.src_port);
+                let Some(id) = self.table.lookup_outbound(embedded.protocol, real, client) else {
+                    return Verdict::Drop(DropReason::NoConnection);
+                };
+                let conn = self.table.get(id);
+                let (virt, client_mac) = (conn.virtual_addr, conn.client_mac);
+                let outer_src = (p.src == *real.ip()).then_some(*virt.ip());
+                wire::rewrite_icmp_error_outbound(frame, &p, outer_src, virt);
+                wire::set_macs(frame, self.l2.outside_mac, client_mac);
+                return Verdict::Forward(Interface::Outside);
+            }
+            Transport::Icmp(_) => return Verdict::Drop(DropReason::Ignored),
+        };
+        if protocol == Protocol::Tcp && invalid_flags(flags) {
+            return Verdict::Drop(DropReason::BadTcpFlags);
+        }
+        let real = SocketAddrV4::new(p.src, src_port);
+        let client = SocketAddrV4::new(p.dst, dst_port);
+        let Some(id) = self.table.lookup_outbound(protocol, real, client) else {
+            return Verdict::Drop(DropReason::NoConnection);
+        };
+        self.table.touch(id, now);
+        if protocol == Protocol::Tcp {
+            // A server refusing the SYN ditches the connection like one that never answers. When another
+            // server takes it, the RST stays here and the client's SYN retransmission goes there.
+            if flags.contains(TcpFlags::RST)
+                && self.table.get(id).state == ConnState::SynSent
+                && self.ditch(id, now) == Ditch::Moved
+            {
+                self.table.get_mut(id).syn_resends = REGIVEN;
+                return Verdict::Consumed;
+            }
+            self.track_server_flags(id, flags, now);
+        }
+        let conn = self.table.get(id);
+        let (virt, client_mac) = (conn.virtual_addr, conn.client_mac);
+        wire::rewrite_source(frame, &p, *virt.ip(), virt.port());
+        wire::set_macs(frame, self.l2.outside_mac, client_mac);
+        Verdict::Forward(Interface::Outside)
+    }
+
+    fn track_server_flags(&mut self, id: ConnId, flags: TcpFlags, now: Duration) {
+        let conn = self.table.get(id);
+        let state = conn.state;
+        if state == ConnState::SynSent
+            && flags.contains(TcpFlags::SYN)
+            && flags.contains(TcpFlags::ACK)
+        {
+            let rtt = now
+                .saturating_sub(conn.created)
+                .as_micros()
+                .min(u128::from(u32::MAX)) as u32;
+            if let Some(r) = self.reals.get_mut(conn.real_id as usize) {
+                // Smoothed like TCP's SRTT (RFC 6298): 7/8 old + 1/8 sample.
+                r.syn_rtt_us = if r.syn_rtt_us == 0 {
+                    rtt.max(1)
+                } else {
+                    (r.syn_rtt_us / 8 * 7 + rtt / 8).max(1)
+                };
+            }
+            self.answered(conn.real_id as usize);
+            self.table.set_state(id, ConnState::Established, now);
+        } else if flags.contains(TcpFlags::RST) || flags.contains(TcpFlags::FIN) {
+            if flags.contains(TcpFlags::FIN) {
+                self.table.get_mut(id).fin_seen |= 2;
+            }
+            if state != ConnState::Closing {
+                self.table.set_state(id, ConnState::Closing, now);
+            }
+        }
+    }
+
+    fn close(&mut self, id: ConnId) {
+        let conn = self.table.remove(id);
+        release(&mut self.reals, &mut self.flows, &conn);
+    }
+}
+
+/// SYN with RST or FIN: a segment no TCP state allows (conntrack's `tcp_valid_flags` calls it invalid). It
+/// opens nothing and changes no connection; scanners and floods send it.
+fn invalid_flags(flags: TcpFlags) -> bool {
+    flags.contains(TcpFlags::SYN)
+        && (flags.contains(TcpFlags::RST) || flags.contains(TcpFlags::FIN))
+}

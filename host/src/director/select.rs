@@ -1,0 +1,175 @@
+//! How a SYN picks a server (patent FIG. 5, with the failure handling of FIG. 6B).
+//!
+//! A connection-opening frame whose virtual port exists ([`crate::binding::BindingTable::lookup`]) comes
+//! here from the packet path ([`super::path`]). [`Director::select`] lists the port's bound targets as
+//! [`Candidate`]s with their live state: a failed server's `backup` stands in for it (following the chain),
+//! and a failed server whose trial is due gets the connection outright. Otherwise the port's [`Selector`]
+//! (the built-in round-robin, or a WebAssembly policy from [`crate::plugin`], chosen per port by
+//! [`crate::assemble`]) picks one, once per connection; its choice is stored in the connection object.
+//!
+//! When the chosen server ditches the connection (no SYN-ACK after `syn_retries` resends, or an RST to the
+//! SYN), [`Director::ditch`] counts it against the server and asks again with that server left out.
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use super::Director;
+use super::stats::{flow_mut, release};
+use crate::binding::Lookup;
+use crate::conntable::ConnId;
+use crate::policy::{Candidate, NewConnection, Selection, ServerState};
+use crate::wire::Protocol;
+
+/// What became of a ditched connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ditch {
+    /// Another server has it now.
+    Moved,
+    /// No other server can take it; its own server is still up, so it stays there.
+    Kept,
+    /// No server can take it.
+    Nowhere,
+}
+
+impl Director {
+    /// The server of connection `id` ditched it: count that, and give the connection to another server
+    /// (the policy is asked again with the ditching server left out).
+    pub(super) fn ditch(&mut self, id: ConnId, now: Duration) -> Ditch {
+        let conn = *self.table.get(id);
+        let old = conn.real_id;
+        self.count_ditched(old as usize, now);
+        let port_id = match self.bindings.lookup(
+            *conn.virtual_addr.ip(),
+            conn.protocol,
+            conn.virtual_addr.port(),
+        ) {
+            Lookup::Port(port_id) => Some(port_id),
+            _ => None,
+        };
+        let picked = port_id.and_then(|port_id| {
+            self.select(
+                port_id,
+                conn.client,
+                conn.virtual_addr,
+                conn.protocol,
+                Some(old),
+                now,
+            )
+            .map(|picked| (port_id, picked))
+        });
+        if let Some((port_id, (real_id, target))) = picked
+            && self.table.retarget(id, target, real_id).is_ok()
+        {
+            self.counters.reselected += 1;
+            release(&mut self.reals, &mut self.flows, &conn);
+            if let Some(r) = self.reals.get_mut(real_id as usize) {
+                r.active += 1;
+                r.total += 1;
+            }
+            let moved = self.table.get_mut(id);
+            moved.port_id = port_id;
+            if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), moved) {
+                f.active += 1;
+                f.total += 1;
+            }
+            moved.syn_resends = 0;
+            // The new server's SYN round trip is measured from here.
+            moved.created = now;
+            return Ditch::Moved;
+        }
+        let keep = self
+            .reals
+            .get(old as usize)
+            .is_some_and(|r| r.state == ServerState::Up);
+        if keep {
+            self.table.get_mut(id).syn_resends = 0;
+            Ditch::Kept
+        } else {
+            Ditch::Nowhere
+        }
+    }
+
+    /// Asks the virtual port's policy for a server among its bound targets, with live state. A failed
+    /// server's backup stands in for it (following the chain); `exclude` (a server that just ditched this
+    /// connection) is offered as failed. A failed server whose trial is due gets the connection outright.
+    pub(super) fn select(
+        &mut self,
+        port_id: u32,
+        client: SocketAddrV4,
+        virt: SocketAddrV4,
+        protocol: Protocol,
+        exclude: Option<u32>,
+        now: Duration,
+    ) -> Option<(u32, SocketAddrV4)> {
+        let bindings = &self.bindings;
+        let port = bindings.ports.get(port_id as usize)?;
+        self.candidates.clear();
+        let mut trial = None;
+        for t in &port.targets {
+            let mut real_id = t.real_id;
+            let mut target_port = t.port;
+            // Cycles are refused by the config; the bound only guards against a bug.
+            for _ in 0..bindings.reals.len() {
+                if self.reals.get(real_id as usize)?.state != ServerState::Failed {
+                    break;
+                }
+                if trial.is_none()
+                    && exclude != Some(real_id)
+                    && self.health.get(real_id as usize)?.trial_due(now)
+                {
+                    trial = Some(self.candidates.len());
+                    break;
+                }
+                let Some(b) = bindings.reals.get(real_id as usize)?.backup else {
+                    break;
+                };
+                let backup = bindings.reals.get(b as usize)?;
+                real_id = b;
+                target_port = backup.port.unwrap_or(target_port);
+            }
+            let live = self.reals.get(real_id as usize)?;
+            // A binding's own weight applies to its own server (not to a backup standing in); a drained
+            // server (weight 0) stays drained.
+            let weight = match t.weight {
+                Some(w) if real_id == t.real_id && live.weight > 0 => w,
+                _ => live.weight,
+            };
+            self.candidates.push(Candidate {
+                real_id,
+                target: SocketAddrV4::new(live.address, target_port),
+                weight,
+                state: if exclude == Some(real_id) {
+                    ServerState::Failed
+                } else {
+                    live.state
+                },
+                active: live.active,
+                total: live.total,
+                syn_rtt_us: live.syn_rtt_us,
+                ditched: live.ditched,
+            });
+        }
+        if let Some(i) = trial {
+            let c = self.candidates.get(i)?;
+            let h = self.health.get_mut(c.real_id as usize)?;
+            h.retry_at = now + h.retry_after;
+            self.counters.trials += 1;
+            return Some((c.real_id, c.target));
+        }
+        let new = NewConnection {
+            client,
+            virtual_addr: virt,
+            protocol,
+            virtual_id: port.virtual_id,
+        };
+        let selector = self.selectors.get_mut(port_id as usize)?;
+        match selector.select(&new, &self.candidates) {
+            Selection::Pick(i) => self
+                .candidates
+                .get(i)
+                .filter(|c| c.eligible())
+                .map(|c| (c.real_id, c.target)),
+            Selection::Reject => None,
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! What the packet path counts, and the [`Snapshot`] of it that other threads read.
+//!
+//! Counters are plain integers written by the data-path thread only. Every label list (drop reasons, what
+//! became of a frame) is derived from its enum, so a new variant is counted and exported without a second
+//! list to keep. [`Director::tick`] publishes a copy every [`PUBLISH_INTERVAL`] through an [`ArcSwap`]: the
+//! readers (metrics, admin API) load it without a lock and never hold up the data path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use strum::{EnumCount, IntoStaticStr, VariantArray};
+
+use super::{Director, RealLive};
+use crate::binding::BindingTable;
+use crate::conntable::Connection;
+use crate::{Sides, wire};
+
+/// How often [`Director::tick`] publishes a [`Snapshot`] (cloning it allocates; scrapes are seconds apart).
+pub(super) const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why a frame was not forwarded. One variant per reason; each is a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumCount, VariantArray, IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum DropReason {
+    NotIpv4,
+    Truncated,
+    BadIpHeader,
+    BadIpChecksum,
+    Fragment,
+    UnsupportedProtocol,
+    BadTcpHeader,
+    BadUdpHeader,
+    BadIcmp,
+    /// A TCP segment whose flags no connection can have: SYN with RST or FIN (conntrack calls it invalid).
+    BadTcpFlags,
+    /// From the outside, to an address that is no virtual machine.
+    NotVirtual,
+    /// Not a connection-opening packet and no connection object matches.
+    NoConnection,
+    /// A SYN or datagram to a port the virtual machine does not support (answered with RST or ICMP).
+    UnsupportedPort,
+    /// No eligible server for the virtual port (answered with RST).
+    NoServer,
+    /// The connection table is full of live connections (answered with RST).
+    TableFull,
+    /// The real server would see two connections with the same addresses and ports.
+    Collision,
+    /// The real server's MAC address is not known yet; an ARP request went out instead.
+    NoNeighbour,
+    /// ARP or ICMP the director does not answer.
+    Ignored,
+}
+
+impl DropReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl From<wire::Error> for DropReason {
+    fn from(e: wire::Error) -> DropReason {
+        match e {
+            wire::Error::NotIpv4 => DropReason::NotIpv4,
+            wire::Error::Truncated => DropReason::Truncated,
+            wire::Error::BadIpHeader => DropReason::BadIpHeader,
+            wire::Error::BadIpChecksum => DropReason::BadIpChecksum,
+            wire::Error::Fragment => DropReason::Fragment,
+            wire::Error::UnsupportedProtocol => DropReason::UnsupportedProtocol,
+            wire::Error::BadTcpHeader => DropReason::BadTcpHeader,
+            wire::Error::BadUdpHeader => DropReason::BadUdpHeader,
+            wire::Error::BadIcmp => DropReason::BadIcmp,
+        }
+    }
+}
+
+/// A count per [`DropReason`], indexed by `reason as usize`.
+pub type PerReason = [u64; DropReason::COUNT];
+
+/// Counters of the packet path. Written by the data-path thread only; read through [`Director::published`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames and bytes received on each interface.
+    pub rx_frames: Sides<u64>,
+    pub rx_bytes: Sides<u64>,
+    /// Frames forwarded out of each interface (translated), and generated frames sent (RST, ICMP, ARP).
+    pub forwarded: Sides<u64>,
+    pub generated: Sides<u64>,
+    /// By the interface the frame came in on and [`DropReason`].
+    pub drops: Sides<PerReason>,
+    /// Connection attempts answered with RST or ICMP, by [`DropReason`] (unsupported port, no server, ...).
+    pub refused: PerReason,
+    pub connections_created: u64,
+    pub syn_resends: u64,
+    pub evicted_half_open: u64,
+    pub evicted_closing: u64,
+    pub expired: u64,
+    /// Frames received on each interface, by what became of them ([`Handled`]).
+    pub handled: Sides<[u64; Handled::COUNT]>,
+    /// Bytes sent out of each interface by [`Director::handle`] (forwarded and generated frames).
+    pub tx_bytes: Sides<u64>,
+    /// Connections ditched by their server: no SYN-ACK after `syn_retries` resends, or an RST to the SYN.
+    pub ditched: u64,
+    /// Ditched connections given to another server.
+    pub reselected: u64,
+    /// Trial connections given to a failed server after its `retry_after`.
+    pub trials: u64,
+    /// Real server state changes, and those dropped from a full event queue before anyone drained them.
+    pub state_changes: u64,
+    pub events_lost: u64,
+}
+
+impl Counters {
+    /// Frames dropped for `reason`, both interfaces together.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops
+            .iter()
+            .map(|(_, side)| side[reason as usize])
+            .sum()
+    }
+}
+
+/// What became of a received frame: the `result` label of `vipd_packets_total{direction="in"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumCount, VariantArray, IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Handled {
+    Forwarded,
+    Replied,
+    Dropped,
+    Consumed,
+}
+
+impl Handled {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// Connections of one (virtual port, real server) pair: the labels of `vipd_connections_*`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCount {
+    /// Connection objects in the table now.
+    pub active: u32,
+    /// Connections created since start (kept across reloads while the pair exists).
+    pub total: u64,
+    /// SYNs resent by clients of this pair.
+    pub syn_resends: u64,
+}
+
+/// A copy of the director's state for metrics and the admin API, published by [`Director::tick`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub now: Duration,
+    pub counters: Counters,
+    pub reals: Vec<RealLive>,
+    pub connections: usize,
+    pub capacity: usize,
+    /// The binding table in force: names for the indexes below.
+    pub bindings: Arc<BindingTable>,
+    /// Indexed by `port_id * reals.len() + real_id` (see [`Snapshot::flow`]).
+    pub flows: Vec<FlowCount>,
+    /// Refused connection attempts per virtual machine (`virtual_id`), by [`DropReason`].
+    pub rejected: Vec<PerReason>,
+}
+
+impl Snapshot {
+    /// The counts of (virtual port `port_id`, real server `real_id`).
+    pub fn flow(&self, port_id: usize, real_id: usize) -> FlowCount {
+        self.flows
+            .get(port_id * self.reals.len() + real_id)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Where the data path publishes its [`Snapshot`]; readers `load()` it without a lock.
+pub type Published = Arc<ArcSwap<Snapshot>>;
+
+impl Director {
+    /// Where [`Director::tick`] publishes its [`Snapshot`] for other threads.
+    pub fn published(&self) -> Published {
+        Arc::clone(&self.published)
+    }
+
+    /// Publishes a [`Snapshot`] now (after an operator command, so a read after the write sees it).
+    pub fn publish_now(&mut self, now: Duration) {
+        self.publish(now);
+    }
+
+    /// Publishes when one is due: after a change that readers must see, or every [`PUBLISH_INTERVAL`].
+    pub(super) fn publish_if_due(&mut self, now: Duration) {
+        if self.publish_due
+            || self
+                .published_at
+                .is_none_or(|t| now >= t + PUBLISH_INTERVAL)
+        {
+            self.publish(now);
+        }
+    }
+
+    fn publish(&mut self, now: Duration) {
+        self.published_at = Some(now);
+        self.publish_due = false;
+        self.published.store(Arc::new(Snapshot {
+            now,
+            counters: self.counters.clone(),
+            reals: self.reals.clone(),
+            connections: self.table.len(),
+            capacity: self.table.capacity(),
+            bindings: Arc::clone(&self.bindings),
+            flows: self.flows.clone(),
+            rejected: self.rejected.clone(),
+        }));
+    }
+}
+
+/// A connection left the table: its server has one connection fewer.
+pub(super) fn release(reals: &mut [RealLive], flows: &mut [FlowCount], conn: &Connection) {
+    if let Some(f) = flow_mut(flows, reals.len(), conn) {
+        f.active = f.active.saturating_sub(1);
+    }
+    if let Some(r) = reals.get_mut(conn.real_id as usize) {
+        r.active = r.active.saturating_sub(1);
+    }
+}
+
+/// The counters of a connection's (virtual port, real server) pair, if both are still configured.
+pub(super) fn flow_mut<'a>(
+    flows: &'a mut [FlowCount],
+    reals: usize,
+    conn: &Connection,
+) -> Option<&'a mut FlowCount> {
+    if conn.port_id == u32::MAX || conn.real_id as usize >= reals {
+        return None;
+    }
+    flows.get_mut(conn.port_id as usize * reals + conn.real_id as usize)
+}

@@ -1,0 +1,571 @@
+//! Unit tests of the director: the packet path, selection and failure handling, on hand-built frames.
+
+use std::path::Path;
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+use std::net::SocketAddrV4;
+
+use super::*;
+use crate::policy::ServerState;
+use crate::wire::{self, MacAddr, TcpFlags};
+
+const CLIENT_MAC: MacAddr = MacAddr([2, 0, 0, 0, 1, 1]);
+const L2: Layer2 = Layer2 {
+    outside_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+    inside_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+    inside_ip: Ipv4Addr::UNSPECIFIED,
+};
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const WEB: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const SOLO: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+/// Servers a, b, c behind `web`; `primary` with backup `spare` behind `solo`. Static MACs: no ARP.
+fn config(syn_retries: u32, weight_a: u32, with_a: bool, checks: bool) -> Config {
+    let check = if checks {
+        "check = { kind = \"tcp\", port = 80 }\n"
+    } else {
+        ""
+    };
+    let a = if with_a {
+        format!(
+            "[[real]]\nname = \"a\"\naddress = \"10.0.0.1\"\nmac = \"02:00:00:00:02:01\"\n\
+             weight = {weight_a}\nfailure_threshold = 2\nretry_after = \"10s\"\n"
+        )
+    } else {
+        String::new()
+    };
+    let bind = if with_a {
+        "\"a\", \"b\", \"c\""
+    } else {
+        "\"b\", \"c\""
+    };
+    let text = format!(
+        "[director]\noutside = \"o\"\ninside = \"i\"\nsyn_retries = {syn_retries}\n{a}\
+         [[real]]\nname = \"b\"\naddress = \"10.0.0.2\"\nmac = \"02:00:00:00:02:02\"\nfailure_threshold = 2\n{check}\
+         [[real]]\nname = \"c\"\naddress = \"10.0.0.3\"\nmac = \"02:00:00:00:02:03\"\nfailure_threshold = 2\n{check}\
+         [[real]]\nname = \"primary\"\naddress = \"10.0.0.4\"\nmac = \"02:00:00:00:02:04\"\n\
+         backup = \"spare\"\nfailure_threshold = 1\nretry_after = \"10s\"\n\
+         [[real]]\nname = \"spare\"\naddress = \"10.0.0.5\"\nmac = \"02:00:00:00:02:05\"\n\
+         [[virtual]]\nname = \"web\"\naddress = \"192.0.2.1\"\n  [[virtual.port]]\n  port = 80\n  bind = [{bind}]\n\
+         [[virtual]]\nname = \"solo\"\naddress = \"192.0.2.2\"\n  [[virtual.port]]\n  port = 80\n  bind = [\"primary\"]\n"
+    );
+    Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn director(syn_retries: u32) -> Director {
+    let config = config(syn_retries, 1, true, true);
+    let bindings = BindingTable::from_config(&config);
+    Director::new(&config, bindings, L2)
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A TCP frame from the client to `vip`:80.
+fn client(vip: Ipv4Addr, cport: u16, syn: bool, rst: bool) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC.0, L2.outside_mac.0)
+        .ipv4(CLIENT.octets(), vip.octets(), 64)
+        .tcp(cport, 80, 1000, 64240);
+    if syn {
+        b = b.syn();
+    } else {
+        b = b.ack(1);
+    }
+    if rst {
+        b = b.rst();
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+/// A TCP frame from a real server port to the client: SYN-ACK, or RST-ACK.
+fn server(real: SocketAddrV4, cport: u16, rst: bool) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 2, 9], L2.inside_mac.0)
+        .ipv4(real.ip().octets(), CLIENT.octets(), 64)
+        .tcp(real.port(), cport, 5000, 64240)
+        .ack(1001);
+    b = if rst { b.rst() } else { b.syn() };
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+/// (destination, TCP flags syn/ack/rst) of a frame.
+fn dest(frame: &[u8]) -> (SocketAddrV4, (bool, bool, bool)) {
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) = (&p.net, &p.transport) else {
+        panic!("not TCP/IPv4");
+    };
+    (
+        SocketAddrV4::new(ip.header().destination_addr(), t.destination_port()),
+        (t.syn(), t.ack(), t.rst()),
+    )
+}
+
+/// Sends a client SYN; returns the real server it was forwarded to.
+fn syn_to(d: &mut Director, vip: Ipv4Addr, cport: u16, now: Duration) -> SocketAddrV4 {
+    let mut f = client(vip, cport, true, false);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut f, now),
+        Verdict::Forward(Interface::Inside),
+        "SYN from port {cport}"
+    );
+    dest(&f).0
+}
+
+fn real(d: &Director, name: &str) -> RealLive {
+    d.reals().iter().find(|r| r.name == name).unwrap().clone()
+}
+
+fn events(d: &mut Director) -> Vec<(String, ServerState, ServerState, StateReason)> {
+    d.drain_events()
+        .map(|e| (e.real.to_string(), e.from, e.to, e.reason))
+        .collect()
+}
+
+fn addr(last: u8, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), port)
+}
+
+/// After `syn_retries` resends without a SYN-ACK, the next SYN goes to another server; the first
+/// server's late SYN-ACK no longer matches; the new server's does.
+/// A binding's own weight (from a binder plugin) overrides the real server's weight for that binding.
+#[test]
+fn binding_weight_overrides_real_weight() {
+    let config = config(2, 1, true, false);
+    let mut bindings = BindingTable::from_config(&config);
+    for t in &mut bindings.ports[0].targets {
+        t.weight = Some(if bindings.reals[t.real_id as usize].name == "a" {
+            3
+        } else {
+            0
+        });
+    }
+    let mut d = Director::new(&config, bindings, L2);
+    let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80);
+    for port in 0..8 {
+        assert_eq!(
+            syn_to(&mut d, WEB, 2000 + port, secs(0)),
+            a,
+            "weights 3:0:0"
+        );
+    }
+}
+
+#[test]
+fn ditch_after_syn_retries_reselects() {
+    let mut d = director(1);
+    let first = syn_to(&mut d, WEB, 1000, secs(0));
+    assert_eq!(
+        syn_to(&mut d, WEB, 1000, secs(1)),
+        first,
+        "one resend allowed"
+    );
+    let second = syn_to(&mut d, WEB, 1000, secs(3));
+    assert_ne!(second, first, "ditched: re-given to another server");
+    assert_eq!((d.counters().ditched, d.counters().reselected), (1, 1));
+    let first_name = d.reals().iter().find(|r| r.address == *first.ip()).unwrap();
+    assert_eq!(first_name.ditched, 1);
+    assert_eq!(first_name.state, ServerState::Up, "threshold is 2");
+    assert_eq!(
+        d.handle(Interface::Inside, &mut server(first, 1000, false), secs(3)),
+        Verdict::Drop(DropReason::NoConnection)
+    );
+    let mut synack = server(second, 1000, false);
+    assert_eq!(
+        d.handle(Interface::Inside, &mut synack, secs(3)),
+        Verdict::Forward(Interface::Outside)
+    );
+    assert_eq!(dest(&synack).0, SocketAddrV4::new(CLIENT, 1000));
+    // The new server counts one active connection, the old one none.
+    let active: u32 = d.reals().iter().map(|r| r.active).sum();
+    assert_eq!(active, 1);
+    assert!(events(&mut d).is_empty());
+}
+
+/// An RST answering a SYN ditches the connection: the RST stays with the director and the client's
+/// retransmission goes to another server, even with `syn_retries = 0`.
+#[test]
+fn rst_from_server_counts_and_is_held() {
+    let mut d = director(0);
+    let first = syn_to(&mut d, WEB, 1000, secs(0));
+    assert_eq!(
+        d.handle(Interface::Inside, &mut server(first, 1000, true), secs(0)),
+        Verdict::Consumed
+    );
+    assert_eq!(d.counters().ditched, 1);
+    let second = syn_to(&mut d, WEB, 1000, secs(1));
+    assert_ne!(second, first);
+    assert_eq!(
+        d.counters().ditched,
+        1,
+        "the first SYN to the new server is no resend"
+    );
+    // The new server answers: the connection is established there.
+    assert_eq!(
+        d.handle(Interface::Inside, &mut server(second, 1000, false), secs(1)),
+        Verdict::Forward(Interface::Outside)
+    );
+}
+
+/// A SYN-ACK resets the consecutive ditched count.
+#[test]
+fn synack_resets_ditched() {
+    let mut d = director(0);
+    let first = syn_to(&mut d, WEB, 1000, secs(0));
+    d.handle(Interface::Inside, &mut server(first, 1000, true), secs(0));
+    let name = d
+        .reals()
+        .iter()
+        .find(|r| r.address == *first.ip())
+        .unwrap()
+        .name
+        .clone();
+    assert_eq!(real(&d, &name).ditched, 1);
+    // Round robin comes back to the same server within a few new connections.
+    for cport in 2000..2006 {
+        let to = syn_to(&mut d, WEB, cport, secs(1));
+        if to == first {
+            d.handle(Interface::Inside, &mut server(to, cport, false), secs(1));
+        }
+    }
+    assert_eq!(real(&d, &name).ditched, 0);
+}
+
+/// `failure_threshold` ditched in a row fail the server; its backup takes its connections; after
+/// `retry_after` one trial connection goes to it, and its SYN-ACK restores it.
+#[test]
+fn threshold_fails_backup_takes_over_trial_restores() {
+    let mut d = director(0);
+    let primary = addr(4, 80);
+    let spare = addr(5, 80);
+    assert_eq!(syn_to(&mut d, SOLO, 1000, secs(0)), primary);
+    assert_eq!(
+        d.handle(Interface::Inside, &mut server(primary, 1000, true), secs(0)),
+        Verdict::Consumed,
+        "the backup stands in, so the RST is held"
+    );
+    assert_eq!(real(&d, "primary").state, ServerState::Failed);
+    assert_eq!(
+        events(&mut d),
+        [(
+            "primary".into(),
+            ServerState::Up,
+            ServerState::Failed,
+            StateReason::Ditched
+        )]
+    );
+    assert_eq!(
+        syn_to(&mut d, SOLO, 1000, secs(1)),
+        spare,
+        "retransmission to the backup"
+    );
+    for cport in 1001..1005 {
+        assert_eq!(syn_to(&mut d, SOLO, cport, secs(2)), spare);
+    }
+    // Not yet 10 s: still the backup. At 10 s: one trial, then the backup again while it runs.
+    assert_eq!(syn_to(&mut d, SOLO, 1100, secs(9)), spare);
+    assert_eq!(syn_to(&mut d, SOLO, 1101, secs(10)), primary);
+    assert_eq!(syn_to(&mut d, SOLO, 1102, secs(10)), spare);
+    assert_eq!(d.counters().trials, 1);
+    d.handle(
+        Interface::Inside,
+        &mut server(primary, 1101, false),
+        secs(10),
+    );
+    assert_eq!(real(&d, "primary").state, ServerState::Up);
+    assert_eq!(
+        events(&mut d),
+        [(
+            "primary".into(),
+            ServerState::Failed,
+            ServerState::Up,
+            StateReason::Answered
+        )]
+    );
+    assert_eq!(syn_to(&mut d, SOLO, 1103, secs(11)), primary);
+}
+
+/// A refused trial keeps the server failed for another `retry_after`, and its client goes to the backup.
+#[test]
+fn failed_trial_waits_another_retry_after() {
+    let mut d = director(0);
+    let (primary, spare) = (addr(4, 80), addr(5, 80));
+    syn_to(&mut d, SOLO, 1000, secs(0));
+    d.handle(Interface::Inside, &mut server(primary, 1000, true), secs(0));
+    assert_eq!(syn_to(&mut d, SOLO, 1001, secs(10)), primary, "trial");
+    assert_eq!(
+        d.handle(
+            Interface::Inside,
+            &mut server(primary, 1001, true),
+            secs(10)
+        ),
+        Verdict::Consumed
+    );
+    assert_eq!(
+        syn_to(&mut d, SOLO, 1001, secs(11)),
+        spare,
+        "trial client retransmits to backup"
+    );
+    assert_eq!(syn_to(&mut d, SOLO, 1002, secs(19)), spare);
+    assert_eq!(syn_to(&mut d, SOLO, 1003, secs(20)), primary, "next trial");
+    assert_eq!(real(&d, "primary").state, ServerState::Failed);
+    assert_eq!(events(&mut d).len(), 1, "one change: up to failed");
+}
+
+/// With every server of a virtual port failed, a new SYN is answered with RST at once; a resend whose
+/// server ditched it and has no replacement gets an RST too.
+#[test]
+fn all_failed_refuses_with_rst() {
+    let mut d = director(0);
+    let first = syn_to(&mut d, WEB, 1000, secs(0));
+    for name in ["a", "b", "c"] {
+        if real(&d, name).address != *first.ip() {
+            d.set_real_state(name, ServerState::Failed, secs(0))
+                .unwrap();
+        }
+    }
+    // Its server still up (one ditch of two): the resend stays with it.
+    assert_eq!(syn_to(&mut d, WEB, 1000, secs(1)), first);
+    // Second ditch fails it; nobody is left.
+    let mut f = client(WEB, 1000, true, false);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut f, secs(3)),
+        Verdict::Reply(Interface::Outside)
+    );
+    assert_eq!(
+        dest(d.reply()),
+        (SocketAddrV4::new(CLIENT, 1000), (false, true, true))
+    );
+    let mut f = client(WEB, 1001, true, false);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut f, secs(3)),
+        Verdict::Reply(Interface::Outside)
+    );
+    assert_eq!(d.counters().refused[DropReason::NoServer as usize], 2);
+    assert_eq!(d.table().len(), 0);
+    assert!(d.reals().iter().all(|r| r.active == 0));
+}
+
+/// A draining server (operator or `weight = 0` on reload) keeps its connections and gets no new ones;
+/// one removed from the config keeps its connections the same way.
+#[test]
+fn drain_keeps_existing_connections() {
+    let mut d = director(2);
+    let mut to_a = None;
+    for cport in 1000..1003 {
+        let to = syn_to(&mut d, WEB, cport, secs(0));
+        d.handle(Interface::Inside, &mut server(to, cport, false), secs(0));
+        if to.ip() == &Ipv4Addr::new(10, 0, 0, 1) {
+            to_a = Some((to, cport));
+        }
+    }
+    let (a, cport) = to_a.expect("round robin gave one to a");
+    let data = |d: &mut Director, now| {
+        let mut f = client(WEB, cport, false, false);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut f, now),
+            Verdict::Forward(Interface::Inside)
+        );
+        dest(&f).0
+    };
+    d.set_real_state("a", ServerState::Draining, secs(1))
+        .unwrap();
+    assert_eq!(
+        events(&mut d),
+        [(
+            "a".into(),
+            ServerState::Up,
+            ServerState::Draining,
+            StateReason::Operator
+        )]
+    );
+    assert_eq!(data(&mut d, secs(1)), a);
+    for p in 2000..2010 {
+        assert_ne!(syn_to(&mut d, WEB, p, secs(1)).ip(), a.ip());
+    }
+    d.set_real_state("a", ServerState::Up, secs(2)).unwrap();
+    assert_eq!(events(&mut d)[0].3, StateReason::Operator);
+
+    // Reload with weight 0: draining, by config.
+    let c = config(2, 0, true, true);
+    d.install(
+        BindingTable::from_config(&c),
+        vec![Box::new(RoundRobin::new()), Box::new(RoundRobin::new())],
+    );
+    assert_eq!(
+        events(&mut d),
+        [(
+            "a".into(),
+            ServerState::Up,
+            ServerState::Draining,
+            StateReason::Config
+        )]
+    );
+    assert_eq!(data(&mut d, secs(3)), a);
+    for p in 3000..3010 {
+        assert_ne!(syn_to(&mut d, WEB, p, secs(3)).ip(), a.ip());
+    }
+
+    // Reload without a: it stays, draining, while its connection lives.
+    let c = config(2, 1, false, true);
+    d.install(
+        BindingTable::from_config(&c),
+        vec![Box::new(RoundRobin::new()), Box::new(RoundRobin::new())],
+    );
+    assert_eq!(real(&d, "a").state, ServerState::Draining);
+    assert_eq!(data(&mut d, secs(4)), a);
+    let mut rst = client(WEB, cport, false, true);
+    d.handle(Interface::Outside, &mut rst, secs(4));
+    d.expire(secs(4) + Duration::from_secs(3600), usize::MAX);
+    assert_eq!(real(&d, "a").active, 0);
+    d.install(
+        BindingTable::from_config(&c),
+        vec![Box::new(RoundRobin::new()), Box::new(RoundRobin::new())],
+    );
+    assert!(
+        d.reals().iter().all(|r| r.name != "a"),
+        "gone once its connections ended"
+    );
+}
+
+/// Active check verdicts fail and restore a server; an unknown name is an error; a reload that removes
+/// the check forgets its failure.
+#[test]
+fn check_results_and_operator() {
+    let mut d = director(2);
+    d.set_check_result("b", false, secs(1)).unwrap();
+    d.set_check_result("b", false, secs(2)).unwrap();
+    assert_eq!(
+        events(&mut d),
+        [(
+            "b".into(),
+            ServerState::Up,
+            ServerState::Failed,
+            StateReason::CheckFailed
+        )]
+    );
+    for p in 1000..1010 {
+        assert_ne!(
+            *syn_to(&mut d, WEB, p, secs(2)).ip(),
+            Ipv4Addr::new(10, 0, 0, 2)
+        );
+    }
+    // A trial is for ditched failures only: a check failure waits for the check.
+    for p in 1010..1020 {
+        assert_ne!(
+            *syn_to(&mut d, WEB, p, secs(60)).ip(),
+            Ipv4Addr::new(10, 0, 0, 2)
+        );
+    }
+    d.set_check_result("b", true, secs(3)).unwrap();
+    assert_eq!(events(&mut d)[0].3, StateReason::CheckPassed);
+    assert_eq!(
+        d.set_real_state("nope", ServerState::Draining, secs(3)),
+        Err(UnknownReal("nope".into()))
+    );
+    assert!(d.set_check_result("nope", true, secs(3)).is_err());
+
+    d.set_check_result("c", false, secs(4)).unwrap();
+    d.set_real_state("c", ServerState::Up, secs(4)).unwrap();
+    assert_eq!(
+        real(&d, "c").state,
+        ServerState::Failed,
+        "the check still says down"
+    );
+    d.set_checked(&config(2, 1, true, false));
+    assert_eq!(
+        real(&d, "c").state,
+        ServerState::Up,
+        "no check in the config: forgotten"
+    );
+    assert_eq!(events(&mut d).len(), 2);
+    d.set_check_result("c", false, secs(5)).unwrap();
+    assert_eq!(
+        real(&d, "c").state,
+        ServerState::Up,
+        "a late verdict of a check that no longer runs"
+    );
+}
+
+/// The event queue keeps the newest changes and counts the ones it dropped.
+#[test]
+fn event_queue_is_bounded() {
+    let mut d = director(2);
+    for i in 0..EVENT_CAPACITY + 10 {
+        let state = if i % 2 == 0 {
+            ServerState::Draining
+        } else {
+            ServerState::Up
+        };
+        d.set_real_state("b", state, secs(i as u64)).unwrap();
+    }
+    assert_eq!(d.drain_events().count(), EVENT_CAPACITY);
+    assert_eq!(d.counters().events_lost, 10);
+    assert_eq!(d.counters().state_changes, (EVENT_CAPACITY + 10) as u64);
+}
+
+/// A frame with SYN and RST, or SYN and FIN, opens no connection, is counted as `bad_tcp_flags`, and does
+/// not touch an existing connection in either direction.
+#[test]
+fn syn_with_rst_or_fin_opens_nothing() {
+    let mut d = director(2);
+    let flagged = |cport: u16, extra: u8| {
+        let mut f = client(WEB, cport, true, false);
+        let p = wire::parse(&f).unwrap();
+        // Byte 13 of the TCP header holds the flags; the checksum does not matter to the director here.
+        f[p.l4 + 13] |= extra;
+        f
+    };
+    for (cport, extra) in [(1000, TcpFlags::RST.0), (1001, TcpFlags::FIN.0)] {
+        let mut f = flagged(cport, extra);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut f, secs(0)),
+            Verdict::Drop(DropReason::BadTcpFlags)
+        );
+    }
+    assert_eq!(d.table().len(), 0, "nothing opened");
+    assert_eq!(d.counters().connections_created, 0);
+    assert_eq!(
+        d.counters().drops.outside[DropReason::BadTcpFlags as usize],
+        2
+    );
+
+    // An open connection: a SYN+FIN from the client with its tuple neither resends nor closes it.
+    let to = syn_to(&mut d, WEB, 2000, secs(1));
+    let mut f = flagged(2000, TcpFlags::FIN.0);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut f, secs(1)),
+        Verdict::Drop(DropReason::BadTcpFlags)
+    );
+    assert_eq!(d.counters().syn_resends, 0);
+    // The same from the server side.
+    let mut f = server(to, 2000, false);
+    let p = wire::parse(&f).unwrap();
+    f[p.l4 + 13] |= TcpFlags::RST.0;
+    assert_eq!(
+        d.handle(Interface::Inside, &mut f, secs(1)),
+        Verdict::Drop(DropReason::BadTcpFlags)
+    );
+    assert_eq!(d.table().len(), 1, "still open");
+    assert_eq!(d.counters().ditched, 0);
+    assert_eq!(
+        d.counters().drops.inside[DropReason::BadTcpFlags as usize],
+        1
+    );
+}
+
+/// Every drop reason has a distinct snake_case label, derived from the enum.
+#[test]
+fn drop_reason_labels() {
+    use strum::VariantArray;
+    let labels: std::collections::BTreeSet<_> =
+        DropReason::VARIANTS.iter().map(|r| r.as_str()).collect();
+    assert_eq!(labels.len(), DropReason::VARIANTS.len());
+    assert_eq!(DropReason::NotIpv4.as_str(), "not_ipv4");
+    assert_eq!(DropReason::BadTcpFlags.as_str(), "bad_tcp_flags");
+    assert_eq!(Handled::Forwarded.as_str(), "forwarded");
+}
