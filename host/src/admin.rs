@@ -10,11 +10,20 @@
 //! request must carry `Authorization: Bearer TOKEN` (401 otherwise, and nothing is done). Bad requests get
 //! a 4xx with a one-line JSON `{"error": ...}`: 400 bad parameters or body, 404 unknown path or server,
 //! 405 wrong method. What can fail at start: binding the address (reported by [`spawn`]).
+//!
+//! Slow and hostile clients ([`AdminLimits`]): at most [`MAX_CONNECTIONS`] connections are open at once
+//! (more get a 503 and are closed); a request head must arrive within [`HEADER_READ_TIMEOUT`] (which also
+//! closes idle keep-alive connections) and fit in [`MAX_HEADER_BYTES`] (431 otherwise); a connection is
+//! asked to close after [`CONNECTION_LIFETIME`] and cut [`CONNECTION_GRACE`] later. Each refusal is counted
+//! in `vipd_admin_connections_refused_total` ([`Refusal`]).
 
 use std::convert::Infallible;
+use std::io;
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+use std::pin::Pin;
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -23,9 +32,11 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::capture::{CaptureStats, Waker};
 use crate::conntable::Connection;
@@ -40,6 +51,80 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
 /// Largest request body read.
 const MAX_BODY: usize = 64 * 1024;
+
+/// Connections open at once. Prometheus, `vipd status` and a few dashboards need a handful; an open
+/// connection costs some 15 KB (3,000 slow clients took 44 MB before there was a bound), so this keeps
+/// the server within a few MB.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time to send a whole request head, and how long an idle keep-alive connection stays open. Clients of
+/// this API send their head in one write; a few seconds is plenty even over a slow link.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Age at which a connection is asked to close (after the response in progress, if any): only a client
+/// asking more often than [`HEADER_READ_TIMEOUT`] keeps one this long, and it simply reconnects.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Time a connection asked to close has to finish its response before it is cut: room for the largest
+/// `/connections` dump (some 3.5 MB) to a slow reader, or for a slow request body, but not forever.
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(30);
+/// Largest request head (request line and headers). Ours are a few hundred bytes, a token included;
+/// 16 KiB leaves room for what proxies add. Larger heads, or more than 100 headers, get a 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// After a 431 or a 503 written outside hyper, the rest of the request is read and dropped for at most
+/// this long (and [`LINGER_BYTES`]) before closing: closing with unread input would reset the connection,
+/// and the client would likely lose the answer or fail to send its request.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+/// Connections over [`AdminLimits::max_connections`] answered 503 at once; more are closed unanswered.
+/// Each takes up to [`LINGER`], so a flood of silent connections costs at most this many small tasks.
+const MAX_REFUSING: usize = 64;
+/// The least time between two warnings about refused connections (the metric counts every one).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// What the HTTP server allows a client; [`Default`] is what [`spawn`] uses, tests pass shorter times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Time to send a request head; also the idle time of a keep-alive connection.
+    pub header_read: Duration,
+    /// Age at which a connection is asked to close.
+    pub lifetime: Duration,
+    /// Time after `lifetime` at which a connection still open is cut.
+    pub grace: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> AdminLimits {
+        AdminLimits {
+            max_connections: MAX_CONNECTIONS,
+            header_read: HEADER_READ_TIMEOUT,
+            lifetime: CONNECTION_LIFETIME,
+            grace: CONNECTION_GRACE,
+        }
+    }
+}
+
+/// Why the HTTP server gave up on a client; each is a `reason` label of
+/// `vipd_admin_connections_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Refusal {
+    /// [`AdminLimits::max_connections`] were open: answered 503 and closed (in a flood, closed unanswered).
+    TooMany,
+    /// No whole request head within [`AdminLimits::header_read`] on a new connection or one that began a
+    /// head: closed. An idle keep-alive connection closed after that time is not counted.
+    HeaderTimeout,
+    /// A request head over [`MAX_HEADER_BYTES`] or 100 headers: answered 431 and closed.
+    HeaderTooLarge,
+    /// Still open [`AdminLimits::grace`] after it was asked to close (a slow body or reader): cut.
+    Deadline,
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 /// An operator action on a real server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,18 +278,27 @@ pub struct Admin {
 }
 
 /// Binds `listen` now (so a bad address fails the start) and serves on a new thread until the process
-/// ends.
+/// ends, with the default [`AdminLimits`].
 pub fn spawn(listen: SocketAddr, admin: Admin) -> Result<std::thread::JoinHandle<()>> {
     let listener = TcpListener::bind(listen).with_context(|| {
         format!("[director] listen = \"{listen}\": cannot bind the admin and metrics address")
     })?;
-    listener.set_nonblocking(true)?;
     if !listen.ip().is_loopback() && admin.token.is_none() {
         tracing::warn!(
             %listen,
             "no admin_token: the HTTP API answers loopback peers only; set [director] admin_token to serve others"
         );
     }
+    spawn_on(listener, admin, AdminLimits::default())
+}
+
+/// Serves on `listener` (already bound) on a new thread until the process ends.
+pub fn spawn_on(
+    listener: TcpListener,
+    admin: Admin,
+    limits: AdminLimits,
+) -> Result<std::thread::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
     let handle = std::thread::Builder::new()
         .name("vipd-admin".into())
         .spawn(move || {
@@ -218,12 +312,12 @@ pub fn spawn(listen: SocketAddr, admin: Admin) -> Result<std::thread::JoinHandle
                     return;
                 }
             };
-            runtime.block_on(serve(listener, Arc::new(admin)));
+            runtime.block_on(serve(listener, Arc::new(admin), limits));
         })?;
     Ok(handle)
 }
 
-async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+async fn serve(listener: TcpListener, admin: Arc<Admin>, limits: AdminLimits) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -231,6 +325,14 @@ async fn serve(listener: TcpListener, admin: Arc<Admin>) {
             return;
         }
     };
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let busy: Arc<[u8]> = raw_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many connections to the admin API; try again shortly",
+    )
+    .into();
+    let mut refused = RefusalLog::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -240,16 +342,235 @@ async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 continue;
             }
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            refused.note(limits.max_connections);
+            // Answered 503 while few are being refused; in a flood, closed at once.
+            if let Ok(refusing) = Arc::clone(&refusing).try_acquire_owned() {
+                let busy = Arc::clone(&busy);
+                tokio::spawn(async move {
+                    linger(stream, &busy).await;
+                    drop(refusing);
+                });
+            }
+            continue;
+        };
         let admin = Arc::clone(&admin);
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(handle(&admin, peer, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            connection(stream, peer, admin, limits).await;
+            drop(permit);
         });
+    }
+}
+
+/// Warns about connections refused for [`Refusal::TooMany`] at most once per [`WARN_EVERY`].
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unreported: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, max_connections: usize) {
+        crate::metrics::admin_refused(Refusal::TooMany.as_str());
+        self.unreported += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(
+                refused = self.unreported,
+                max_connections,
+                "admin HTTP server: connections refused, {max_connections} already open (slow or idle \
+                 clients?); see vipd_admin_connections_refused_total"
+            );
+            self.last = Some(Instant::now());
+            self.unreported = 0;
+        }
+    }
+}
+
+/// Serves one connection within `limits`; counts what it refuses.
+async fn connection(stream: TcpStream, peer: SocketAddr, admin: Arc<Admin>, limits: AdminLimits) {
+    let mut io = Watched::new(stream);
+    let service = service_fn(move |req| {
+        let admin = Arc::clone(&admin);
+        async move { Ok::<_, Infallible>(handle(&admin, peer, req).await) }
+    });
+    let result = {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read)
+            .max_header_size(MAX_HEADER_BYTES)
+            .serve_connection(TokioIo::new(&mut io), service);
+        let mut conn = std::pin::pin!(conn);
+        match tokio::time::timeout(limits.lifetime, conn.as_mut()).await {
+            Ok(r) => r,
+            Err(_) => {
+                conn.as_mut().graceful_shutdown();
+                match tokio::time::timeout(limits.grace, conn).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!(%peer, "admin HTTP server: connection cut at its deadline");
+                        crate::metrics::admin_refused(Refusal::Deadline.as_str());
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let Err(e) = result else {
+        return;
+    };
+    if e.is_parse_too_large() {
+        tracing::debug!(%peer, "admin HTTP server: request head too large");
+        crate::metrics::admin_refused(Refusal::HeaderTooLarge.as_str());
+        let answer = io.held_431.then(|| {
+            raw_error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format_args!("request head over {MAX_HEADER_BYTES} bytes or 100 header fields"),
+            )
+        });
+        linger(io.stream, answer.as_deref().unwrap_or_default()).await;
+    } else if e.is_timeout() && (io.reading || !io.answered) {
+        tracing::debug!(%peer, "admin HTTP server: no whole request head in time");
+        crate::metrics::admin_refused(Refusal::HeaderTimeout.as_str());
+    }
+}
+
+/// Writes `answer`, closes the sending side, and reads and drops the rest of the request for at most
+/// [`LINGER`] and [`LINGER_BYTES`], so that the close does not reset the connection before the client
+/// has read the answer.
+async fn linger(mut stream: TcpStream, answer: &[u8]) {
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sent = 0;
+        while sent < answer.len() {
+            stream.writable().await?;
+            match stream.try_write(&answer[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        std::future::poll_fn(|cx| Pin::new(&mut stream).poll_shutdown(cx)).await?;
+        let mut sink = [0u8; 8192];
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            stream.readable().await?;
+            match stream.try_read(&mut sink) {
+                Ok(0) => break,
+                Ok(n) => dropped += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// The connection's socket as hyper sees it, noting what the server needs to tell a slow client from an
+/// idle one and to answer an oversized head itself.
+struct Watched {
+    stream: TcpStream,
+    /// Bytes came in since the last answer was written: a request is under way.
+    reading: bool,
+    /// Something was answered on this connection.
+    answered: bool,
+    /// hyper's own answer to an oversized head was held back (see [`Watched::is_hypers_431`]).
+    held_431: bool,
+}
+
+impl Watched {
+    fn new(stream: TcpStream) -> Watched {
+        Watched {
+            stream,
+            reading: false,
+            answered: false,
+            held_431: false,
+        }
+    }
+
+    /// hyper answers an oversized head itself with a bodiless 431 and closes (proto/h1/role.rs,
+    /// `on_error`), with no hook to change it; [`connection`] sends the module's JSON error instead.
+    /// The handler never answers 431, so this status line can only be hyper's.
+    fn is_hypers_431(buf: &[u8]) -> bool {
+        buf.starts_with(b"HTTP/1.") && buf.get(8..13) == Some(b" 431 ")
+    }
+
+    fn wrote(&mut self, n: usize) {
+        if n > 0 {
+            self.reading = false;
+            self.answered = true;
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.reading = true;
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.held_431 || Watched::is_hypers_431(buf) {
+            self.held_431 = true;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.wrote(n);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if self.held_431 || first.is_some_and(|b| Watched::is_hypers_431(b)) {
+            self.held_431 = true;
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.wrote(n);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    /// Keeps the socket open for the JSON 431 after hyper's was held back.
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.held_431 {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -263,14 +584,31 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
     r
 }
 
-fn json_reply(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+fn json_body(value: &impl serde::Serialize) -> Vec<u8> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
-    reply(status, "application/json", body)
+    body
+}
+
+fn json_reply(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+    reply(status, "application/json", json_body(value))
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
     json_reply(status, &json!({ "error": message.to_string() }))
+}
+
+/// [`error`] as the bytes of a whole HTTP/1.1 response with `Connection: close`, for the answers written
+/// outside hyper (503 over the connection limit, 431).
+fn raw_error(status: StatusCode, message: impl std::fmt::Display) -> Vec<u8> {
+    let body = json_body(&json!({ "error": message.to_string() }));
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 fn method_not_allowed(allow: &'static str) -> Reply {
@@ -571,5 +909,32 @@ mod tests {
         assert!(parse_query("limit=10001").is_err());
         assert!(parse_query("limit=x").is_err());
         assert!(parse_query("colour=red").is_err());
+    }
+
+    /// The answers written outside hyper are whole responses whose length matches their JSON body, and
+    /// only hyper's own 431 status line is held back.
+    #[test]
+    fn raw_answers_and_hypers_431() {
+        let raw = raw_error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too big");
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(body).unwrap()["error"],
+            "too big"
+        );
+        assert!(Watched::is_hypers_431(text.as_bytes()));
+        assert!(Watched::is_hypers_431(
+            b"HTTP/1.0 431 Request Header Fields Too Large\r\n"
+        ));
+        assert!(!Watched::is_hypers_431(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!Watched::is_hypers_431(b"{\"error\": \"HTTP/1.1 431 \"}"));
     }
 }

@@ -4,8 +4,8 @@
 //! publishes a [`Snapshot`] every 250 ms. At scrape time [`render`] folds the latest snapshot (and
 //! libpcap's own counters) into a fresh recorder of `metrics-exporter-prometheus` with `absolute` and `set`,
 //! and renders it: nothing is counted twice, and series of servers or ports removed by a reload vanish.
-//! Config reloads are counted off the packet path through the `metrics` facade into the process-wide
-//! recorder [`install`]s, whose output is appended. Plugin calls are counted by the plugin host in plain
+//! Config reloads and refused admin API connections are counted off the packet path through the `metrics`
+//! facade into the process-wide recorder [`install`]s, whose output is appended. Plugin calls are counted by the plugin host in plain
 //! atomics ([`PluginStats`]); [`render`] writes them as they are.
 
 use std::sync::OnceLock;
@@ -45,6 +45,7 @@ pub const NAMES: &[&str] = &[
     "vipd_plugin_metric",
     "vipd_build_info",
     "vipd_config_reloads_total",
+    "vipd_admin_connections_refused_total",
 ];
 
 /// Refusal reasons of `vipd_connections_rejected_total`: the [`DropReason`]s answered with RST or ICMP.
@@ -73,6 +74,14 @@ pub fn install() -> &'static PrometheusHandle {
         for result in ["ok", "error"] {
             metrics::counter!("vipd_config_reloads_total", "result" => result).increment(0);
         }
+        metrics::describe_counter!(
+            "vipd_admin_connections_refused_total",
+            "Admin API connections refused or closed early, by reason: too_many (503), header_timeout, \
+             header_too_large (431), deadline."
+        );
+        for &reason in crate::admin::Refusal::VARIANTS {
+            admin_refused_by(reason.as_str(), 0);
+        }
         handle
     })
 }
@@ -81,6 +90,15 @@ pub fn install() -> &'static PrometheusHandle {
 pub fn config_reloaded(ok: bool) {
     let result = if ok { "ok" } else { "error" };
     metrics::counter!("vipd_config_reloads_total", "result" => result).increment(1);
+}
+
+/// Counts one admin API connection refused or closed early, by its reason label.
+pub fn admin_refused(reason: &'static str) {
+    admin_refused_by(reason, 1);
+}
+
+fn admin_refused_by(reason: &'static str, n: u64) {
+    metrics::counter!("vipd_admin_connections_refused_total", "reason" => reason).increment(n);
 }
 
 /// The Prometheus text of a snapshot, libpcap's counters and whatever [`install`]'s recorder holds.
