@@ -393,3 +393,160 @@ fn replay_command_line() {
     assert_eq!(read_sent(&dir.path().join("i.pcap")).len(), 9);
     assert_eq!(read_sent(&dir.path().join("o.pcap")).len(), 9);
 }
+
+// ------------------------------------------------------------ replay with the configured policies
+
+/// The built components (`make plugins`; `VIPD_TEST_PLUGINS` overrides the folder).
+fn built_plugins() -> PathBuf {
+    let dir = std::env::var_os("VIPD_TEST_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins"))
+        });
+    assert!(
+        dir.join("source-affinity.wasm").exists(),
+        "the plugin components are not built in {}: run `make plugins` first",
+        dir.display()
+    );
+    dir
+}
+
+/// A capture of `n` SYNs from one client (ports 40000..) to 192.0.2.1:80, 10 ms apart.
+fn write_syns(path: &Path, n: u16) {
+    let dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).unwrap();
+    let mut out = dead.savefile(path).unwrap();
+    for i in 0..n {
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2(CLIENT_MAC, L2.outside_mac.0)
+            .ipv4(CLIENT.octets(), vip(1).octets(), 64)
+            .tcp(40000 + i, 80, 1000, 64240)
+            .syn()
+            .write(&mut frame, &[])
+            .unwrap();
+        let header = pcap::PacketHeader {
+            ts: libc::timeval {
+                tv_sec: 1,
+                tv_usec: libc::suseconds_t::from(i) * 10_000,
+            },
+            caplen: frame.len() as u32,
+            len: frame.len() as u32,
+        };
+        out.write(&pcap::Packet::new(&header, &frame));
+    }
+    out.flush().unwrap();
+}
+
+/// A config with one virtual machine on two real servers, served by `policy`, plugins in `plugins`.
+fn policy_config(dir: &Path, policy: &str, plugins: Option<&Path>) -> PathBuf {
+    let plugins = plugins.map_or(String::new(), |p| {
+        format!("plugins = {:?}\n", p.display().to_string())
+    });
+    let text = format!(
+        "[director]\noutside = \"o\"\ninside = \"i\"\n{plugins}\
+         [[real]]\nname = \"a\"\naddress = \"10.20.0.10\"\nmac = \"02:00:00:00:02:0a\"\n\
+         [[real]]\nname = \"b\"\naddress = \"10.20.0.11\"\nmac = \"02:00:00:00:02:0b\"\n\
+         [[virtual]]\nname = \"web\"\naddress = \"192.0.2.1\"\nbind = [\"a:8080\", \"b:8080\"]\n\
+           [[virtual.port]]\n  port = 80\n  policy = \"{policy}\"\n"
+    );
+    let path = dir.join(format!("{policy}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `vipd replay` of `capture` with `config` (and `extra` arguments): exit status, stdout, stderr.
+fn vipd_replay(config: &Path, capture: &Path, extra: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipd"))
+        .arg("replay")
+        .arg("--config")
+        .arg(config)
+        .arg("--outside")
+        .arg(capture)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The real server each forwarded SYN went to, in order (from `vipd replay`'s per-frame lines).
+fn servers(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| l.contains("-> inside"))
+        .filter_map(|l| l.rsplit(" > ").next())
+        .filter_map(|s| s.split(':').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `vipd replay` runs the policy the config names, as `vipd run` would: a plugin policy (source affinity)
+/// keeps one client on one server where the built-in round-robin alternates, and the output says which
+/// policy served the port.
+#[test]
+fn replay_runs_the_configured_plugin_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("syns.pcap");
+    write_syns(&capture, 6);
+    let plugins = built_plugins();
+
+    let (ok, stdout, stderr) = vipd_replay(
+        &policy_config(dir.path(), "round-robin", None),
+        &capture,
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("web 192.0.2.1:80/tcp: policy round-robin (built-in)"),
+        "{stdout}"
+    );
+    let rr = servers(&stdout);
+    assert_eq!(rr.len(), 6, "{stdout}");
+    assert_eq!(
+        rr.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        2,
+        "round-robin uses both servers: {rr:?}"
+    );
+
+    let config = policy_config(dir.path(), "source-affinity", Some(&plugins));
+    let (ok, stdout, stderr) = vipd_replay(&config, &capture, &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("web 192.0.2.1:80/tcp: policy source-affinity (plugin "),
+        "{stdout}"
+    );
+    let affine = servers(&stdout);
+    assert_eq!(affine.len(), 6, "{stdout}");
+    assert!(
+        affine.iter().all(|s| s == &affine[0]),
+        "one client, one server: {affine:?}"
+    );
+
+    // --plugins DIR serves a config that names no folder.
+    let bare = policy_config(dir.path(), "source-affinity", None);
+    let plugins_arg = plugins.display().to_string();
+    let (ok, stdout, stderr) = vipd_replay(&bare, &capture, &["--plugins", &plugins_arg]);
+    assert!(ok, "{stderr}");
+    assert_eq!(servers(&stdout).len(), 6, "{stdout}");
+}
+
+/// A policy that is neither built in nor a plugin is refused, with the file, the port and the name, as
+/// `vipd run` refuses it; nothing is replayed.
+#[test]
+fn replay_refuses_an_unknown_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("syns.pcap");
+    write_syns(&capture, 1);
+    let config = policy_config(dir.path(), "no-such-policy", Some(&built_plugins()));
+    let (ok, stdout, stderr) = vipd_replay(&config, &capture, &[]);
+    assert!(!ok, "refused: {stdout}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("no-such-policy.toml")
+            && stderr.contains("port 80")
+            && stderr.contains("policy \"no-such-policy\" is no built-in"),
+        "{stderr}"
+    );
+}
