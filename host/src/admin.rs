@@ -299,6 +299,9 @@ pub fn spawn_on(
     limits: AdminLimits,
 ) -> Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
+    for &reason in <Refusal as strum::VariantArray>::VARIANTS {
+        crate::metrics::admin_refused(reason.as_str(), 0);
+    }
     let handle = std::thread::Builder::new()
         .name("vipd-admin".into())
         .spawn(move || {
@@ -371,7 +374,7 @@ struct RefusalLog {
 
 impl RefusalLog {
     fn note(&mut self, max_connections: usize) {
-        crate::metrics::admin_refused(Refusal::TooMany.as_str());
+        crate::metrics::admin_refused(Refusal::TooMany.as_str(), 1);
         self.unreported += 1;
         if self.last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             tracing::warn!(
@@ -408,7 +411,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: Arc<Admin>, limi
                     Ok(r) => r,
                     Err(_) => {
                         tracing::debug!(%peer, "admin HTTP server: connection cut at its deadline");
-                        crate::metrics::admin_refused(Refusal::Deadline.as_str());
+                        crate::metrics::admin_refused(Refusal::Deadline.as_str(), 1);
                         return;
                     }
                 }
@@ -420,7 +423,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: Arc<Admin>, limi
     };
     if e.is_parse_too_large() {
         tracing::debug!(%peer, "admin HTTP server: request head too large");
-        crate::metrics::admin_refused(Refusal::HeaderTooLarge.as_str());
+        crate::metrics::admin_refused(Refusal::HeaderTooLarge.as_str(), 1);
         let answer = io.held_431.then(|| {
             raw_error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -430,7 +433,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: Arc<Admin>, limi
         linger(io.stream, answer.as_deref().unwrap_or_default()).await;
     } else if e.is_timeout() && (io.reading || !io.answered) {
         tracing::debug!(%peer, "admin HTTP server: no whole request head in time");
-        crate::metrics::admin_refused(Refusal::HeaderTimeout.as_str());
+        crate::metrics::admin_refused(Refusal::HeaderTimeout.as_str(), 1);
     }
 }
 

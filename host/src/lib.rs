@@ -10,7 +10,16 @@
 //!   (patent FIGS. 4A, 4B, 6A, 6B, 6D): which virtual ports exist and which real ports serve them.
 //! - [`conntable`]: the connection objects (patent FIG. 6C), found by hash in both directions.
 //! - [`policy`]: the session distribution seam ([`policy::Selector`]) and the built-in policies.
-//! - [`director`]: the packet path (patent FIGS. 5, 7, 8, 9): one frame and `now` in, a [`director::Verdict`] out.
+//! - [`director`]: one frame and `now` in, a [`director::Verdict`] out; one job per file:
+//!   `director/path.rs` the packet path (patent FIGS. 7, 8, 9), `director/select.rs` how a SYN picks a
+//!   server (FIG. 5), `director/reals.rs` real-server state and failure handling (FIG. 6B),
+//!   `director/neighbours.rs` ARP, `director/stats.rs` counters and the published snapshot,
+//!   `director/install.rs` bindings put in place at start and reload.
+//! - [`status`]: the `/status` document, shared by the admin server and `vipd status`.
+//!
+//! Assembly, the one way a config becomes a director:
+//! - [`assemble`]: config, bindings, binder plugins and one selector per virtual port (a plugin or a
+//!   built-in); `vipd run`, `vipd replay`, `vipd check`, the benchmarks and the fuzzer all use it.
 //!
 //! I/O at the edge:
 //! - [`capture`]: libpcap on the outside and inside interfaces, one thread polling both, batches per wake-up.
@@ -23,6 +32,8 @@
 //! - [`metrics`]: Prometheus rendering of the director's published snapshot.
 //! - [`admin`]: the HTTP server on `[director] listen`: `/metrics`, `/status`, `/connections`, operator
 //!   commands to the data path.
+//!
+//! Imports point one way: the pure parts import no I/O module, and no two modules import each other.
 //!
 //! # The path of a packet
 //!

@@ -79,9 +79,6 @@ pub fn install() -> &'static PrometheusHandle {
             "Admin API connections refused or closed early, by reason: too_many (503), header_timeout, \
              header_too_large (431), deadline."
         );
-        for &reason in crate::admin::Refusal::VARIANTS {
-            admin_refused_by(reason.as_str(), 0);
-        }
         handle
     })
 }
@@ -92,12 +89,9 @@ pub fn config_reloaded(ok: bool) {
     metrics::counter!("vipd_config_reloads_total", "result" => result).increment(1);
 }
 
-/// Counts one admin API connection refused or closed early, by its reason label.
-pub fn admin_refused(reason: &'static str) {
-    admin_refused_by(reason, 1);
-}
-
-fn admin_refused_by(reason: &'static str, n: u64) {
+/// Counts `n` admin API connections refused or closed early, by their reason label (0 registers the
+/// series, so it is exported before the first refusal).
+pub fn admin_refused(reason: &'static str, n: u64) {
     metrics::counter!("vipd_admin_connections_refused_total", "reason" => reason).increment(n);
 }
 

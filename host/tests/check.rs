@@ -89,3 +89,47 @@ fn syntax_error_exits_one() {
         "{stderr}"
     );
 }
+
+/// `vipd check` assembles the config as `vipd run` does: a policy that is neither built in nor a plugin
+/// in the config's plugins folder is refused (exit 1, naming the file, port and name), and the policy of
+/// every port is listed when it passes.
+#[test]
+fn unknown_policy_is_refused_like_run_refuses_it() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("check-policy");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins folder");
+    let config = |policy: &str| {
+        let path = dir.join(format!("{policy}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[director]\noutside = \"o\"\ninside = \"i\"\nplugins = \"plugins\"\n\
+                 [[real]]\nname = \"a\"\naddress = \"10.20.0.10\"\n\
+                 [[virtual]]\nname = \"web\"\naddress = \"192.0.2.1\"\nbind = [\"a\"]\n\
+                 [[virtual.port]]\nport = 80\npolicy = \"{policy}\"\n"
+            ),
+        )
+        .expect("config written");
+        path
+    };
+    let out = vipd_check(&config("no-such-policy"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no-such-policy.toml")
+            && stderr.contains("port 80")
+            && stderr.contains("policy \"no-such-policy\" is no built-in"),
+        "{stderr}"
+    );
+    let out = vipd_check(&config("round-robin"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("web 192.0.2.1:80/tcp: policy round-robin (built-in)"),
+        "{stdout}"
+    );
+}
