@@ -41,6 +41,7 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::capture::{CaptureStats, Waker};
 use crate::conntable::Connection;
 use crate::director::{Director, Published};
+use crate::metrics::Refusal;
 use crate::plugin::{PluginDir, PluginEntry};
 use crate::policy::ServerState;
 use crate::status::Status;
@@ -100,29 +101,6 @@ impl Default for AdminLimits {
             lifetime: CONNECTION_LIFETIME,
             grace: CONNECTION_GRACE,
         }
-    }
-}
-
-/// Why the HTTP server gave up on a client; each is a `reason` label of
-/// `vipd_admin_connections_refused_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::VariantArray, strum::IntoStaticStr)]
-#[strum(serialize_all = "snake_case")]
-pub enum Refusal {
-    /// [`AdminLimits::max_connections`] were open: answered 503 and closed (in a flood, closed unanswered).
-    TooMany,
-    /// No whole request head within [`AdminLimits::header_read`] on a new connection or one that began a
-    /// head: closed. An idle keep-alive connection closed after that time is not counted.
-    HeaderTimeout,
-    /// A request head over [`MAX_HEADER_BYTES`] or 100 headers: answered 431 and closed.
-    HeaderTooLarge,
-    /// Still open [`AdminLimits::grace`] after it was asked to close (a slow body or reader): cut.
-    Deadline,
-}
-
-impl Refusal {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        self.into()
     }
 }
 
@@ -299,9 +277,6 @@ pub fn spawn_on(
     limits: AdminLimits,
 ) -> Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
-    for &reason in <Refusal as strum::VariantArray>::VARIANTS {
-        crate::metrics::admin_refused(reason.as_str(), 0);
-    }
     let handle = std::thread::Builder::new()
         .name("vipd-admin".into())
         .spawn(move || {
@@ -374,7 +349,7 @@ struct RefusalLog {
 
 impl RefusalLog {
     fn note(&mut self, max_connections: usize) {
-        crate::metrics::admin_refused(Refusal::TooMany.as_str(), 1);
+        crate::metrics::admin_refused(Refusal::TooMany);
         self.unreported += 1;
         if self.last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             tracing::warn!(
@@ -411,7 +386,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: Arc<Admin>, limi
                     Ok(r) => r,
                     Err(_) => {
                         tracing::debug!(%peer, "admin HTTP server: connection cut at its deadline");
-                        crate::metrics::admin_refused(Refusal::Deadline.as_str(), 1);
+                        crate::metrics::admin_refused(Refusal::Deadline);
                         return;
                     }
                 }
@@ -423,7 +398,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: Arc<Admin>, limi
     };
     if e.is_parse_too_large() {
         tracing::debug!(%peer, "admin HTTP server: request head too large");
-        crate::metrics::admin_refused(Refusal::HeaderTooLarge.as_str(), 1);
+        crate::metrics::admin_refused(Refusal::HeaderTooLarge);
         let answer = io.held_431.then(|| {
             raw_error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -433,7 +408,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: Arc<Admin>, limi
         linger(io.stream, answer.as_deref().unwrap_or_default()).await;
     } else if e.is_timeout() && (io.reading || !io.answered) {
         tracing::debug!(%peer, "admin HTTP server: no whole request head in time");
-        crate::metrics::admin_refused(Refusal::HeaderTimeout.as_str(), 1);
+        crate::metrics::admin_refused(Refusal::HeaderTimeout);
     }
 }
 

@@ -359,6 +359,7 @@ struct RawDirector {
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
     syn: Text,
+    syn_recv: Text,
     established: Text,
     closing: Text,
     udp: Text,
@@ -676,6 +677,7 @@ impl Checker<'_> {
         };
         Timeouts {
             syn: self.duration(&raw.syn, "timeouts.syn", defaults.syn),
+            syn_recv: self.duration(&raw.syn_recv, "timeouts.syn_recv", defaults.syn_recv),
             established: self.duration(
                 &raw.established,
                 "timeouts.established",
@@ -1443,6 +1445,7 @@ send_threads = "both"
 qdisc_bypass = false
 [timeouts]
 syn = "1s"
+syn_recv = "5s"
 established = "2m"
 closing = "3s"
 udp = "4s"
@@ -1484,6 +1487,7 @@ policy_args = { x = "y" }
             (c.director.send_threads, c.director.qdisc_bypass),
             (SendThreads::new(true, true), false)
         );
+        assert_eq!(c.timeouts.syn_recv, Duration::from_secs(5));
         assert_eq!(c.timeouts.established, Duration::from_secs(120));
         assert_eq!(c.timeouts.udp, Duration::from_secs(4));
         let a = &c.reals[0];

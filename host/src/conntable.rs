@@ -13,9 +13,10 @@
 //!   touched since they were enqueued (lazy LRU). So an idle connection is removed no earlier than
 //!   `last_seen + timeout`, exactly then if it saw no packet after it was enqueued, and at the latest
 //!   `last_seen + 2 × timeout` (given `expire` is called often enough with enough budget).
-//! - When full, [`ConnTable::insert`] evicts the oldest half-open ([`ConnState::SynSent`]) connection, then the
-//!   oldest [`ConnState::Closing`] one, and otherwise refuses: established connections and UDP flows are never
-//!   broken to make room.
+//! - When full, [`ConnTable::insert`] evicts the oldest half-open connection (no SYN-ACK yet,
+//!   [`ConnState::SynSent`], then SYN-ACK not yet acknowledged, [`ConnState::SynRecv`]), then the oldest
+//!   [`ConnState::Closing`] one, and otherwise refuses: established connections and UDP flows are never
+//!   broken to make room, and half-open ones (what a SYN flood makes) never pin the table.
 //! - What may fail: [`ConnTable::insert`] and [`ConnTable::retarget`] ([`InsertError`]). A [`ConnId`] is valid
 //!   from its insert until its removal (by [`ConnTable::remove`], expiry or eviction); using it afterwards is a
 //!   bug of the caller (it may name another connection by then).
@@ -36,7 +37,10 @@ use crate::wire::Protocol;
 pub struct Timeouts {
     /// A TCP connection that has seen a SYN but no SYN-ACK yet.
     pub syn: Duration,
-    /// A TCP connection that has seen the server's SYN-ACK.
+    /// A TCP connection whose server answered with SYN-ACK but whose client has not acknowledged it yet
+    /// (half-open, as conntrack's SYN_RECV): what a spoofed SYN becomes, so it is short.
+    pub syn_recv: Duration,
+    /// A TCP connection whose client acknowledged the server's SYN-ACK.
     pub established: Duration,
     /// After a FIN or RST from either side.
     pub closing: Duration,
@@ -48,6 +52,7 @@ impl Default for Timeouts {
     fn default() -> Timeouts {
         Timeouts {
             syn: Duration::from_secs(10),
+            syn_recv: Duration::from_secs(10),
             established: Duration::from_secs(15 * 60),
             closing: Duration::from_secs(30),
             udp: Duration::from_secs(60),
@@ -74,7 +79,9 @@ pub type ConnId = u32;
 pub enum ConnState {
     /// The client's SYN went to the real server; no SYN-ACK yet (half-open).
     SynSent,
-    /// The real server answered with a SYN-ACK.
+    /// The real server answered with a SYN-ACK; the client has not acknowledged it yet (half-open).
+    SynRecv,
+    /// The client acknowledged the server's SYN-ACK.
     Established,
     /// A FIN or RST was seen from either side.
     Closing,
@@ -184,7 +191,8 @@ pub struct Inserted {
 /// End of a list (and "no entry").
 const NIL: u32 = u32::MAX;
 /// The `list` of a free slot.
-const FREE: u64 = 4;
+const FREE: u64 = ConnState::COUNT as u64;
+const _: () = assert!(FREE < 1 << LIST_BITS, "the lists and FREE fit LIST_BITS");
 /// Low bits of `Entry::meta` holding the list.
 const LIST_BITS: u32 = 3;
 /// Largest enqueue time in nanoseconds that fits `Entry::meta` (about 73 years).
@@ -244,8 +252,8 @@ pub struct ConnTable {
     /// Head of the free list of slots below `entries.len()`.
     free: u32,
     /// Per timeout list: oldest entry, newest entry, number of entries.
-    heads: [u32; 4],
-    tails: [u32; 4],
+    heads: [u32; ConnState::COUNT],
+    tails: [u32; ConnState::COUNT],
     counts: [usize; ConnState::COUNT],
     /// Ids by inbound key; sized for 2 × capacity so that deleted-slot cleanup rehashes in place.
     inbound: HashTable<ConnId>,
@@ -283,9 +291,9 @@ impl ConnTable {
             capacity,
             len: 0,
             free: NIL,
-            heads: [NIL; 4],
-            tails: [NIL; 4],
-            counts: [0; 4],
+            heads: [NIL; ConnState::COUNT],
+            tails: [NIL; ConnState::COUNT],
+            counts: [0; ConnState::COUNT],
             inbound: HashTable::with_capacity(index_capacity),
             outbound: HashTable::with_capacity(index_capacity),
             hasher: DefaultHashBuilder::default(),
@@ -357,7 +365,8 @@ impl ConnTable {
 
     /// Adds a connection (`created` and `last_seen` set by the caller; it is enqueued at `last_seen`).
     ///
-    /// When the table is full the oldest half-open connection, else the oldest closing one, is evicted and
+    /// When the table is full the oldest half-open connection (SYN sent, then SYN received), else the oldest
+    /// closing one, is evicted and
     /// returned in [`Inserted::evicted`].
     pub fn insert(&mut self, conn: Connection) -> Result<Inserted, InsertError> {
         let in_key = conn.inbound_key();
@@ -385,7 +394,7 @@ impl ConnTable {
         }
         let mut evicted = None;
         if self.len == self.capacity {
-            let victim = [ConnState::SynSent, ConnState::Closing]
+            let victim = [ConnState::SynSent, ConnState::SynRecv, ConnState::Closing]
                 .into_iter()
                 .map(|s| self.heads[s.index()])
                 .find(|&head| head != NIL)
@@ -530,11 +539,11 @@ impl ConnTable {
     ) -> usize {
         let now_ns = nanos(now);
         let timeouts = self.timeout_nanos();
-        let mut pending = [true; 4];
+        let mut pending = [true; ConnState::COUNT];
         let mut steps = 0;
         let mut removed = 0;
         while pending.iter().any(|&p| p) {
-            for list in 0..4 {
+            for list in 0..ConnState::COUNT {
                 if !pending[list] {
                     continue;
                 }
@@ -570,7 +579,7 @@ impl ConnTable {
     /// The earliest time at which [`ConnTable::expire`] has work to do (a list head is due), if any.
     pub fn next_expiry(&self) -> Option<Duration> {
         let timeouts = self.timeout_nanos();
-        (0..4)
+        (0..ConnState::COUNT)
             .filter(|&list| self.heads[list] != NIL)
             .map(|list| {
                 let head = &self.entries[self.heads[list] as usize];
@@ -603,7 +612,8 @@ impl ConnTable {
 
     fn timeout_nanos(&self) -> [u64; ConnState::COUNT] {
         let t = &self.timeouts;
-        [t.syn, t.established, t.closing, t.udp].map(nanos)
+        // In the order of the variants (`ConnState::index`).
+        [t.syn, t.syn_recv, t.established, t.closing, t.udp].map(nanos)
     }
 
     fn unindex_outbound(&mut self, id: ConnId, conn: &Connection) {
@@ -665,6 +675,7 @@ mod tests {
     fn timeouts() -> Timeouts {
         Timeouts {
             syn: SYN,
+            syn_recv: SYN,
             established: EST,
             closing: CLOSING,
             udp: UDP,
@@ -743,7 +754,7 @@ mod tests {
         let id = table.insert(c).unwrap().id;
         assert_eq!(table.remove(id), c);
         assert!(table.is_empty());
-        assert_eq!(table.count_by_state(), [0; 4]);
+        assert_eq!(table.count_by_state(), [0; ConnState::COUNT]);
         assert_eq!(
             table.lookup_inbound(Protocol::Tcp, c.client, c.virtual_addr),
             None
@@ -808,18 +819,20 @@ mod tests {
             .insert(conn(40000, 80, 8001, ConnState::SynSent, secs(0)))
             .unwrap()
             .id;
-        assert_eq!(table.count_by_state(), [1, 0, 0, 0]);
+        assert_eq!(table.count_by_state(), [1, 0, 0, 0, 0]);
+        table.set_state(id, ConnState::SynRecv, secs(1));
+        assert_eq!(table.count_by_state(), [0, 1, 0, 0, 0]);
         table.set_state(id, ConnState::Established, secs(1));
-        assert_eq!(table.count_by_state(), [0, 1, 0, 0]);
+        assert_eq!(table.count_by_state(), [0, 0, 1, 0, 0]);
         assert_eq!(table.get(id).state, ConnState::Established);
         assert_eq!(table.get(id).last_seen, secs(1));
         // Far beyond the SYN timeout, well within the established one.
         assert!(expire_all(&mut table, secs(500)).is_empty());
         table.set_state(id, ConnState::Closing, secs(600));
-        assert_eq!(table.count_by_state(), [0, 0, 1, 0]);
+        assert_eq!(table.count_by_state(), [0, 0, 0, 1, 0]);
         assert!(expire_all(&mut table, secs(629)).is_empty());
         assert_eq!(expire_all(&mut table, secs(630)).len(), 1);
-        assert_eq!(table.count_by_state(), [0; 4]);
+        assert_eq!(table.count_by_state(), [0; ConnState::COUNT]);
     }
 
     /// Expiry re-queues a connection touched since it was enqueued and removes the idle one behind it.
@@ -877,15 +890,17 @@ mod tests {
         assert_eq!(table.expire(secs(100), 0, |_| {}), 0);
     }
 
-    /// A full table evicts the oldest SYN-sent connection, then the oldest closing one, then refuses.
+    /// A full table evicts the oldest SYN-sent connection, then the oldest SYN-received (half-open) one,
+    /// then the oldest closing one, then refuses.
     #[test]
     fn full_table_evicts_half_open_then_closing_then_refuses() {
-        let mut table = ConnTable::new(4, timeouts());
+        let mut table = ConnTable::new(5, timeouts());
         let est = conn(1, 80, 8001, ConnState::Established, secs(0));
         let closing = conn(2, 80, 8001, ConnState::Closing, secs(0));
         let syn_old = conn(3, 80, 8001, ConnState::SynSent, secs(1));
         let syn_new = conn(4, 80, 8001, ConnState::SynSent, secs(2));
-        for c in [est, closing, syn_old, syn_new] {
+        let syn_recv = conn(5, 80, 8001, ConnState::SynRecv, secs(0));
+        for c in [est, closing, syn_old, syn_new, syn_recv] {
             assert_eq!(table.insert(c).unwrap().evicted, None);
         }
         let evicted = |table: &mut ConnTable, port| {
@@ -895,18 +910,19 @@ mod tests {
         };
         assert_eq!(evicted(&mut table, 10), Ok(Some(syn_old)));
         assert_eq!(evicted(&mut table, 11), Ok(Some(syn_new)));
-        assert_eq!(evicted(&mut table, 12), Ok(Some(closing)));
-        assert_eq!(evicted(&mut table, 13), Err(InsertError::Full));
-        let udp = conn(14, 53, 53, ConnState::Udp, secs(3));
+        assert_eq!(evicted(&mut table, 12), Ok(Some(syn_recv)));
+        assert_eq!(evicted(&mut table, 13), Ok(Some(closing)));
+        assert_eq!(evicted(&mut table, 14), Err(InsertError::Full));
+        let udp = conn(15, 53, 53, ConnState::Udp, secs(3));
         assert_eq!(table.insert(udp), Err(InsertError::Full));
-        assert_eq!(table.len(), 4);
-        assert_eq!(table.count_by_state(), [0, 4, 0, 0]);
+        assert_eq!(table.len(), 5);
+        assert_eq!(table.count_by_state(), [0, 0, 5, 0, 0]);
 
         // Only UDP flows: refused too.
         let mut table = ConnTable::new(1, timeouts());
         table.insert(udp).unwrap();
         assert_eq!(
-            table.insert(conn(15, 53, 53, ConnState::Udp, secs(3))),
+            table.insert(conn(16, 53, 53, ConnState::Udp, secs(3))),
             Err(InsertError::Full)
         );
     }
@@ -1097,6 +1113,7 @@ mod tests {
         // Short timeouts (ms) so that Advance makes things expire.
         match state {
             ConnState::SynSent => Duration::from_millis(10_000),
+            ConnState::SynRecv => Duration::from_millis(5_000),
             ConnState::Established => Duration::from_millis(40_000),
             ConnState::Closing => Duration::from_millis(15_000),
             ConnState::Udp => Duration::from_millis(25_000),
@@ -1110,6 +1127,7 @@ mod tests {
             let cap = 5;
             let mut table = ConnTable::new(cap, Timeouts {
                 syn: model_timeout(ConnState::SynSent),
+                syn_recv: model_timeout(ConnState::SynRecv),
                 established: model_timeout(ConnState::Established),
                 closing: model_timeout(ConnState::Closing),
                 udp: model_timeout(ConnState::Udp),
@@ -1131,7 +1149,7 @@ mod tests {
                         } else if model.values().any(|m| m.conn.outbound_key() == c.outbound_key()) {
                             Err(InsertError::Collision)
                         } else if model.len() == cap {
-                            let victim = [ConnState::SynSent, ConnState::Closing].into_iter().find_map(|s| {
+                            let victim = [ConnState::SynSent, ConnState::SynRecv, ConnState::Closing].into_iter().find_map(|s| {
                                 model.iter().filter(|(_, m)| m.conn.state == s).min_by_key(|(_, m)| m.seq).map(|(&id, _)| id)
                             });
                             match victim {
@@ -1210,7 +1228,7 @@ mod tests {
 
                 // Contents, counts and every possible lookup agree.
                 prop_assert_eq!(table.len(), model.len());
-                let mut counts = [0; 4];
+                let mut counts = [0; ConnState::COUNT];
                 for (&id, m) in &model {
                     prop_assert_eq!(table.get(id), &m.conn);
                     counts[m.conn.state.index()] += 1;

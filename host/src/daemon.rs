@@ -277,6 +277,7 @@ fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
         connections = director.table().len(),
         connections_created = counters.connections_created,
         expired = counters.expired,
+        syn_duplicates = counters.syn_duplicates,
         forwarded_inside = counters.forwarded.inside,
         forwarded_outside = counters.forwarded.outside,
         drops = %drops,

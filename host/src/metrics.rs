@@ -48,6 +48,29 @@ pub const NAMES: &[&str] = &[
     "vipd_admin_connections_refused_total",
 ];
 
+/// Why the HTTP server gave up on a client; each is a `reason` label of
+/// `vipd_admin_connections_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Refusal {
+    /// [`crate::admin::AdminLimits::max_connections`] were open: answered 503 and closed (in a flood, closed unanswered).
+    TooMany,
+    /// No whole request head within [`crate::admin::AdminLimits::header_read`] on a new connection or one that began a
+    /// head: closed. An idle keep-alive connection closed after that time is not counted.
+    HeaderTimeout,
+    /// A request head over [`crate::admin::MAX_HEADER_BYTES`] or 100 headers: answered 431 and closed.
+    HeaderTooLarge,
+    /// Still open [`crate::admin::AdminLimits::grace`] after it was asked to close (a slow body or reader): cut.
+    Deadline,
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// Refusal reasons of `vipd_connections_rejected_total`: the [`DropReason`]s answered with RST or ICMP.
 const REJECT_REASONS: [DropReason; 4] = [
     DropReason::UnsupportedPort,
@@ -79,6 +102,9 @@ pub fn install() -> &'static PrometheusHandle {
             "Admin API connections refused or closed early, by reason: too_many (503), header_timeout, \
              header_too_large (431), deadline."
         );
+        for &reason in Refusal::VARIANTS {
+            admin_refused_by(reason, 0);
+        }
         handle
     })
 }
@@ -89,10 +115,14 @@ pub fn config_reloaded(ok: bool) {
     metrics::counter!("vipd_config_reloads_total", "result" => result).increment(1);
 }
 
-/// Counts `n` admin API connections refused or closed early, by their reason label (0 registers the
-/// series, so it is exported before the first refusal).
-pub fn admin_refused(reason: &'static str, n: u64) {
-    metrics::counter!("vipd_admin_connections_refused_total", "reason" => reason).increment(n);
+/// Counts one admin API connection refused or closed early.
+pub fn admin_refused(reason: Refusal) {
+    admin_refused_by(reason, 1);
+}
+
+fn admin_refused_by(reason: Refusal, n: u64) {
+    metrics::counter!("vipd_admin_connections_refused_total", "reason" => reason.as_str())
+        .increment(n);
 }
 
 /// The Prometheus text of a snapshot, libpcap's counters and whatever [`install`]'s recorder holds.

@@ -26,6 +26,11 @@ use crate::wire::{self, Icmp, Packet, Protocol, TcpFlags, Transport};
 /// `Connection::syn_resends` of a connection re-given after an RST, until the client's next SYN: that SYN is
 /// the first the new server sees, not a resend. `syn_retries` stays below it.
 const REGIVEN: u8 = u8::MAX;
+/// The shortest interval after which a repeated SYN counts as a resend (patent FIG. 6C's SYN resends, and
+/// so towards ditching the server). TCP's first retransmission comes after the initial RTO, 1 s (RFC 6298
+/// 2.1; Linux `TCP_TIMEOUT_INIT`), and later ones after longer; 800 ms leaves room for timer slack. Anything
+/// sooner is the same SYN twice: a duplicate on the path, or an attacker repeating it to fail servers.
+const MIN_SYN_RESEND: Duration = Duration::from_millis(800);
 
 impl Director {
     /// Frames from clients (patent FIGS. 7 and 8).
@@ -102,7 +107,8 @@ impl Director {
         };
         let id = match self.table.lookup_inbound(protocol, client, virt) {
             Some(id) if opens && protocol == Protocol::Tcp => {
-                match self.table.get(id).state {
+                let conn = self.table.get(id);
+                match conn.state {
                     // A SYN for a connection that already closed: the client reuses its port. Start over.
                     ConnState::Closing => {
                         self.close(id);
@@ -121,8 +127,14 @@ impl Director {
                         }
                         id
                     }
+                    // Sooner after the last SYN than any TCP retransmits one: the same SYN twice (a
+                    // duplicate, or a flood repeating it), not a resend. Forwarded, counted as nothing.
+                    ConnState::SynSent if now < conn.last_seen + MIN_SYN_RESEND => {
+                        self.counters.syn_duplicates += 1;
+                        id
+                    }
                     // Resent `syn_retries` times and still no SYN-ACK: ditched; this SYN goes elsewhere.
-                    ConnState::SynSent if self.table.get(id).syn_resends >= self.syn_retries => {
+                    ConnState::SynSent if conn.syn_resends >= self.syn_retries => {
                         self.counters.syn_resends += 1;
                         if let Some(f) =
                             flow_mut(&mut self.flows, self.reals.len(), self.table.get(id))
@@ -146,7 +158,7 @@ impl Director {
                         }
                     }
                     // The patent's SYN resend: same connection, same server.
-                    _ => {
+                    ConnState::SynSent => {
                         self.counters.syn_resends += 1;
                         let conn = self.table.get_mut(id);
                         conn.syn_resends = conn.syn_resends.saturating_add(1);
@@ -155,6 +167,12 @@ impl Director {
                         }
                         let real = *conn.real.ip();
                         self.reask_neighbour(real);
+                        id
+                    }
+                    // The server answered already (its SYN-ACK is on its way or was lost): not a resend,
+                    // and nothing the server is to blame for. Forwarded; the server answers it again.
+                    ConnState::SynRecv | ConnState::Established | ConnState::Udp => {
+                        self.counters.syn_duplicates += 1;
                         id
                     }
                 }
@@ -295,6 +313,15 @@ impl Director {
     }
 
     fn track_client_flags(&mut self, id: ConnId, flags: TcpFlags, now: Duration) {
+        let state = self.table.get(id).state;
+        if state == ConnState::SynRecv
+            && flags.contains(TcpFlags::ACK)
+            && !flags.contains(TcpFlags::SYN)
+            && !flags.contains(TcpFlags::RST)
+        {
+            // The client acknowledged the server's SYN-ACK: the handshake is complete.
+            self.table.set_state(id, ConnState::Established, now);
+        }
         if flags.contains(TcpFlags::RST) || flags.contains(TcpFlags::FIN) {
             let conn = self.table.get_mut(id);
             if flags.contains(TcpFlags::FIN) {
@@ -389,7 +416,8 @@ impl Director {
                 };
             }
             self.answered(conn.real_id as usize);
-            self.table.set_state(id, ConnState::Established, now);
+            // Half-open until the client acknowledges it (a spoofed SYN's client never does).
+            self.table.set_state(id, ConnState::SynRecv, now);
         } else if flags.contains(TcpFlags::RST) || flags.contains(TcpFlags::FIN) {
             if flags.contains(TcpFlags::FIN) {
                 self.table.get_mut(id).fin_seen |= 2;

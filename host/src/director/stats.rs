@@ -93,6 +93,8 @@ pub struct Counters {
     pub refused: PerReason,
     pub connections_created: u64,
     pub syn_resends: u64,
+    /// SYNs repeated sooner than a retransmission, or after the server's SYN-ACK: forwarded, not resends.
+    pub syn_duplicates: u64,
     pub evicted_half_open: u64,
     pub evicted_closing: u64,
     pub expired: u64,

@@ -8,6 +8,7 @@ use std::net::SocketAddrV4;
 
 use super::*;
 use crate::policy::ServerState;
+use crate::conntable::{ConnState, Timeouts};
 use crate::wire::{self, MacAddr, TcpFlags};
 
 const CLIENT_MAC: MacAddr = MacAddr([2, 0, 0, 0, 1, 1]);
@@ -568,4 +569,72 @@ fn drop_reason_labels() {
     assert_eq!(DropReason::NotIpv4.as_str(), "not_ipv4");
     assert_eq!(DropReason::BadTcpFlags.as_str(), "bad_tcp_flags");
     assert_eq!(Handled::Forwarded.as_str(), "forwarded");
+}
+
+/// The same SYN repeated back to back (sooner than any TCP retransmission) is a duplicate, not a resend:
+/// a burst of them on many tuples ditches nothing and fails no server (issue 12's "80 frames fail every
+/// server").
+#[test]
+fn duplicate_syn_bursts_are_not_resends() {
+    let mut d = director(0);
+    for cport in 1000..1020 {
+        let first = syn_to(&mut d, WEB, cport, secs(1));
+        for k in 1..4u64 {
+            let at = secs(1) + Duration::from_millis(100 * k);
+            assert_eq!(syn_to(&mut d, WEB, cport, at), first, "same server");
+        }
+    }
+    assert_eq!(d.counters().syn_resends, 0);
+    assert_eq!(d.counters().syn_duplicates, 60);
+    assert_eq!(d.counters().ditched, 0);
+    assert!(d.reals().iter().all(|r| r.state == ServerState::Up));
+    // Still a resend when it comes a retransmission timeout later: with syn_retries = 0, ditched.
+    let first = syn_to(&mut d, WEB, 1000, secs(1));
+    let second = syn_to(&mut d, WEB, 1000, secs(3));
+    assert_ne!(first, second);
+    assert_eq!(d.counters().ditched, 1);
+}
+
+/// A SYN repeated after the server's SYN-ACK was seen is not a resend (the server answered): it is
+/// forwarded to the same server and ditches nothing, however late it comes.
+#[test]
+fn syn_after_synack_is_not_a_resend() {
+    let mut d = director(0);
+    let to = syn_to(&mut d, WEB, 1000, secs(0));
+    assert_eq!(
+        d.handle(Interface::Inside, &mut server(to, 1000, false), secs(0)),
+        Verdict::Forward(Interface::Outside)
+    );
+    for t in [2, 5, 9] {
+        assert_eq!(syn_to(&mut d, WEB, 1000, secs(t)), to);
+    }
+    assert_eq!(d.counters().syn_resends, 0);
+    assert_eq!(d.counters().ditched, 0);
+}
+
+/// Conntrack's states: SYN sent, SYN-ACK seen (half-open, its own short timeout), established only when the
+/// client acknowledges the SYN-ACK. A spoofed SYN's connection (the server answers, the client never does)
+/// expires by the SYN-received timeout, not the established one.
+#[test]
+fn established_only_after_the_clients_ack() {
+    let mut d = director(2);
+    let state = |d: &Director| d.table().iter().next().map(|(_, c)| c.state);
+    let to = syn_to(&mut d, WEB, 1000, secs(0));
+    assert_eq!(state(&d), Some(ConnState::SynSent));
+    d.handle(Interface::Inside, &mut server(to, 1000, false), secs(0));
+    assert_eq!(state(&d), Some(ConnState::SynRecv));
+    let mut ack = client(WEB, 1000, false, false);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut ack, secs(1)),
+        Verdict::Forward(Interface::Inside)
+    );
+    assert_eq!(state(&d), Some(ConnState::Established));
+
+    // The spoofed one: answered, never acknowledged.
+    let to = syn_to(&mut d, WEB, 2000, secs(1));
+    d.handle(Interface::Inside, &mut server(to, 2000, false), secs(1));
+    let timeouts = Timeouts::default();
+    d.expire(secs(1) + timeouts.syn_recv, usize::MAX);
+    assert_eq!(d.table().len(), 1, "only the established connection is left");
+    assert_eq!(state(&d), Some(ConnState::Established));
 }
