@@ -164,7 +164,7 @@ fn icmp_checksum_ok(frame: &[u8], p: &Packet) -> bool {
 
 /// A TCP/UDP segment (quoted in full or not) verifies against its pseudo-header.
 fn segment_checksum_ok(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, seg: &[u8]) -> bool {
-    let ph = checksum::pseudo_header(src, dst, proto, seg.len() as u16);
+    let ph = checksum::pseudo_header_ipv4(src, dst, proto, seg.len() as u16);
     checksum::combine(&[ph, checksum::data(seg)]) == 0xFFFF
 }
 
@@ -834,7 +834,7 @@ fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
                         v[34 + 16..34 + 18].copy_from_slice(&[0, 0]);
                         let seg = &v[34..];
                         let c = checksum::finish(checksum::combine(&[
-                            checksum::pseudo_header(src, dst, 6, seg.len() as u16),
+                            checksum::pseudo_header_ipv4(src, dst, 6, seg.len() as u16),
                             checksum::data(seg),
                         ]));
                         v[34 + 16..34 + 18].copy_from_slice(&c.to_be_bytes());
@@ -1018,7 +1018,7 @@ fn rewrite_checksum_zero_edge() {
         g[50..52].copy_from_slice(&[0, 0]);
         let seg = &g[34..];
         let ck = checksum::finish(checksum::combine(&[
-            checksum::pseudo_header(CLIENT, VIP, 6, seg.len() as u16),
+            checksum::pseudo_header_ipv4(CLIENT, VIP, 6, seg.len() as u16),
             checksum::data(seg),
         ]));
         ck == 0
