@@ -6,6 +6,9 @@
 //!   one [`Error`] that makes the frame untranslatable. It checks the IPv4 header checksum but not the
 //!   TCP/UDP/ICMP ones: the NAT rewrites adjust checksums incrementally (RFC 1624), so a bad transport
 //!   checksum stays bad and the end host drops the segment, as it would without the director.
+//! - [`transport_checksum_ok`] verifies a TCP or UDP checksum in full. It costs a pass over the payload, so
+//!   the packet path calls it only for frames that would create state (a SYN, a first UDP datagram): a bad
+//!   one must not fill the connection table with entries the end host never sees (issue 12).
 //! - The rewrites ([`rewrite_destination`], [`rewrite_source`], [`set_macs`], the ICMP error translations)
 //!   change the frame in place at the offsets `parse` found. They trust those offsets but still index with
 //!   checks: a `Packet` from another frame makes them do nothing or write garbage, never panic.
@@ -382,6 +385,49 @@ fn parse_embedded(frame: &[u8], ip: usize, end: usize) -> Result<Option<Embedded
         src_port,
         dst_port,
     }))
+}
+
+/// Offset of the UDP length field.
+const UDP_LENGTH: usize = 4;
+/// Offset of the UDP checksum field.
+const UDP_CHECKSUM: usize = 6;
+
+/// Whether the TCP or UDP checksum of the parsed frame verifies in full (RFC 793 §3.1, RFC 768), over the
+/// IPv4 pseudo-header and the segment as the IP header delimits it: Ethernet padding does not count.
+///
+/// - TCP: the segment runs to the end of the IP packet (`p.end`).
+/// - UDP: the datagram is as long as its length field says (RFC 768: the pseudo-header carries "the UDP
+///   length"; Linux trims the packet to it before checking). A zero checksum means the sender computed
+///   none ("An all zero transmitted checksum value means that the transmitter generated no checksum") and
+///   is accepted; this holds over IPv4 only (RFC 8200 §8.1 requires one over IPv6).
+/// - ICMP: `true`, not checked. ICMP creates no state; the end host checks it.
+///
+/// `false` when `p` does not fit `frame` (a `Packet` from another frame); never panics.
+pub fn transport_checksum_ok(frame: &[u8], p: &Packet) -> bool {
+    let (protocol, segment_end) = match p.transport {
+        Transport::Tcp { .. } => (IP_PROTO_TCP, Some(p.end)),
+        Transport::Udp { .. } => {
+            let field = |off: usize| be16(frame, p.l4.saturating_add(off));
+            if field(UDP_CHECKSUM) == Some(0) {
+                return true;
+            }
+            let len = field(UDP_LENGTH);
+            (
+                IP_PROTO_UDP,
+                len.and_then(|len| p.l4.checked_add(usize::from(len))),
+            )
+        }
+        Transport::Icmp(_) => return true,
+    };
+    // With `p` from `parse(frame)` the segment always lies inside the IP packet and the frame.
+    let segment = segment_end
+        .filter(|&end| end <= p.end)
+        .and_then(|end| frame.get(p.l4..end));
+    let Some((segment, Ok(len))) = segment.map(|s| (s, u16::try_from(s.len()))) else {
+        return false;
+    };
+    let pseudo_header = checksum::pseudo_header_ipv4(p.src, p.dst, protocol, len);
+    checksum::verify_transport(pseudo_header, segment)
 }
 
 #[cfg(test)]

@@ -166,7 +166,7 @@ fn icmp_checksum_ok(frame: &[u8], p: &Packet) -> bool {
 
 /// A TCP/UDP segment (quoted in full or not) verifies against its pseudo-header.
 fn segment_checksum_ok(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, seg: &[u8]) -> bool {
-    let ph = checksum::pseudo_header(src, dst, proto, seg.len() as u16);
+    let ph = checksum::pseudo_header_ipv4(src, dst, proto, seg.len() as u16);
     checksum::combine(&[ph, checksum::data(seg)]) == 0xFFFF
 }
 
@@ -836,7 +836,7 @@ fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
                         v[34 + 16..34 + 18].copy_from_slice(&[0, 0]);
                         let seg = &v[34..];
                         let c = checksum::finish(checksum::combine(&[
-                            checksum::pseudo_header(src, dst, 6, seg.len() as u16),
+                            checksum::pseudo_header_ipv4(src, dst, 6, seg.len() as u16),
                             checksum::data(seg),
                         ]));
                         v[34 + 16..34 + 18].copy_from_slice(&c.to_be_bytes());
@@ -1020,7 +1020,7 @@ fn rewrite_checksum_zero_edge() {
         g[50..52].copy_from_slice(&[0, 0]);
         let seg = &g[34..];
         let ck = checksum::finish(checksum::combine(&[
-            checksum::pseudo_header(CLIENT, VIP, 6, seg.len() as u16),
+            checksum::pseudo_header_ipv4(CLIENT, VIP, 6, seg.len() as u16),
             checksum::data(seg),
         ]));
         ck == 0
@@ -1030,4 +1030,239 @@ fn rewrite_checksum_zero_edge() {
     rewrite_destination(&mut g, &p, VIP, port);
     assert_eq!(&g[50..52], &[0, 0]);
     assert!(transport_checksum_matches_recompute(&g));
+}
+
+// ---------------------------------------------------------------- full transport checksums
+
+/// Offset of the IPv4 source address in a frame; the destination follows it.
+const IP_ADDRS: usize = ETHERNET_HEADER_LEN + 12;
+
+/// Whether `f` is a UDP frame whose checksum field is zero ("no checksum", RFC 768).
+fn udp_without_checksum(f: &[u8], p: &Packet) -> bool {
+    p.protocol() == Some(Protocol::Udp) && f[p.l4 + 6..p.l4 + 8] == [0, 0]
+}
+
+/// A random TCP or UDP frame that carries a transport checksum.
+fn arb_checksummed_frame() -> impl Strategy<Value = Vec<u8>> {
+    arb_frame().prop_filter("UDP without a checksum", |f| {
+        !udp_without_checksum(f, &parse(f).unwrap())
+    })
+}
+
+/// Frames etherparse built verify: a SYN, a SYN-ACK, a data segment, UDP, and a SYN with IP options.
+#[test]
+fn full_checksum_built_frames_verify() {
+    let frames = [
+        tcp_frame(CLIENT, VIP, 40000, 80, TcpFlags::SYN, &[]),
+        tcp_frame(
+            REAL,
+            CLIENT,
+            8001,
+            40000,
+            TcpFlags::SYN | TcpFlags::ACK,
+            &[],
+        ),
+        tcp_frame(
+            CLIENT,
+            VIP,
+            40000,
+            80,
+            TcpFlags::ACK | TcpFlags::PSH,
+            b"odd",
+        ),
+        udp_frame(CLIENT, VIP, 5353, 53, b"query"),
+        with_ip_options(
+            &tcp_frame(CLIENT, VIP, 40000, 80, TcpFlags::SYN, &[]),
+            &[1, 1, 1, 0],
+        ),
+    ];
+    for f in frames {
+        let p = parse(&f).unwrap();
+        assert!(transport_checksum_ok(&f, &p), "{p:?}");
+    }
+}
+
+/// A SYN whose TCP checksum is off by one is rejected, as the kernel rejects it (issue 12).
+#[test]
+fn full_checksum_bad_syn() {
+    let mut f = tcp_frame(CLIENT, VIP, 40000, 80, TcpFlags::SYN, &[]);
+    let ck = u16::from_be_bytes([f[50], f[51]]);
+    f[50..52].copy_from_slice(&ck.wrapping_add(1).to_be_bytes());
+    let p = parse(&f).unwrap();
+    assert!(!transport_checksum_ok(&f, &p));
+}
+
+/// UDP with checksum 0 ("the transmitter generated no checksum", RFC 768) verifies, whatever the payload.
+#[test]
+fn full_checksum_udp_zero() {
+    let mut f = udp_frame(CLIENT, VIP, 5353, 53, b"query");
+    f[40..42].copy_from_slice(&[0, 0]);
+    f[42] ^= 0xFF;
+    let p = parse(&f).unwrap();
+    assert!(transport_checksum_ok(&f, &p));
+}
+
+/// A checksum field holding 0xFFFF where a recompute gives 0x0000 verifies: both are zero in one's
+/// complement (RFC 1624 §3), and UDP sends a computed zero as all ones (RFC 768).
+#[test]
+fn full_checksum_both_zeros() {
+    // Search destination ports until the TCP checksum is 0x0000, as in `rewrite_checksum_zero_edge`.
+    let port = (0..=u16::MAX)
+        .find(|&port| {
+            let f = tcp_frame(CLIENT, VIP, 40000, port, TcpFlags::SYN, b"zero");
+            f[50..52] == [0, 0]
+        })
+        .expect("some port gives a zero checksum");
+    let mut f = tcp_frame(CLIENT, VIP, 40000, port, TcpFlags::SYN, b"zero");
+    let p = parse(&f).unwrap();
+    assert!(transport_checksum_ok(&f, &p));
+    f[50..52].copy_from_slice(&[0xFF, 0xFF]);
+    assert!(transport_checksum_ok(&f, &p));
+    // The same for UDP: etherparse sends the computed zero as 0xFFFF.
+    let port = (0..=u16::MAX)
+        .find(|&port| udp_frame(CLIENT, VIP, 5353, port, b"zero")[40..42] == [0xFF, 0xFF])
+        .expect("some port gives a zero checksum");
+    let f = udp_frame(CLIENT, VIP, 5353, port, b"zero");
+    assert!(transport_checksum_ok(&f, &parse(&f).unwrap()));
+}
+
+/// Bytes after the UDP length but inside the IP packet are not the datagram's (RFC 768); for TCP the
+/// segment is the whole IP payload, so they count.
+#[test]
+fn full_checksum_segment_length() {
+    for f in [
+        udp_frame(CLIENT, VIP, 5353, 53, b"query"),
+        tcp_frame(CLIENT, VIP, 40000, 80, TcpFlags::SYN, &[]),
+    ] {
+        let mut g = f.clone();
+        g.extend_from_slice(&[0xAB, 0xCD]);
+        let total = u16::from_be_bytes([g[16], g[17]]) + 2;
+        g[16..18].copy_from_slice(&total.to_be_bytes());
+        fix_ip_checksum(&mut g, ETHERNET_HEADER_LEN);
+        let p = parse(&g).unwrap();
+        assert_eq!(p.end, g.len());
+        let udp = p.protocol() == Some(Protocol::Udp);
+        assert_eq!(transport_checksum_ok(&g, &p), udp, "{p:?}");
+    }
+}
+
+/// An ICMP message is not checked: ICMP creates no state.
+#[test]
+fn full_checksum_icmp_not_checked() {
+    let mut f = echo_request(CLIENT, VIP, 7, 1, b"ping");
+    f[36] ^= 0xFF;
+    let p = parse(&f).unwrap();
+    assert!(transport_checksum_ok(&f, &p));
+}
+
+proptest! {
+    /// Random valid frames verify, with or without Ethernet padding.
+    #[test]
+    fn full_checksum_valid_frames(f in arb_frame()) {
+        let p = parse(&f).unwrap();
+        prop_assert!(transport_checksum_ok(&f, &p));
+    }
+
+    /// Flipping any one bit of the TCP/UDP header or payload, or of the IPv4 source or destination (the
+    /// pseudo-header; the IP header checksum is fixed so that parse accepts it), fails verification.
+    ///
+    /// Two flips RFC 768 lets through are checked as such: one that zeroes the UDP checksum field ("no
+    /// checksum") verifies, and one that shortens the UDP length field verifies exactly when the shorter
+    /// datagram's checksum does (as etherparse recomputes it; Linux checks UDP the same way).
+    #[test]
+    fn full_checksum_single_bit_flip_fails(
+        f in arb_checksummed_frame(),
+        at in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let p = parse(&f).unwrap();
+        let i = at.index(8 + p.end - p.l4);
+        let off = if i < 8 { IP_ADDRS + i } else { p.l4 + i - 8 };
+        let mut g = f.clone();
+        g[off] ^= 1 << bit;
+        if i < 8 {
+            fix_ip_checksum(&mut g, ETHERNET_HEADER_LEN);
+        }
+        // A header field turned invalid (TCP data offset, UDP length) is dropped by parse already.
+        let Ok(q) = parse(&g) else { return Ok(()) };
+        let ok = transport_checksum_ok(&g, &q);
+        let udp = q.protocol() == Some(Protocol::Udp);
+        if udp && udp_without_checksum(&g, &q) {
+            prop_assert!(ok);
+        } else if udp && (q.l4 + 4..q.l4 + 6).contains(&off) {
+            prop_assert_eq!(ok, transport_checksum_matches_recompute(&g[..q.end]));
+        } else {
+            prop_assert!(!ok, "bit {} of byte {} flipped", bit, off);
+        }
+    }
+
+    /// Ethernet padding after the IP packet, whatever its bytes, changes no verdict, good or bad.
+    #[test]
+    fn full_checksum_ignores_padding(
+        f in arb_frame(),
+        padding in proptest::collection::vec(any::<u8>(), 1..40),
+        corrupt in any::<bool>(),
+    ) {
+        let p = parse(&f).unwrap();
+        let mut f = f[..p.end].to_vec();
+        if corrupt {
+            // The last byte of the segment: payload, or the end of the TCP/UDP header.
+            f[p.end - 1] ^= 0x01;
+        }
+        let verdict = transport_checksum_ok(&f, &p);
+        prop_assert_eq!(verdict, !corrupt || udp_without_checksum(&f, &p));
+        f.extend_from_slice(&padding);
+        let q = parse(&f).unwrap();
+        prop_assert_eq!(q.end, p.end);
+        prop_assert_eq!(transport_checksum_ok(&f, &q), verdict);
+    }
+
+    /// The incremental NAT rewrites (RFC 1624) keep the full check's verdict: a valid frame still verifies
+    /// after `rewrite_destination` or `rewrite_source`, a corrupted one still fails.
+    #[test]
+    fn full_checksum_survives_rewrite(
+        f in arb_frame(),
+        addr in arb_addr(),
+        port in arb_port(),
+        source in any::<bool>(),
+        corrupt in any::<bool>(),
+    ) {
+        let p = parse(&f).unwrap();
+        let mut g = f.clone();
+        if corrupt {
+            g[p.end - 1] ^= 0x80;
+        }
+        let verdict = transport_checksum_ok(&g, &p);
+        prop_assert_eq!(verdict, !corrupt || udp_without_checksum(&g, &p));
+        if source {
+            rewrite_source(&mut g, &p, addr, port);
+        } else {
+            rewrite_destination(&mut g, &p, addr, port);
+        }
+        let q = parse(&g).unwrap();
+        prop_assert_eq!(transport_checksum_ok(&g, &q), verdict);
+    }
+
+    /// Never a panic: on corrupted and cut frames that still parse, and with a `Packet` whose offsets
+    /// do not fit the frame at all.
+    #[test]
+    fn full_checksum_never_panics(
+        mut f in prop_oneof![arb_frame(), arb_icmp_error()],
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+        l4 in prop_oneof![any::<usize>(), 0usize..200],
+        end in prop_oneof![any::<usize>(), 0usize..200],
+    ) {
+        let p = parse(&f).unwrap();
+        for (i, b) in flips {
+            let i = i.index(f.len());
+            f[i] = b;
+        }
+        if let Ok(q) = parse(&f) {
+            let _ = transport_checksum_ok(&f, &q);
+        }
+        f.truncate(cut.index(f.len() + 1));
+        let _ = transport_checksum_ok(&f, &p);
+        let _ = transport_checksum_ok(&f, &Packet { l4, end, ..p });
+    }
 }
