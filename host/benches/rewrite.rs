@@ -87,7 +87,7 @@ fn inbound(c: &mut Criterion) {
                 i ^= 1;
                 let p = wire::parse(black_box(&frame)).expect("valid frame");
                 wire::rewrite_destination(&mut frame, &p, REALS[i], PORTS[i]);
-                wire::set_macs(&mut frame, DIRECTOR_MAC, SERVER_MAC);
+                wire::set_macs(&mut frame, DIRECTOR_MAC.into(), SERVER_MAC.into());
                 black_box(&frame);
             })
         });
@@ -108,7 +108,7 @@ fn outbound(c: &mut Criterion) {
                 i ^= 1;
                 let p = wire::parse(black_box(&frame)).expect("valid frame");
                 wire::rewrite_source(&mut frame, &p, sources[i], ports[i]);
-                wire::set_macs(&mut frame, SERVER_MAC, DIRECTOR_MAC);
+                wire::set_macs(&mut frame, SERVER_MAC.into(), DIRECTOR_MAC.into());
                 black_box(&frame);
             })
         });

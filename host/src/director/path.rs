@@ -208,6 +208,11 @@ impl Director {
         virt: SocketAddrV4,
         now: Duration,
     ) -> Result<ConnId, Verdict> {
+        // The frame would create state: its checksum is verified in full, as the end host would (frames of
+        // existing connections keep the incremental path and the end host's own check).
+        if !wire::transport_checksum_ok(frame, p) {
+            return Err(Verdict::Drop(DropReason::BadChecksum));
+        }
         let port_id = match self.bindings.lookup(*virt.ip(), protocol, virt.port()) {
             Lookup::Port(id) => id,
             Lookup::UnsupportedPort { virtual_id } => {

@@ -32,6 +32,8 @@ pub enum DropReason {
     BadTcpHeader,
     BadUdpHeader,
     BadIcmp,
+    /// A frame that would create a connection (a SYN, a first UDP datagram) with a wrong TCP/UDP checksum.
+    BadChecksum,
     /// A TCP segment whose flags no connection can have: SYN with RST or FIN (conntrack calls it invalid).
     BadTcpFlags,
     /// From the outside, to an address that is no virtual machine.

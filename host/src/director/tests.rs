@@ -638,3 +638,21 @@ fn established_only_after_the_clients_ack() {
     assert_eq!(d.table().len(), 1, "only the established connection is left");
     assert_eq!(state(&d), Some(ConnState::Established));
 }
+
+/// A SYN with a wrong TCP checksum opens nothing and gets no answer (the end host would drop it): dropped as
+/// `bad_checksum`. The same SYN with the right checksum is served.
+#[test]
+fn bad_checksum_syn_opens_nothing() {
+    let mut d = director(2);
+    let mut f = client(WEB, 1000, true, false);
+    let p = wire::parse(&f).unwrap();
+    f[p.l4 + 16] ^= 0x01;
+    assert_eq!(
+        d.handle(Interface::Outside, &mut f, secs(0)),
+        Verdict::Drop(DropReason::BadChecksum)
+    );
+    assert_eq!(d.table().len(), 0);
+    assert_eq!(d.counters().refused.iter().sum::<u64>(), 0, "no RST either");
+    syn_to(&mut d, WEB, 1000, secs(0));
+    assert_eq!(d.table().len(), 1);
+}
