@@ -348,7 +348,8 @@ fn main() {
     );
     s.write(&dir, "timeouts");
 
-    // A table of two: a third half-open connection evicts the oldest; with both established, a new SYN is refused.
+    // A table of two: a third half-open connection evicts the oldest; with both established (SYN-ACK and the
+    // client's ACK), a new SYN is refused.
     let mut s = Scenario::default();
     let cl = |p: u16| (CLIENT, p);
     s.tcp(0, Side::Outside, cl(40600), (vip(1), 80), SYN, 1, 0, &[]);
@@ -375,7 +376,10 @@ fn main() {
         2,
         &[],
     );
-    s.tcp(6, Side::Outside, cl(40603), (vip(1), 80), SYN, 1, 0, &[]);
+    // The clients acknowledge the SYN-ACKs: established (until then they are half-open too).
+    s.tcp(6, Side::Outside, cl(40601), (vip(1), 80), ACK, 2, 2, &[]);
+    s.tcp(7, Side::Outside, cl(40602), (vip(1), 80), ACK, 2, 2, &[]);
+    s.tcp(8, Side::Outside, cl(40603), (vip(1), 80), SYN, 1, 0, &[]);
     s.write(&dir, "table-full");
 }
 

@@ -89,12 +89,15 @@ impl fmt::Display for PolicyUse {
     }
 }
 
+/// One selector per virtual port, in the order of the binding table's ports.
+pub type Selectors = Vec<Box<dyn Selector>>;
+
 /// A validated config with everything the director needs to serve it.
 pub struct Assembly {
     pub config: Config,
     pub bindings: BindingTable,
     /// One per virtual port, in the order of `bindings.ports`.
-    pub selectors: Vec<Box<dyn Selector>>,
+    pub selectors: Selectors,
     /// Parallel to `selectors`.
     pub policies: Vec<PolicyUse>,
 }
@@ -215,8 +218,8 @@ fn selectors_for(
     path: &Path,
     bindings: &BindingTable,
     plugins: Option<&Plugins>,
-) -> Result<(Vec<Box<dyn Selector>>, Vec<PolicyUse>)> {
-    let mut selectors: Vec<Box<dyn Selector>> = Vec::with_capacity(bindings.ports.len());
+) -> Result<(Selectors, Vec<PolicyUse>)> {
+    let mut selectors: Selectors = Vec::with_capacity(bindings.ports.len());
     let mut policies = Vec::with_capacity(bindings.ports.len());
     for port in &bindings.ports {
         let vm = &bindings.virtuals[port.virtual_id as usize];

@@ -347,8 +347,9 @@ fn full_table_evicts_half_open_then_refuses() {
     );
     assert_eq!(verdicts[4], Verdict::Forward(Interface::Outside));
     assert_eq!(verdicts[5], Verdict::Forward(Interface::Outside));
+    assert_eq!(verdicts[6..8], [fwd, fwd], "the clients' ACKs: established");
     assert_eq!(
-        verdicts[6],
+        verdicts[8],
         Verdict::Reply(Interface::Outside),
         "RST when full of established connections"
     );
