@@ -25,7 +25,7 @@
 //! still goes out.
 
 use std::cell::UnsafeCell;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -206,10 +206,10 @@ impl Port {
             .setnonblock()
             .with_context(what)?;
         cap.direction(Direction::In).with_context(what)?;
-        ignore_outgoing(cap.as_raw_fd()).with_context(what)?;
+        ignore_outgoing(cap.as_fd()).with_context(what)?;
         if cfg.qdisc_bypass {
             const PACKET_QDISC_BYPASS: libc::c_int = 20;
-            if let Err(e) = set_packet_option(cap.as_raw_fd(), PACKET_QDISC_BYPASS) {
+            if let Err(e) = set_packet_option(cap.as_fd(), PACKET_QDISC_BYPASS) {
                 tracing::warn!(interface = %name, "PACKET_QDISC_BYPASS refused, sending through the qdisc: {e}");
             }
         }
@@ -239,7 +239,7 @@ impl Port {
             msg.msg_hdr.msg_iovlen = 1;
             msg.msg_len = 0;
         }
-        let (sent, failed) = sendmmsg_all(self.cap.as_raw_fd(), msgs, n);
+        let (sent, failed) = sendmmsg_all(self.cap.as_fd(), msgs, n);
         self.counts.sent += sent;
         self.counts.send_errors += failed;
     }
@@ -290,7 +290,7 @@ impl Port {
 }
 
 /// Asks the kernel not to loop our own sent frames back into this packet socket.
-fn ignore_outgoing(fd: RawFd) -> anyhow::Result<()> {
+fn ignore_outgoing(fd: BorrowedFd<'_>) -> anyhow::Result<()> {
     const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
     set_packet_option(fd, PACKET_IGNORE_OUTGOING)
         .map_err(anyhow::Error::from)
@@ -298,12 +298,12 @@ fn ignore_outgoing(fd: RawFd) -> anyhow::Result<()> {
 }
 
 /// Turns the `SOL_PACKET` boolean option `option` on for the packet socket `fd`.
-fn set_packet_option(fd: RawFd, option: libc::c_int) -> std::io::Result<()> {
+fn set_packet_option(fd: BorrowedFd<'_>, option: libc::c_int) -> std::io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: `fd` is pcap's open packet socket; we pass a pointer to a live c_int and its exact size.
     let rc = unsafe {
         libc::setsockopt(
-            fd,
+            fd.as_raw_fd(),
             libc::SOL_PACKET,
             option,
             (&on as *const libc::c_int).cast(),
@@ -317,29 +317,23 @@ fn set_packet_option(fd: RawFd, option: libc::c_int) -> std::io::Result<()> {
 }
 
 /// An eventfd owned by the data path; [`Waker`]s write to it to end a `poll` early.
-struct EventFd(RawFd);
+struct EventFd(OwnedFd);
 
 impl EventFd {
     fn new() -> anyhow::Result<Arc<EventFd>> {
-        // SAFETY: plain syscall; the returned descriptor is owned by the new EventFd.
+        // SAFETY: plain syscall with constant flags, no pointers.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error()).context("eventfd");
         }
-        Ok(Arc::new(EventFd(fd)))
+        // SAFETY: `fd` is a fresh descriptor that nobody else owns.
+        Ok(Arc::new(EventFd(unsafe { OwnedFd::from_raw_fd(fd) })))
     }
 
     fn drain(&self) {
         let mut v = 0u64;
         // SAFETY: reads 8 bytes into a live u64 from our own non-blocking eventfd.
-        unsafe { libc::read(self.0, (&mut v as *mut u64).cast(), 8) };
-    }
-}
-
-impl Drop for EventFd {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor and close it once.
-        unsafe { libc::close(self.0) };
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
 }
 
@@ -353,7 +347,7 @@ impl Waker {
     pub fn wake(&self) {
         let one = 1u64;
         // SAFETY: writes 8 bytes from a live u64 to the eventfd, which the Arc keeps open.
-        unsafe { libc::write(self.0.0, (&one as *const u64).cast(), 8) };
+        unsafe { libc::write(self.0.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 }
 
@@ -362,14 +356,20 @@ pub const SEND_CHUNK: usize = 64;
 
 /// Sends `msgs[..n]` on `fd` with as few `sendmmsg` calls as the kernel allows; a frame the kernel refuses
 /// is skipped. Returns (sent, failed).
-fn sendmmsg_all(fd: RawFd, msgs: &mut [libc::mmsghdr], n: usize) -> (u64, u64) {
+fn sendmmsg_all(fd: BorrowedFd<'_>, msgs: &mut [libc::mmsghdr], n: usize) -> (u64, u64) {
     let (mut sent, mut failed) = (0, 0);
     let mut done = 0;
     while done < n {
         // SAFETY: `msgs[done..n]` are initialised headers, each pointing at one live iovec that points at
         // frame bytes which outlive the call (the caller's contract). No address: the socket is bound.
-        let rc =
-            unsafe { libc::sendmmsg(fd, msgs[done..].as_mut_ptr(), (n - done) as libc::c_uint, 0) };
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                msgs[done..].as_mut_ptr(),
+                (n - done) as libc::c_uint,
+                0,
+            )
+        };
         if rc > 0 {
             done += rc as usize;
             sent += rc as u64;
@@ -439,7 +439,17 @@ struct Sender {
 }
 
 impl Sender {
-    fn spawn(name: &str, fd: RawFd, slots: usize, slot_len: usize) -> anyhow::Result<Sender> {
+    /// Starts the thread that sends on `fd`.
+    ///
+    /// # Safety
+    ///
+    /// `fd` must stay open until the returned `Sender` is dropped: the thread sends on it until then.
+    unsafe fn spawn(
+        name: &str,
+        fd: BorrowedFd<'_>,
+        slots: usize,
+        slot_len: usize,
+    ) -> anyhow::Result<Sender> {
         let ring = Arc::new(TxRing {
             arena: (0..slots * slot_len).map(|_| UnsafeCell::new(0)).collect(),
             lens: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
@@ -451,9 +461,15 @@ impl Sender {
             failed: AtomicU64::new(0),
         });
         let r = ring.clone();
+        let raw = fd.as_raw_fd();
         let thread = std::thread::Builder::new()
             .name(format!("vipd-tx-{name}"))
-            .spawn(move || sender_loop(&r, fd))
+            .spawn(move || {
+                // SAFETY: the caller keeps the descriptor open until the `Sender` is dropped, and dropping
+                // it joins this thread.
+                let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+                sender_loop(&r, fd)
+            })
             .with_context(|| format!("starting the sender thread of {name:?}"))?;
         Ok(Sender {
             ring,
@@ -482,7 +498,7 @@ impl Drop for Sender {
 /// The sender thread: sends what the ring holds, [`SEND_CHUNK`] frames per `sendmmsg`, and sleeps when it is
 /// empty until the data path wakes it (after new frames, or to stop: it returns once the ring is empty and
 /// `stop` is set, so what was handed over before the stop still goes out).
-fn sender_loop(ring: &TxRing, fd: RawFd) {
+fn sender_loop(ring: &TxRing, fd: BorrowedFd<'_>) {
     // SAFETY: iovec and mmsghdr are plain C structs for which all-zero bytes are valid values.
     let mut iov: [libc::iovec; SEND_CHUNK] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -580,14 +596,18 @@ impl DataPath {
         let mut senders = [None, None];
         for port in [&outside, &inside] {
             if cfg.send_threads[port.iface] {
-                // The thread sends on the capture's own packet socket, which outlives it: `Drop for
-                // DataPath` joins the senders before the captures close.
-                senders[port.iface as usize] = Some(Sender::spawn(
-                    port.iface.as_str(),
-                    port.cap.as_raw_fd(),
-                    cfg.send_ring.max(SEND_CHUNK),
-                    cfg.snaplen,
-                )?);
+                // SAFETY: the thread sends on the capture's own packet socket, which outlives it: `Drop for
+                // DataPath` joins the senders before the captures close, and here `senders` is dropped
+                // before `outside` and `inside` if opening fails half-way.
+                let sender = unsafe {
+                    Sender::spawn(
+                        port.iface.as_str(),
+                        port.cap.as_fd(),
+                        cfg.send_ring.max(SEND_CHUNK),
+                        cfg.snaplen,
+                    )
+                }?;
+                senders[port.iface as usize] = Some(sender);
             }
         }
         Ok(DataPath {
@@ -648,9 +668,9 @@ impl DataPath {
         control: &mut dyn FnMut(&mut H) -> Control,
     ) -> anyhow::Result<()> {
         let mut fds = [
-            pollfd(self.outside.cap.as_raw_fd()),
-            pollfd(self.inside.cap.as_raw_fd()),
-            pollfd(self.wake.0),
+            pollfd(self.outside.cap.as_fd()),
+            pollfd(self.inside.cap.as_fd()),
+            pollfd(self.wake.0.as_fd()),
         ];
         let mut next_tick = self.epoch.elapsed();
         let mut next_stats = next_tick + self.cfg.stats_every;
@@ -871,9 +891,9 @@ impl Drop for DataPath {
     }
 }
 
-fn pollfd(fd: RawFd) -> libc::pollfd {
+fn pollfd(fd: BorrowedFd<'_>) -> libc::pollfd {
     libc::pollfd {
-        fd,
+        fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     }
@@ -891,17 +911,14 @@ mod tests {
     }
 
     /// A datagram socket pair standing in for a packet socket: `sendmmsg` works the same on it.
-    fn socket_pair() -> (RawFd, RawFd) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a live array of two descriptors for the kernel to fill.
-        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, fds.as_mut_ptr()) };
-        assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
-        (fds[0], fds[1])
+    fn socket_pair() -> (OwnedFd, OwnedFd) {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().expect("socketpair");
+        (a.into(), b.into())
     }
 
-    fn recv(fd: RawFd, buf: &mut [u8]) -> usize {
+    fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> usize {
         // SAFETY: reads into a live buffer of its own length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         assert!(n >= 0, "recv: {}", std::io::Error::last_os_error());
         n as usize
     }
@@ -911,12 +928,13 @@ mod tests {
     /// than the number of frames (so slots are reused many times); a full ring refuses instead of blocking.
     fn sender_thread_sends_everything_in_order() {
         let (tx_fd, rx_fd) = socket_pair();
-        let sender = Sender::spawn("test", tx_fd, 8, 64).unwrap();
+        // SAFETY: `tx_fd` is declared first, so it outlives `sender` even when the test panics.
+        let sender = unsafe { Sender::spawn("test", tx_fd.as_fd(), 8, 64) }.unwrap();
         let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 128];
             (0..5000u32)
                 .map(|_| {
-                    let n = recv(rx_fd, &mut buf);
+                    let n = recv(rx_fd.as_fd(), &mut buf);
                     buf[..n].to_vec()
                 })
                 .collect::<Vec<_>>()
@@ -953,19 +971,15 @@ mod tests {
             refused > 0,
             "an 8-slot ring never filled up with 5000 frames"
         );
-        // SAFETY: both descriptors are ours; the sender thread has been joined.
-        unsafe {
-            libc::close(tx_fd);
-            libc::close(rx_fd);
-        }
     }
 
     #[test]
     /// Dropping a sender joins its thread, also while it sleeps on an empty ring (it is woken, not
     /// waited out).
     fn sender_thread_stops_when_dropped() {
-        let (tx_fd, rx_fd) = socket_pair();
-        let sender = Sender::spawn("test", tx_fd, 8, 64).unwrap();
+        let (tx_fd, _rx_fd) = socket_pair();
+        // SAFETY: `tx_fd` is declared first, so it outlives `sender` even when the test panics.
+        let sender = unsafe { Sender::spawn("test", tx_fd.as_fd(), 8, 64) }.unwrap();
         let ring = Arc::clone(&sender.ring);
         drop(sender);
         assert!(ring.stop.load(Ordering::Relaxed));
@@ -974,11 +988,6 @@ mod tests {
             1,
             "the sender thread still holds the ring"
         );
-        // SAFETY: both descriptors are ours; the sender thread has been joined.
-        unsafe {
-            libc::close(tx_fd);
-            libc::close(rx_fd);
-        }
     }
 
     #[test]
@@ -987,7 +996,7 @@ mod tests {
         let fd = EventFd::new().unwrap();
         let w = Waker(fd.clone());
         std::thread::spawn(move || w.wake()).join().unwrap();
-        let mut p = [pollfd(fd.0)];
+        let mut p = [pollfd(fd.0.as_fd())];
         // SAFETY: one live pollfd.
         let rc = unsafe { libc::poll(p.as_mut_ptr(), 1, 1000) };
         assert_eq!(rc, 1);
