@@ -15,7 +15,7 @@
 //! in the order they were handled. (Profile: the cost of a frame is the `send` and the receivers' kernel work
 //! it runs, not the rewrite; batching removes most per-frame system-call overhead.) An interface can instead
 //! have a sender thread of its own ([`CaptureConfig::send_threads`]): the batch's frames for it are copied
-//! into a single-producer single-consumer ring ([`TxRing`]) and the sender thread makes the `sendmmsg`
+//! into a single-producer single-consumer ring (`ring`) and the sender thread makes the `sendmmsg`
 //! calls, so the kernel work a send triggers runs on another core; a frame that finds the ring full is shed
 //! and counted. No allocation, no lock, no formatting on the way. Frames cut by the snap length or larger than the interface's MTU allows (GRO/LRO
 //! super-frames) never reach the handler: they are counted and dropped.
@@ -24,10 +24,9 @@
 //! (fatal, returned). A failed send is counted, never fatal: the frame is skipped and the rest of the batch
 //! still goes out.
 
-use std::cell::UnsafeCell;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -206,10 +205,10 @@ impl Port {
             .setnonblock()
             .with_context(what)?;
         cap.direction(Direction::In).with_context(what)?;
-        ignore_outgoing(cap.as_raw_fd()).with_context(what)?;
+        ignore_outgoing(cap.as_fd()).with_context(what)?;
         if cfg.qdisc_bypass {
             const PACKET_QDISC_BYPASS: libc::c_int = 20;
-            if let Err(e) = set_packet_option(cap.as_raw_fd(), PACKET_QDISC_BYPASS) {
+            if let Err(e) = set_packet_option(cap.as_fd(), PACKET_QDISC_BYPASS) {
                 tracing::warn!(interface = %name, "PACKET_QDISC_BYPASS refused, sending through the qdisc: {e}");
             }
         }
@@ -239,7 +238,7 @@ impl Port {
             msg.msg_hdr.msg_iovlen = 1;
             msg.msg_len = 0;
         }
-        let (sent, failed) = sendmmsg_all(self.cap.as_raw_fd(), msgs, n);
+        let (sent, failed) = sendmmsg_all(self.cap.as_fd(), msgs, n);
         self.counts.sent += sent;
         self.counts.send_errors += failed;
     }
@@ -290,7 +289,7 @@ impl Port {
 }
 
 /// Asks the kernel not to loop our own sent frames back into this packet socket.
-fn ignore_outgoing(fd: RawFd) -> anyhow::Result<()> {
+fn ignore_outgoing(fd: BorrowedFd<'_>) -> anyhow::Result<()> {
     const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
     set_packet_option(fd, PACKET_IGNORE_OUTGOING)
         .map_err(anyhow::Error::from)
@@ -298,12 +297,12 @@ fn ignore_outgoing(fd: RawFd) -> anyhow::Result<()> {
 }
 
 /// Turns the `SOL_PACKET` boolean option `option` on for the packet socket `fd`.
-fn set_packet_option(fd: RawFd, option: libc::c_int) -> std::io::Result<()> {
+fn set_packet_option(fd: BorrowedFd<'_>, option: libc::c_int) -> std::io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: `fd` is pcap's open packet socket; we pass a pointer to a live c_int and its exact size.
     let rc = unsafe {
         libc::setsockopt(
-            fd,
+            fd.as_raw_fd(),
             libc::SOL_PACKET,
             option,
             (&on as *const libc::c_int).cast(),
@@ -317,29 +316,23 @@ fn set_packet_option(fd: RawFd, option: libc::c_int) -> std::io::Result<()> {
 }
 
 /// An eventfd owned by the data path; [`Waker`]s write to it to end a `poll` early.
-struct EventFd(RawFd);
+struct EventFd(OwnedFd);
 
 impl EventFd {
     fn new() -> anyhow::Result<Arc<EventFd>> {
-        // SAFETY: plain syscall; the returned descriptor is owned by the new EventFd.
+        // SAFETY: plain syscall with constant flags, no pointers.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error()).context("eventfd");
         }
-        Ok(Arc::new(EventFd(fd)))
+        // SAFETY: `fd` is a fresh descriptor that nobody else owns.
+        Ok(Arc::new(EventFd(unsafe { OwnedFd::from_raw_fd(fd) })))
     }
 
     fn drain(&self) {
         let mut v = 0u64;
         // SAFETY: reads 8 bytes into a live u64 from our own non-blocking eventfd.
-        unsafe { libc::read(self.0, (&mut v as *mut u64).cast(), 8) };
-    }
-}
-
-impl Drop for EventFd {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor and close it once.
-        unsafe { libc::close(self.0) };
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
 }
 
@@ -353,7 +346,7 @@ impl Waker {
     pub fn wake(&self) {
         let one = 1u64;
         // SAFETY: writes 8 bytes from a live u64 to the eventfd, which the Arc keeps open.
-        unsafe { libc::write(self.0.0, (&one as *const u64).cast(), 8) };
+        unsafe { libc::write(self.0.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 }
 
@@ -362,14 +355,20 @@ pub const SEND_CHUNK: usize = 64;
 
 /// Sends `msgs[..n]` on `fd` with as few `sendmmsg` calls as the kernel allows; a frame the kernel refuses
 /// is skipped. Returns (sent, failed).
-fn sendmmsg_all(fd: RawFd, msgs: &mut [libc::mmsghdr], n: usize) -> (u64, u64) {
+fn sendmmsg_all(fd: BorrowedFd<'_>, msgs: &mut [libc::mmsghdr], n: usize) -> (u64, u64) {
     let (mut sent, mut failed) = (0, 0);
     let mut done = 0;
     while done < n {
         // SAFETY: `msgs[done..n]` are initialised headers, each pointing at one live iovec that points at
         // frame bytes which outlive the call (the caller's contract). No address: the socket is bound.
-        let rc =
-            unsafe { libc::sendmmsg(fd, msgs[done..].as_mut_ptr(), (n - done) as libc::c_uint, 0) };
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                msgs[done..].as_mut_ptr(),
+                (n - done) as libc::c_uint,
+                0,
+            )
+        };
         if rc > 0 {
             done += rc as usize;
             sent += rc as u64;
@@ -382,64 +381,48 @@ fn sendmmsg_all(fd: RawFd, msgs: &mut [libc::mmsghdr], n: usize) -> (u64, u64) {
     (sent, failed)
 }
 
-/// The ring between the data path thread (the one producer) and one sender thread (the one consumer).
+/// The ring between the data path thread and one sender thread, as two ends that cannot be duplicated.
 ///
-/// Slot `i % slots` holds a frame while `tail <= i < head`: the producer writes a slot only when it is free
-/// (`head - tail < slots`) and then publishes it by advancing `head` (Release); the consumer reads the slots
-/// below `head` (Acquire) and frees them by advancing `tail` (Release) after they were sent.
-struct TxRing {
-    arena: Box<[UnsafeCell<u8>]>,
-    lens: Box<[UnsafeCell<u32>]>,
-    slot_len: usize,
-    head: AtomicUsize,
-    tail: AtomicUsize,
-    stop: AtomicBool,
-    sent: AtomicU64,
-    failed: AtomicU64,
-}
+/// [`channel`](ring::channel) is the only way to make a [`Producer`](ring::Producer) and a
+/// [`Consumer`](ring::Consumer), one of each per ring; neither is `Clone`, and writing or freeing slots takes
+/// `&mut` of its end, so one thread at a time writes slots and one at a time frees them.
+mod ring {
+    use std::cell::UnsafeCell;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-// SAFETY: the slots are shared between exactly one producer and one consumer, which by the head/tail protocol
-// above never access the same slot at the same time; everything else is atomic.
-unsafe impl Sync for TxRing {}
-
-impl TxRing {
-    fn slots(&self) -> usize {
-        self.lens.len()
+    /// The storage both ends share.
+    ///
+    /// Slot `i % slots` holds a frame while `tail <= i < head`: the producer writes a slot only when it is
+    /// free (`head - tail < slots`) and then publishes it by advancing `head` (Release); the consumer reads
+    /// the slots below `head` (Acquire) and frees them by advancing `tail` (Release) after they were sent.
+    pub(super) struct TxRing {
+        arena: Box<[UnsafeCell<u8>]>,
+        lens: Box<[UnsafeCell<u32>]>,
+        slot_len: usize,
+        head: AtomicUsize,
+        tail: AtomicUsize,
+        /// Set when the producer's owner goes away: the consumer returns once the ring is empty.
+        pub(super) stop: AtomicBool,
+        /// Frames sent, counted by the consumer.
+        pub(super) sent: AtomicU64,
+        /// Frames the kernel refused, counted by the consumer.
+        pub(super) failed: AtomicU64,
     }
 
-    /// True when every frame handed over has been sent and counted (the consumer counts before it
-    /// frees the slots).
-    fn is_drained(&self) -> bool {
-        self.tail.load(Ordering::Acquire) == self.head.load(Ordering::Relaxed)
-    }
+    // SAFETY: slots are written only through the one `Producer` and read only through the one `Consumer`
+    // (`channel` makes one of each, neither is `Clone`, the fields are private to this module), which by the
+    // head/tail protocol above never access the same slot at the same time; everything else is atomic.
+    unsafe impl Sync for TxRing {}
 
-    /// Producer side: copies `frame` into the next free slot; false when the ring is full.
-    fn push(&self, frame: &[u8]) -> bool {
-        let head = self.head.load(Ordering::Relaxed);
-        if head - self.tail.load(Ordering::Acquire) >= self.slots() {
-            return false;
+    impl TxRing {
+        fn slots(&self) -> usize {
+            self.lens.len()
         }
-        let slot = head % self.slots();
-        let len = frame.len().min(self.slot_len);
-        // SAFETY: slot `head` is free (checked above): the consumer does not read it until `head` moves past it.
-        unsafe {
-            let at = self.arena.as_ptr().add(slot * self.slot_len) as *mut u8;
-            std::ptr::copy_nonoverlapping(frame.as_ptr(), at, len);
-            *self.lens[slot].get() = len as u32;
-        }
-        self.head.store(head + 1, Ordering::Release);
-        true
     }
-}
 
-/// A thread that sends the frames of one interface, handed over through a [`TxRing`].
-struct Sender {
-    ring: Arc<TxRing>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sender {
-    fn spawn(name: &str, fd: RawFd, slots: usize, slot_len: usize) -> anyhow::Result<Sender> {
+    /// A ring of `slots` frames of at most `slot_len` bytes each, allocated once, and its two ends.
+    pub(super) fn channel(slots: usize, slot_len: usize) -> (Producer, Consumer) {
         let ring = Arc::new(TxRing {
             arena: (0..slots * slot_len).map(|_| UnsafeCell::new(0)).collect(),
             lens: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
@@ -450,13 +433,124 @@ impl Sender {
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         });
-        let r = ring.clone();
+        (
+            Producer {
+                ring: Arc::clone(&ring),
+            },
+            Consumer { ring },
+        )
+    }
+
+    /// The data path thread's end: the only one that writes slots and advances `head`.
+    pub(super) struct Producer {
+        ring: Arc<TxRing>,
+    }
+
+    impl Producer {
+        /// The shared storage, for its counters and its stop flag.
+        pub(super) fn ring(&self) -> &Arc<TxRing> {
+            &self.ring
+        }
+
+        /// True when every frame handed over has been sent and counted (the consumer counts before it
+        /// frees the slots).
+        pub(super) fn is_drained(&self) -> bool {
+            self.ring.tail.load(Ordering::Acquire) == self.ring.head.load(Ordering::Relaxed)
+        }
+
+        /// Copies `frame` into the next free slot; false when the ring is full.
+        pub(super) fn push(&mut self, frame: &[u8]) -> bool {
+            let ring = &*self.ring;
+            let head = ring.head.load(Ordering::Relaxed);
+            if head - ring.tail.load(Ordering::Acquire) >= ring.slots() {
+                return false;
+            }
+            let slot = head % ring.slots();
+            let len = frame.len().min(ring.slot_len);
+            // SAFETY: slot `head` is free (checked above): the consumer does not read it until `head` moves
+            // past it, and this producer (`&mut self`) is the only writer.
+            unsafe {
+                let at = ring.arena.as_ptr().add(slot * ring.slot_len) as *mut u8;
+                std::ptr::copy_nonoverlapping(frame.as_ptr(), at, len);
+                *ring.lens[slot].get() = len as u32;
+            }
+            ring.head.store(head + 1, Ordering::Release);
+            true
+        }
+    }
+
+    /// The sender thread's end: the only one that reads slots and advances `tail`.
+    pub(super) struct Consumer {
+        ring: Arc<TxRing>,
+    }
+
+    impl Consumer {
+        /// The shared storage, for its counters and its stop flag.
+        pub(super) fn ring(&self) -> &Arc<TxRing> {
+            &self.ring
+        }
+
+        /// The oldest published frames, at most `max`, oldest first; they stay valid until [`Self::done`].
+        pub(super) fn published(&self, max: usize) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+            let ring = &*self.ring;
+            let tail = ring.tail.load(Ordering::Relaxed);
+            let head = ring.head.load(Ordering::Acquire);
+            (tail..tail + (head - tail).min(max)).map(move |i| {
+                let slot = i % ring.slots();
+                // SAFETY: slots tail..head were published by the producer (Acquire above) and stay the
+                // consumer's until `tail` moves past them, which takes `&mut self` after this borrow ends.
+                unsafe {
+                    let len = *ring.lens[slot].get() as usize;
+                    let at = ring.arena.as_ptr().add(slot * ring.slot_len) as *const u8;
+                    std::slice::from_raw_parts(at, len)
+                }
+            })
+        }
+
+        /// Counts the oldest `n` published frames as `sent` and `failed`, then frees their slots (in that
+        /// order, so [`Producer::is_drained`] implies whole counters).
+        pub(super) fn done(&mut self, n: usize, sent: u64, failed: u64) {
+            let ring = &*self.ring;
+            let tail = ring.tail.load(Ordering::Relaxed);
+            debug_assert!(n <= ring.head.load(Ordering::Relaxed) - tail);
+            ring.sent.fetch_add(sent, Ordering::Relaxed);
+            ring.failed.fetch_add(failed, Ordering::Relaxed);
+            ring.tail.store(tail + n, Ordering::Release);
+        }
+    }
+}
+
+/// A thread that sends the frames of one interface, handed over through its ring's [`ring::Producer`].
+struct Sender {
+    producer: ring::Producer,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sender {
+    /// Starts the thread that sends on `fd`.
+    ///
+    /// # Safety
+    ///
+    /// `fd` must stay open until the returned `Sender` is dropped: the thread sends on it until then.
+    unsafe fn spawn(
+        name: &str,
+        fd: BorrowedFd<'_>,
+        slots: usize,
+        slot_len: usize,
+    ) -> anyhow::Result<Sender> {
+        let (producer, consumer) = ring::channel(slots, slot_len);
+        let raw = fd.as_raw_fd();
         let thread = std::thread::Builder::new()
             .name(format!("vipd-tx-{name}"))
-            .spawn(move || sender_loop(&r, fd))
+            .spawn(move || {
+                // SAFETY: the caller keeps the descriptor open until the `Sender` is dropped, and dropping
+                // it joins this thread.
+                let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+                sender_loop(consumer, fd)
+            })
             .with_context(|| format!("starting the sender thread of {name:?}"))?;
         Ok(Sender {
-            ring,
+            producer,
             thread: Some(thread),
         })
     }
@@ -471,7 +565,7 @@ impl Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        self.ring.stop.store(true, Ordering::Release);
+        self.producer.ring().stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
             let _ = t.join();
@@ -482,40 +576,33 @@ impl Drop for Sender {
 /// The sender thread: sends what the ring holds, [`SEND_CHUNK`] frames per `sendmmsg`, and sleeps when it is
 /// empty until the data path wakes it (after new frames, or to stop: it returns once the ring is empty and
 /// `stop` is set, so what was handed over before the stop still goes out).
-fn sender_loop(ring: &TxRing, fd: RawFd) {
+fn sender_loop(mut consumer: ring::Consumer, fd: BorrowedFd<'_>) {
     // SAFETY: iovec and mmsghdr are plain C structs for which all-zero bytes are valid values.
     let mut iov: [libc::iovec; SEND_CHUNK] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let mut msgs: [libc::mmsghdr; SEND_CHUNK] = unsafe { std::mem::zeroed() };
     loop {
-        let tail = ring.tail.load(Ordering::Relaxed);
-        let head = ring.head.load(Ordering::Acquire);
-        if head == tail {
-            if ring.stop.load(Ordering::Acquire) {
+        let frames = consumer.published(SEND_CHUNK);
+        let n = frames.len();
+        if n == 0 {
+            if consumer.ring().stop.load(Ordering::Acquire) {
                 return;
             }
             // An `unpark` that came before this call makes it return at once: no wake-up is lost.
             std::thread::park();
             continue;
         }
-        let n = (head - tail).min(SEND_CHUNK);
-        for (k, (io, msg)) in iov.iter_mut().zip(msgs.iter_mut()).take(n).enumerate() {
-            let slot = (tail + k) % ring.slots();
-            // SAFETY: slots tail..head were published by the producer (Acquire above) and stay ours until
-            // `tail` moves past them.
-            let len = unsafe { *ring.lens[slot].get() } as usize;
+        for ((io, msg), frame) in iov.iter_mut().zip(msgs.iter_mut()).zip(frames) {
             *io = libc::iovec {
-                iov_base: ring.arena[slot * ring.slot_len..].as_ptr() as *mut libc::c_void,
-                iov_len: len,
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
             };
             msg.msg_hdr.msg_iov = io;
             msg.msg_hdr.msg_iovlen = 1;
             msg.msg_len = 0;
         }
         let (sent, failed) = sendmmsg_all(fd, &mut msgs, n);
-        ring.sent.fetch_add(sent, Ordering::Relaxed);
-        ring.failed.fetch_add(failed, Ordering::Relaxed);
-        ring.tail.store(tail + n, Ordering::Release);
+        consumer.done(n, sent, failed);
     }
 }
 
@@ -580,14 +667,18 @@ impl DataPath {
         let mut senders = [None, None];
         for port in [&outside, &inside] {
             if cfg.send_threads[port.iface] {
-                // The thread sends on the capture's own packet socket, which outlives it: `Drop for
-                // DataPath` joins the senders before the captures close.
-                senders[port.iface as usize] = Some(Sender::spawn(
-                    port.iface.as_str(),
-                    port.cap.as_raw_fd(),
-                    cfg.send_ring.max(SEND_CHUNK),
-                    cfg.snaplen,
-                )?);
+                // SAFETY: the thread sends on the capture's own packet socket, which outlives it: `Drop for
+                // DataPath` joins the senders before the captures close, and here `senders` is dropped
+                // before `outside` and `inside` if opening fails half-way.
+                let sender = unsafe {
+                    Sender::spawn(
+                        port.iface.as_str(),
+                        port.cap.as_fd(),
+                        cfg.send_ring.max(SEND_CHUNK),
+                        cfg.snaplen,
+                    )
+                }?;
+                senders[port.iface as usize] = Some(sender);
             }
         }
         Ok(DataPath {
@@ -623,8 +714,9 @@ impl DataPath {
             (&mut self.inside, &self.senders[Interface::Inside as usize]),
         ] {
             if let Some(sender) = sender {
-                port.counts.sender_sent = sender.ring.sent.load(Ordering::Relaxed);
-                port.counts.sender_errors = sender.ring.failed.load(Ordering::Relaxed);
+                let ring = sender.producer.ring();
+                port.counts.sender_sent = ring.sent.load(Ordering::Relaxed);
+                port.counts.sender_errors = ring.failed.load(Ordering::Relaxed);
             }
         }
         self.outside.counts.publish(&self.stats.outside);
@@ -648,9 +740,9 @@ impl DataPath {
         control: &mut dyn FnMut(&mut H) -> Control,
     ) -> anyhow::Result<()> {
         let mut fds = [
-            pollfd(self.outside.cap.as_raw_fd()),
-            pollfd(self.inside.cap.as_raw_fd()),
-            pollfd(self.wake.0),
+            pollfd(self.outside.cap.as_fd()),
+            pollfd(self.inside.cap.as_fd()),
+            pollfd(self.wake.0.as_fd()),
         ];
         let mut next_tick = self.epoch.elapsed();
         let mut next_stats = next_tick + self.cfg.stats_every;
@@ -723,7 +815,7 @@ impl DataPath {
         // Let the sender threads finish what was handed to them, so the last counters are whole.
         let deadline = Instant::now() + Duration::from_millis(100);
         for sender in self.senders.iter().flatten() {
-            while !sender.ring.is_drained() && Instant::now() < deadline {
+            while !sender.producer.is_drained() && Instant::now() < deadline {
                 std::thread::yield_now();
             }
         }
@@ -818,12 +910,12 @@ impl DataPath {
             ..
         } = self;
         for (iface, port) in [(Interface::Outside, outside), (Interface::Inside, inside)] {
-            if let Some(sender) = &senders[iface as usize] {
+            if let Some(sender) = &mut senders[iface as usize] {
                 let mut handed = false;
                 for (slot, &(to, len)) in tx.pending.iter().enumerate() {
                     if to == iface {
                         let at = slot * tx.slot_len;
-                        if sender.ring.push(&tx.arena[at..at + len]) {
+                        if sender.producer.push(&tx.arena[at..at + len]) {
                             handed = true;
                         } else {
                             port.counts.send_shed += 1;
@@ -871,9 +963,9 @@ impl Drop for DataPath {
     }
 }
 
-fn pollfd(fd: RawFd) -> libc::pollfd {
+fn pollfd(fd: BorrowedFd<'_>) -> libc::pollfd {
     libc::pollfd {
-        fd,
+        fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     }
@@ -891,17 +983,14 @@ mod tests {
     }
 
     /// A datagram socket pair standing in for a packet socket: `sendmmsg` works the same on it.
-    fn socket_pair() -> (RawFd, RawFd) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a live array of two descriptors for the kernel to fill.
-        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, fds.as_mut_ptr()) };
-        assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
-        (fds[0], fds[1])
+    fn socket_pair() -> (OwnedFd, OwnedFd) {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().expect("socketpair");
+        (a.into(), b.into())
     }
 
-    fn recv(fd: RawFd, buf: &mut [u8]) -> usize {
+    fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> usize {
         // SAFETY: reads into a live buffer of its own length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         assert!(n >= 0, "recv: {}", std::io::Error::last_os_error());
         n as usize
     }
@@ -911,12 +1000,13 @@ mod tests {
     /// than the number of frames (so slots are reused many times); a full ring refuses instead of blocking.
     fn sender_thread_sends_everything_in_order() {
         let (tx_fd, rx_fd) = socket_pair();
-        let sender = Sender::spawn("test", tx_fd, 8, 64).unwrap();
+        // SAFETY: `tx_fd` is declared first, so it outlives `sender` even when the test panics.
+        let mut sender = unsafe { Sender::spawn("test", tx_fd.as_fd(), 8, 64) }.unwrap();
         let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 128];
             (0..5000u32)
                 .map(|_| {
-                    let n = recv(rx_fd, &mut buf);
+                    let n = recv(rx_fd.as_fd(), &mut buf);
                     buf[..n].to_vec()
                 })
                 .collect::<Vec<_>>()
@@ -930,7 +1020,7 @@ mod tests {
                 .cycle()
                 .take(4 + (i % 60) as usize)
                 .collect();
-            while !sender.ring.push(&frame) {
+            while !sender.producer.push(&frame) {
                 refused += 1;
                 sender.wake();
                 std::thread::yield_now();
@@ -945,7 +1035,7 @@ mod tests {
         }
         // The thread counts a batch after its `sendmmsg` returned, which can be after the reader got it:
         // join the thread (drop) before reading its counters.
-        let ring = Arc::clone(&sender.ring);
+        let ring = Arc::clone(sender.producer.ring());
         drop(sender);
         assert_eq!(ring.sent.load(Ordering::Relaxed), 5000);
         assert_eq!(ring.failed.load(Ordering::Relaxed), 0);
@@ -953,20 +1043,16 @@ mod tests {
             refused > 0,
             "an 8-slot ring never filled up with 5000 frames"
         );
-        // SAFETY: both descriptors are ours; the sender thread has been joined.
-        unsafe {
-            libc::close(tx_fd);
-            libc::close(rx_fd);
-        }
     }
 
     #[test]
     /// Dropping a sender joins its thread, also while it sleeps on an empty ring (it is woken, not
     /// waited out).
     fn sender_thread_stops_when_dropped() {
-        let (tx_fd, rx_fd) = socket_pair();
-        let sender = Sender::spawn("test", tx_fd, 8, 64).unwrap();
-        let ring = Arc::clone(&sender.ring);
+        let (tx_fd, _rx_fd) = socket_pair();
+        // SAFETY: `tx_fd` is declared first, so it outlives `sender` even when the test panics.
+        let sender = unsafe { Sender::spawn("test", tx_fd.as_fd(), 8, 64) }.unwrap();
+        let ring = Arc::clone(sender.producer.ring());
         drop(sender);
         assert!(ring.stop.load(Ordering::Relaxed));
         assert_eq!(
@@ -974,11 +1060,6 @@ mod tests {
             1,
             "the sender thread still holds the ring"
         );
-        // SAFETY: both descriptors are ours; the sender thread has been joined.
-        unsafe {
-            libc::close(tx_fd);
-            libc::close(rx_fd);
-        }
     }
 
     #[test]
@@ -987,7 +1068,7 @@ mod tests {
         let fd = EventFd::new().unwrap();
         let w = Waker(fd.clone());
         std::thread::spawn(move || w.wake()).join().unwrap();
-        let mut p = [pollfd(fd.0)];
+        let mut p = [pollfd(fd.0.as_fd())];
         // SAFETY: one live pollfd.
         let rc = unsafe { libc::poll(p.as_mut_ptr(), 1, 1000) };
         assert_eq!(rc, 1);

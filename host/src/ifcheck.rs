@@ -10,7 +10,7 @@
 
 use std::ffi::CStr;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, bail};
 
@@ -125,7 +125,7 @@ pub fn inspect(dev: &str) -> anyhow::Result<InterfaceInfo> {
     let sock = ioctl_socket()?;
     let mut offloads_on = Vec::new();
     for o in OFFLOADS {
-        if offload_on(&sock, dev, o)? {
+        if offload_on(sock.as_fd(), dev, o)? {
             offloads_on.push(o.name);
         }
     }
@@ -180,15 +180,15 @@ pub fn check(dev: &str, offloads: Offloads) -> anyhow::Result<InterfaceInfo> {
 pub fn disable_offloads(dev: &str) -> anyhow::Result<()> {
     let sock = ioctl_socket()?;
     for o in OFFLOADS {
-        if !offload_on(&sock, dev, o)? {
+        if !offload_on(sock.as_fd(), dev, o)? {
             continue;
         }
         let data = if o.get == ETHTOOL_GFLAGS {
-            ethtool(&sock, dev, ETHTOOL_GFLAGS, 0)?.unwrap_or(0) & !ETH_FLAG_LRO
+            ethtool(sock.as_fd(), dev, ETHTOOL_GFLAGS, 0)?.unwrap_or(0) & !ETH_FLAG_LRO
         } else {
             0
         };
-        ethtool(&sock, dev, o.set, data)
+        ethtool(sock.as_fd(), dev, o.set, data)
             .with_context(|| format!("turning {} off on {dev:?}", o.name))?;
     }
     Ok(())
@@ -232,7 +232,7 @@ struct EthtoolValue {
 }
 
 /// One `SIOCETHTOOL` with an `ethtool_value`; `Ok(None)` when the driver does not support `cmd`.
-fn ethtool(sock: &OwnedFd, dev: &str, cmd: u32, data: u32) -> anyhow::Result<Option<u32>> {
+fn ethtool(sock: BorrowedFd<'_>, dev: &str, cmd: u32, data: u32) -> anyhow::Result<Option<u32>> {
     let mut value = EthtoolValue { cmd, data };
     let mut req = IfreqData {
         name: [0; libc::IFNAMSIZ],
@@ -267,7 +267,7 @@ fn ethtool(sock: &OwnedFd, dev: &str, cmd: u32, data: u32) -> anyhow::Result<Opt
     Ok(Some(value.data))
 }
 
-fn offload_on(sock: &OwnedFd, dev: &str, o: Offload) -> anyhow::Result<bool> {
+fn offload_on(sock: BorrowedFd<'_>, dev: &str, o: Offload) -> anyhow::Result<bool> {
     let v = ethtool(sock, dev, o.get, 0)?;
     Ok(match v {
         None => false,
