@@ -21,7 +21,7 @@ fn connection(i: u32) -> Connection {
         client,
         virtual_addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1 + (i % 4) as u8), 80),
         real: SocketAddrV4::new(Ipv4Addr::new(10, 20, 0, 10 + (i % 8) as u8), 8001),
-        client_mac: [2, 0, 0, 0, 0, 1],
+        client_mac: vipd::wire::MacAddr([2, 0, 0, 0, 0, 1]),
         real_id: i % 8,
         port_id: i % 4,
         state: ConnState::Established,

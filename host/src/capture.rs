@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use pcap::{Active, Capture, Direction};
 
-use crate::Interface;
 use crate::config::SendThreads;
+use crate::{Interface, Sides};
 
 /// What the data path does with a frame after the handler has seen it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -647,7 +647,7 @@ pub struct DataPath {
     /// The frames being handled in this wake-up, and those waiting to be sent.
     tx: TxBatch,
     /// The sender thread of each interface that has one (index: `Interface as usize`).
-    senders: [Option<Sender>; 2],
+    senders: Sides<Option<Sender>>,
 }
 
 impl DataPath {
@@ -664,7 +664,7 @@ impl DataPath {
         }
         let outside = Port::open(outside.0, Interface::Outside, outside.1, &cfg)?;
         let inside = Port::open(inside.0, Interface::Inside, inside.1, &cfg)?;
-        let mut senders = [None, None];
+        let mut senders = Sides::new(None, None);
         for port in [&outside, &inside] {
             if cfg.send_threads[port.iface] {
                 // SAFETY: the thread sends on the capture's own packet socket, which outlives it: `Drop for
@@ -678,7 +678,7 @@ impl DataPath {
                         cfg.snaplen,
                     )
                 }?;
-                senders[port.iface as usize] = Some(sender);
+                senders[port.iface] = Some(sender);
             }
         }
         Ok(DataPath {
@@ -707,11 +707,8 @@ impl DataPath {
     /// Publishes both interfaces' counters, the sender threads' included.
     fn publish(&mut self) {
         for (port, sender) in [
-            (
-                &mut self.outside,
-                &self.senders[Interface::Outside as usize],
-            ),
-            (&mut self.inside, &self.senders[Interface::Inside as usize]),
+            (&mut self.outside, &self.senders.outside),
+            (&mut self.inside, &self.senders.inside),
         ] {
             if let Some(sender) = sender {
                 let ring = sender.producer.ring();
@@ -753,8 +750,8 @@ impl DataPath {
             inside = %self.inside.name,
             batch = self.cfg.batch,
             sender_threads = match (
-                self.senders[Interface::Outside as usize].is_some(),
-                self.senders[Interface::Inside as usize].is_some(),
+                self.senders.outside.is_some(),
+                self.senders.inside.is_some(),
             ) {
                 (false, false) => "none",
                 (true, false) => "outside",
@@ -814,7 +811,10 @@ impl DataPath {
         }
         // Let the sender threads finish what was handed to them, so the last counters are whole.
         let deadline = Instant::now() + Duration::from_millis(100);
-        for sender in self.senders.iter().flatten() {
+        for sender in [&self.senders.outside, &self.senders.inside]
+            .into_iter()
+            .flatten()
+        {
             while !sender.producer.is_drained() && Instant::now() < deadline {
                 std::thread::yield_now();
             }
@@ -910,7 +910,7 @@ impl DataPath {
             ..
         } = self;
         for (iface, port) in [(Interface::Outside, outside), (Interface::Inside, inside)] {
-            if let Some(sender) = &mut senders[iface as usize] {
+            if let Some(sender) = &mut senders[iface] {
                 let mut handed = false;
                 for (slot, &(to, len)) in tx.pending.iter().enumerate() {
                     if to == iface {
@@ -959,7 +959,7 @@ impl DataPath {
 impl Drop for DataPath {
     fn drop(&mut self) {
         // Stop and join the sender threads while the packet sockets they send on are still open.
-        self.senders = [None, None];
+        self.senders = Sides::new(None, None);
     }
 }
 

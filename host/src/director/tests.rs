@@ -7,8 +7,8 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::SocketAddrV4;
 
 use super::*;
-use crate::policy::ServerState;
 use crate::conntable::{ConnState, Timeouts};
+use crate::policy::ServerState;
 use crate::wire::{self, MacAddr, TcpFlags};
 
 const CLIENT_MAC: MacAddr = MacAddr([2, 0, 0, 0, 1, 1]);
@@ -635,7 +635,11 @@ fn established_only_after_the_clients_ack() {
     d.handle(Interface::Inside, &mut server(to, 2000, false), secs(1));
     let timeouts = Timeouts::default();
     d.expire(secs(1) + timeouts.syn_recv, usize::MAX);
-    assert_eq!(d.table().len(), 1, "only the established connection is left");
+    assert_eq!(
+        d.table().len(),
+        1,
+        "only the established connection is left"
+    );
     assert_eq!(state(&d), Some(ConnState::Established));
 }
 

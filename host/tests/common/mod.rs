@@ -1050,6 +1050,7 @@ fn relay_frames(r0: i32, r1: i32, delay: Duration, stop: &std::sync::atomic::Ato
             if p.revents & libc::POLLIN == 0 {
                 continue;
             }
+            // SAFETY: sockaddr_ll is a plain C struct for which all-zero bytes are a valid value.
             let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
             // SAFETY: receiving into a live buffer and address of the sizes given.
