@@ -14,22 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The built components.
-fn built_plugins() -> PathBuf {
-    let dir = std::env::var_os("VIPD_TEST_PLUGINS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins"))
-        });
-    assert!(
-        dir.join("round-robin.wasm").exists() && dir.join("testing/misbehave.wasm").exists(),
-        "the plugin components are not built in {}: run `make plugins` \
-         (plugins/build.sh target/plugins --testing) first",
-        dir.display()
-    );
-    dir
-}
-
 /// The built component `name` (`testing/misbehave` for a test plugin).
 fn component(name: &str) -> PathBuf {
     built_plugins().join(format!("{name}.wasm"))

@@ -1,6 +1,8 @@
 //! Replay tests: the fixtures in tests/fixtures/ run through the real packet path, and every frame the
 //! director sends is parsed back and checked (addresses, ports, MACs, checksums).
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -10,6 +12,8 @@ use vipd::assemble::Assembly;
 use vipd::director::{DropReason, Layer2, Verdict};
 use vipd::replay::{Event, ReplayOptions, Summary, replay};
 use vipd::wire::MacAddr;
+
+use common::built_plugins;
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 const HOST_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x0a];
@@ -396,21 +400,6 @@ fn replay_command_line() {
 }
 
 // ------------------------------------------------------------ replay with the configured policies
-
-/// The built components (`make plugins`; `VIPD_TEST_PLUGINS` overrides the folder).
-fn built_plugins() -> PathBuf {
-    let dir = std::env::var_os("VIPD_TEST_PLUGINS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins"))
-        });
-    assert!(
-        dir.join("source-affinity.wasm").exists(),
-        "the plugin components are not built in {}: run `make plugins` first",
-        dir.display()
-    );
-    dir
-}
 
 /// A capture of `n` SYNs from one client (ports 40000..) to 192.0.2.1:80, 10 ms apart.
 fn write_syns(path: &Path, n: u16) {

@@ -134,12 +134,6 @@ impl Director {
             bindings.ports.len(),
             "one selector per virtual port"
         );
-        let max_targets = bindings
-            .ports
-            .iter()
-            .map(|p| p.targets.len())
-            .max()
-            .unwrap_or(0);
         let mut director = Director {
             bindings: Arc::new(BindingTable::default()),
             selectors: Vec::new(),
@@ -154,7 +148,8 @@ impl Director {
             counters: Counters::default(),
             reply: vec![0; REPLY_CAPACITY].into_boxed_slice(),
             reply_len: 0,
-            candidates: Vec::with_capacity(max_targets),
+            // Sized by `install`, for the binding table it puts in place.
+            candidates: Vec::new(),
             announce_left: 0,
             announce_next: Duration::ZERO,
             published: Arc::new(ArcSwap::from_pointee(Snapshot::default())),

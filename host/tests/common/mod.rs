@@ -1083,3 +1083,19 @@ fn relay_frames(r0: i32, r1: i32, delay: Duration, stop: &std::sync::atomic::Ato
         libc::close(r1);
     }
 }
+
+/// The built plugin components (`make plugins`; `VIPD_TEST_PLUGINS` overrides the folder).
+pub fn built_plugins() -> PathBuf {
+    let dir = std::env::var_os("VIPD_TEST_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins"))
+        });
+    assert!(
+        dir.join("round-robin.wasm").exists() && dir.join("testing/misbehave.wasm").exists(),
+        "the plugin components are not built in {}: run `make plugins` \
+         (plugins/build.sh target/plugins --testing) first",
+        dir.display()
+    );
+    dir
+}
