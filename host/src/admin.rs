@@ -2,7 +2,7 @@
 //! `POST /reals/{name}/drain|enable|disable` (docs/admin.md).
 //!
 //! It runs on its own thread with a current-thread tokio runtime and never touches the director: it
-//! reads the [`Snapshot`] the data path publishes, and sends [`Command`]s (operator state changes, the
+//! reads the [`Snapshot`](crate::director::Snapshot) the data path publishes, and sends [`Command`]s (operator state changes, the
 //! flow dump) over a channel that the data path drains between batches ([`apply`]), woken by the capture
 //! [`Waker`]; each answer comes back on a oneshot.
 //!

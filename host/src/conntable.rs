@@ -95,7 +95,7 @@ impl ConnState {
         self.into()
     }
 
-    /// The index of this state in [`ConnState::VARIANTS`] (and of its timeout list).
+    /// The index of this state among the variants, in declaration order (and of its timeout list).
     pub fn index(self) -> usize {
         self as usize
     }
@@ -605,7 +605,7 @@ impl ConnTable {
         }
     }
 
-    /// Live connections per state, indexed like [`ConnState::VARIANTS`].
+    /// Live connections per state, indexed by [`ConnState::index`].
     pub fn count_by_state(&self) -> [usize; ConnState::COUNT] {
         self.counts
     }

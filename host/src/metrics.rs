@@ -6,7 +6,7 @@
 //! and renders it: nothing is counted twice, and series of servers or ports removed by a reload vanish.
 //! Config reloads and refused admin API connections are counted off the packet path through the `metrics`
 //! facade into the process-wide recorder [`install`]s, whose output is appended. Plugin calls are counted by the plugin host in plain
-//! atomics ([`PluginStats`]); [`render`] writes them as they are.
+//! atomics ([`PluginStats`](crate::plugin::PluginStats)); [`render`] writes them as they are.
 
 use std::sync::OnceLock;
 

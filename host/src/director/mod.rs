@@ -5,19 +5,19 @@
 //! replay, a test or a fuzzer, all the same way. Pure: no I/O, no clock, no allocation per packet, no lock.
 //!
 //! One job per file, all of them `impl Director`:
-//! - [`path`]: the packet path. From the outside, a frame to a virtual address is looked up by (client,
+//! - `path.rs`: the packet path. From the outside, a frame to a virtual address is looked up by (client,
 //!   virtual address); a SYN with no connection opens one, or is refused (RST; ICMP port unreachable for UDP);
 //!   the destination is rewritten to the real server and the frame leaves on the inside. From the inside, a
 //!   frame from a real server is looked up by (real server, client), its source is rewritten to the virtual
 //!   address and it leaves on the outside. ICMP errors about a connection are translated both ways.
-//! - [`select`]: how a SYN picks a server: the bound targets with live state, backups standing in for failed
+//! - `select.rs`: how a SYN picks a server: the bound targets with live state, backups standing in for failed
 //!   servers, trial connections, the port's policy, and re-selection when a server ditches a connection.
-//! - [`reals`]: the real servers' live state (patent FIG. 6B: state, ditched connections, failure threshold,
+//! - `reals.rs`: the real servers' live state (patent FIG. 6B: state, ditched connections, failure threshold,
 //!   backup), fed by ditched connections, active health checks and the operator; every change is queued with
 //!   its reason for [`Director::drain_events`]. The rules are in docs/failure-handling.md.
-//! - [`neighbours`]: Layer 2: ARP answers for virtual addresses, gratuitous ARP, the real servers' MACs.
-//! - [`stats`]: counters, drop reasons, and the [`Snapshot`] published for metrics and the admin API.
-//! - [`install`]: putting a new binding table and its selectors in place (start and reload).
+//! - `neighbours.rs`: Layer 2: ARP answers for virtual addresses, gratuitous ARP, the real servers' MACs.
+//! - `stats.rs`: counters, drop reasons, and the [`Snapshot`] published for metrics and the admin API.
+//! - `install.rs`: putting a new binding table and its selectors in place (start and reload).
 //!
 //! What fails: every frame that cannot be translated is dropped with a [`DropReason`] and counted; nothing on
 //! this path panics on packet bytes.
