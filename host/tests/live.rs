@@ -803,3 +803,157 @@ fn idle_connections_expire() {
     // New connections are served.
     assert_eq!(live.get("http://192.0.2.1/"), "site 1 on host B");
 }
+
+/// A SYN from the client (`src`, its own MAC) to `vip`:80, with a correct TCP checksum unless `corrupt`.
+fn crafted_syn(f: &Fig3, src: Ipv4Addr, port: u16, vip: Ipv4Addr, corrupt: bool) -> Vec<u8> {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(
+        mac_of(&f.client, "eth0"),
+        mac_of(&f.director, "vipd-out"),
+    )
+    .ipv4(src.octets(), vip.octets(), 64)
+    .tcp(port, 80, 7, 64240)
+    .syn()
+    .write(&mut frame, &[])
+    .unwrap();
+    if corrupt {
+        // Byte 16 of the TCP header (after 14 + 20) is the checksum's first byte.
+        frame[14 + 20 + 16] ^= 0x5a;
+    }
+    frame
+}
+
+/// The connections of `/connections` whose client address is in `clients`, as (client, state).
+fn connections_from(f: &Fig3, clients: &std::ops::RangeInclusive<u8>) -> Vec<(String, String)> {
+    let body = admin_get(&f.director, "/connections?limit=10000");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let client = c["client"].as_str()?;
+            let ip: Ipv4Addr = client.split(':').next()?.parse().ok()?;
+            let [198, 51, 100, last] = ip.octets() else {
+                return None;
+            };
+            let state = c["state"].as_str()?;
+            clients
+                .contains(&last)
+                .then(|| (client.to_owned(), state.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+/// Hostile SYNs (issue 12), with real servers and a real client: the same SYN sent 4 times back to back on
+/// 20 tuples ditches nothing and fails no server; SYNs with a bad TCP checksum open nothing; SYNs from
+/// spoofed sources that the servers answer stay half-open (SYN received, never established) and are gone
+/// once the SYN-received timeout has passed; legit requests are served throughout.
+fn hostile_syns_fail_no_server_and_leave_no_state() {
+    let dir = TempDir::new("vipd-hostile");
+    let config = dir.join("hostile.toml");
+    let text = std::fs::read_to_string(repo_file("examples/fig3.toml")).unwrap();
+    std::fs::write(&config, format!("{text}\n[timeouts]\nsyn_recv = \"2s\"\n")).unwrap();
+    let fig = Fig3::new();
+    let sites = fig.start_sites();
+    let mut live = Live::with(fig, sites, &config, "http://192.0.2.1/");
+    let vip = Ipv4Addr::new(192, 0, 2, 1);
+    let legit = |live: &Live| {
+        for _ in 0..6 {
+            assert!(live.get("http://192.0.2.1/").starts_with("site 1 on host"));
+        }
+    };
+
+    // 1. Duplicate SYN bursts: 20 tuples, each SYN 4 times back to back.
+    let before = live.vipd.vipd_stats();
+    let mut burst = Vec::new();
+    for port in 50000..50020 {
+        let syn = crafted_syn(&live.fig, CLIENT, port, vip, false);
+        burst.extend(std::iter::repeat_n(syn, 4));
+    }
+    send_frames(&live.fig.client, "eth0", &burst);
+    let start = Instant::now();
+    while live.vipd.vipd_stats().get("connections_created") < before.get("connections_created") + 20
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the burst never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    legit(&live);
+    let m = Metrics::scrape(&live.fig.director);
+    assert_eq!(
+        m.get("vipd_ditched_connections_total", &[]),
+        0.0,
+        "nothing ditched"
+    );
+    assert_eq!(
+        m.get("vipd_real_server_state", &[("state", "failed")]),
+        0.0,
+        "no server failed"
+    );
+    assert!(live.vipd.vipd_stats().get("syn_duplicates") > 0);
+
+    // 2. Bad checksums: 30 SYNs open nothing and are counted.
+    let before = live.vipd.vipd_stats();
+    let bad: Vec<_> = (51000..51030)
+        .map(|port| crafted_syn(&live.fig, CLIENT, port, vip, true))
+        .collect();
+    send_frames(&live.fig.client, "eth0", &bad);
+    let start = Instant::now();
+    let after = loop {
+        let s = live.vipd.vipd_stats();
+        if s.drop("bad_checksum") >= before.drop("bad_checksum") + 30 {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not counted: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        after.get("connections_created"),
+        before.get("connections_created")
+    );
+
+    // 3. Spoofed sources 198.51.100.100-199: the servers answer, nobody acknowledges.
+    let spoofed = 100..=199u8;
+    let flood: Vec<_> = spoofed
+        .clone()
+        .map(|last| {
+            crafted_syn(
+                &live.fig,
+                Ipv4Addr::new(198, 51, 100, last),
+                52000,
+                vip,
+                false,
+            )
+        })
+        .collect();
+    send_frames(&live.fig.client, "eth0", &flood);
+    let start = Instant::now();
+    let mut seen_half_open = false;
+    loop {
+        let conns = connections_from(&live.fig, &spoofed);
+        assert!(
+            conns.iter().all(|(_, state)| state != "established"),
+            "a spoofed SYN became established: {conns:?}"
+        );
+        seen_half_open |= conns.iter().any(|(_, state)| state == "syn_recv");
+        if conns.is_empty() && start.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        // The SYN-received timeout is 2 s: removed at most 2 x 2 s after the SYN-ACK, plus a tick.
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "spoofed connections outlived the half-open timeout: {conns:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(seen_half_open, "the servers' SYN-ACKs made them half-open");
+    legit(&live);
+    live.vipd.assert_running();
+}
