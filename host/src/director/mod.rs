@@ -34,7 +34,7 @@ use crate::Interface;
 use crate::binding::BindingTable;
 use crate::config::Config;
 use crate::conntable::ConnTable;
-use crate::policy::{Candidate, RoundRobin, Selector};
+use crate::policy::{Candidate, Selector};
 use crate::wire::MacAddr;
 
 mod install;
@@ -112,17 +112,20 @@ pub struct Director {
 }
 
 impl Director {
-    /// A director for `bindings`, with the built-in policy (or the given selectors, one per virtual port).
-    pub fn new(config: &Config, bindings: BindingTable, l2: Layer2) -> Director {
+    /// A director for `bindings` with the built-in round-robin on every port, for unit tests. Everything
+    /// else assembles its director from a config with [`crate::assemble::Assembly`].
+    #[cfg(test)]
+    pub(crate) fn new(config: &Config, bindings: BindingTable, l2: Layer2) -> Director {
         let selectors = bindings
             .ports
             .iter()
-            .map(|_| Box::new(RoundRobin::new()) as Box<dyn Selector>)
+            .map(|_| Box::new(crate::policy::RoundRobin::new()) as Box<dyn Selector>)
             .collect();
         Director::with_selectors(config, bindings, selectors, l2)
     }
 
-    /// A director whose virtual port `i` is served by `selectors[i]`.
+    /// A director whose virtual port `i` is served by `selectors[i]` ([`crate::assemble::Assembly::director`]
+    /// makes them from a config).
     pub fn with_selectors(
         config: &Config,
         bindings: BindingTable,

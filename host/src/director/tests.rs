@@ -8,7 +8,7 @@ use std::net::SocketAddrV4;
 
 use super::*;
 use crate::conntable::{ConnState, Timeouts};
-use crate::policy::ServerState;
+use crate::policy::{RoundRobin, ServerState};
 use crate::wire::{self, MacAddr, TcpFlags};
 
 const CLIENT_MAC: MacAddr = MacAddr([2, 0, 0, 0, 1, 1]);
