@@ -8,6 +8,9 @@ FUZZ_SECONDS ?= 600
 # `make bench`: the peers vipd is compared with, and where the comparison's table goes.
 BENCH_PACKAGES = haproxy iptables nftables libnginx-mod-stream python3
 COMPARE_ARGS ?= --doc docs/benchmarks.md
+# The flood test (legit new connections/s before, during and after a spoofed SYN flood): rates and contenders.
+FLOOD_RATES ?= 30000 150000
+FLOOD_CONTENDERS ?= dnat vipd
 
 .PHONY: all deps build plugins test demo bench lint fuzz clean-netns
 
@@ -42,6 +45,7 @@ bench: deps plugins
 	$(CARGO) bench -p vipd
 	$(CARGO) build --release -p vipd
 	VIPD=target/release/vipd PLUGIN_DIR=$(PLUGIN_DIR) host/benches/compare/compare.sh $(COMPARE_ARGS)
+	VIPD=target/release/vipd FLOOD_RATES="$(FLOOD_RATES)" host/benches/compare/compare.sh $(COMPARE_ARGS) $(FLOOD_CONTENDERS)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -36,10 +36,16 @@
 #   measure an optimisation before/after in the same run (e.g. VIPD_BASE=/tmp/vipd-old ... vipd vipd-base).
 #   X1, X2, X3='[director] lines' define the contenders vipd-x1..x3: vipd with those lines added to its
 #   config, e.g. X1='send_threads = "none"' ... vipd vipd-x1 (lines separated by ';').
+#   FLOOD_RATES="30000 150000" replaces the usual measurements by the flood test: legit new connections/s
+#   (wrk, `Connection: close`) before, during and right after a spoofed SYN flood at each rate (SYN/s; the
+#   flooder is `cargo build --release --example synflood`, SYNFLOOD=its path; sources 198.51.100.100-249,
+#   addresses no host of the topology holds, so every SYN the servers answer stays half-open), for DURATION
+#   seconds each; the flood starts 1 s before the "during" load and stops when it ends.
 #   PERF=1 records `perf record -g` of vipd during one test (PERF_TEST=conn, ka or bulk) into
 #   $OUT_DIR/perf-CONTENDER-TEST-rROUND.data; PERF=all records the whole machine (-a), for every contender.
 # Output: a markdown report in OUT_DIR (host/benches/compare/results/), also written between the
-# `<!-- compare:begin -->` and `<!-- compare:end -->` markers of --doc FILE when given. Needs root. Sends
+# `<!-- compare:begin -->` and `<!-- compare:end -->` markers of --doc FILE when given (the flood test:
+# `compare-flood:begin` / `compare-flood:end`). Needs root. Sends
 # traffic only inside the namespaces it creates; removes everything on exit, also on Ctrl-C.
 set -euo pipefail
 
@@ -58,6 +64,8 @@ WASM_PLUGIN=${WASM_PLUGIN:-round-robin}
 MAGLEV_PLUGIN=${MAGLEV_PLUGIN:-maglev}
 VIPD_KERNEL_DROP=${VIPD_KERNEL_DROP:-1}
 PERF=${PERF:-0}
+FLOOD_RATES=${FLOOD_RATES:-}
+SYNFLOOD=${SYNFLOOD:-target/release/examples/synflood}
 PERF_TEST=${PERF_TEST:-conn}
 OUT_DIR=${OUT_DIR:-$HERE/results}
 DOC=""
@@ -529,6 +537,27 @@ measure() {   # ROUND CONTENDER
     fi
 }
 
+measure_flood() {   # ROUND CONTENDER: legit conn/s before, during and after a spoofed SYN flood per rate
+    local r=$1 c=$2 rate rps err req fpid
+    local out=$TMP/out-$r-$c
+    load "$out.before" -H 'Connection: close' >"$out.before.sum"
+    read -r rps err req <"$out.before.sum"
+    record "$r" "$c" flood_before "$rps"
+    for rate in $FLOOD_RATES; do
+        in_ns "$NS_CLIENT" "$SYNFLOOD" "$VIP" 80 "$rate" $((DURATION + 1)) >"$out.flood-$rate" 2>&1 &
+        fpid=$!
+        sleep 1
+        load "$out.during-$rate" -H 'Connection: close' >"$out.during-$rate.sum"
+        wait "$fpid" || true
+        read -r rps err req <"$out.during-$rate.sum"
+        record "$r" "$c" "flood_during_$rate" "$rps"
+        log "  flood $rate/s: $(cat "$out.flood-$rate"); legit during: $rps conn/s"
+        load "$out.after-$rate" -H 'Connection: close' >"$out.after-$rate.sum"
+        read -r rps err req <"$out.after-$rate.sum"
+        record "$r" "$c" "flood_after_$rate" "$rps"
+    done
+}
+
 idle_fill() {   # puts IDLE half-open connections in vipd's table
     in_ns "$NS_CLIENT" python3 "$HERE/synflood.py" "$VIP" 9 1 198.51.100 250 >/dev/null   # resolves the sink's MAC
     sleep 1
@@ -555,7 +584,11 @@ run_contender() {   # ROUND CONTENDER
         return 0
     fi
     [[ $CUR == vipd-200k ]] && idle_fill
-    measure "$ROUND" "$CUR"
+    if [[ -n $FLOOD_RATES ]]; then
+        measure_flood "$ROUND" "$CUR"
+    else
+        measure "$ROUND" "$CUR"
+    fi
     if [[ $CUR == vipd-200k ]]; then   # still held after the measurements?
         local drops
         drops=$(in_ns "$NS_SINK" iptables -nvxL INPUT | awk '$3 == "DROP" { print $1 }')
@@ -564,6 +597,11 @@ run_contender() {   # ROUND CONTENDER
     director_ns_del
 }
 
+if [[ -n $FLOOD_RATES && ! -x $SYNFLOOD ]]; then
+    log "building the flooder: cargo build --release -p vipd --example synflood"
+    cargo build --release -p vipd --example synflood
+    SYNFLOOD=target/release/examples/synflood
+fi
 mkdir -p "$OUT_DIR"
 START=$SECONDS
 log "contenders: ${CONTENDERS[*]}; $ROUNDS rounds of ${DURATION}s measurements"
@@ -572,7 +610,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for c in "${CONTENDERS[@]}"; do
         log "round $round: $c"
         run_contender "$round" "$c"
-        grep -P "^$round\t$c\t(conn_s|ka_s|bulk_gbps|p99_us)\t" "$RESULTS" | cut -f3,4 | tr '\n\t' ' =' >&2
+        grep -P "^$round\t$c\t(conn_s|ka_s|bulk_gbps|p99_us|flood_\w+)\t" "$RESULTS" | cut -f3,4 | tr '\n\t' ' =' >&2
         echo >&2
     done
 done
@@ -584,17 +622,21 @@ MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 VERSIONS="vipd $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(haproxy -v 2>/dev/null | head -1 | awk '{ print "HAProxy " $3 }'), $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'), $(iptables -V), $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'), iperf3 $(iperf3 -v | head -1 | awk '{ print $2 }')"
 XS=""
 for x in X1 X2 X3; do [[ -n ${!x:-} ]] && XS+="$x='${!x}' "; done
+[[ -n $FLOOD_RATES ]] && XS+="FLOOD_RATES='$FLOOD_RATES' "
 COMMAND="${XS}DURATION=$DURATION ROUNDS=$ROUNDS IDLE=$IDLE WRK_THREADS=$WRK_THREADS WRK_CONNS=$WRK_CONNS LAT_CONNS=$LAT_CONNS LAT_DELAY_MS=$LAT_DELAY_MS VIPD_KERNEL_DROP=$VIPD_KERNEL_DROP $HERE/compare.sh ${CONTENDERS[*]}"
 REPORT=$OUT_DIR/last.md
 python3 "$HERE/report.py" "$RESULTS" "${LABEL:-$(date -u +%F\ %H:%M) UTC}" "$MACHINE" "$VERSIONS" "$COMMAND" \
     "$ELAPSED" "${NOTES[@]}" >"$REPORT"
 cat "$REPORT"
 if [[ -n $DOC ]]; then
-    python3 - "$DOC" "$REPORT" <<'EOF'
+    MARKER=compare
+    [[ -n $FLOOD_RATES ]] && MARKER=compare-flood
+    python3 - "$DOC" "$REPORT" "$MARKER" <<'EOF'
 import sys
 doc, report = sys.argv[1], open(sys.argv[2]).read()
 text = open(doc).read()
-begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
+marker = sys.argv[3]
+begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
 if begin in text and end in text:
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]

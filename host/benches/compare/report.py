@@ -57,6 +57,19 @@ def main() -> None:
         if metric in ("conn_err", "ka_err", "lat_err"):
             values[(who, "errors")].append(v)
     rounds = len({l.split("\t")[0] for l in open(path)})
+    flood = sorted({int(m.rsplit("_", 1)[1]) for (_, m) in values if m.startswith("flood_during_")})
+    if flood:
+        # The flood test replaces the usual measurements: legit conn/s before, during, after each rate.
+        COLUMNS[:] = [("flood_before", "legit conn/s, no flood", "{:,.0f}", True)]
+        for rate in flood:
+            COLUMNS.append((f"flood_during_{rate}", f"during {rate:,} SYN/s", "{:,.0f}", True))
+            COLUMNS.append((f"flood_share_{rate}", "kept", "{:.0%}", True))
+            COLUMNS.append((f"flood_after_{rate}", "right after", "{:,.0f}", True))
+        for (who, metric), v in list(values.items()):
+            if metric.startswith("flood_during_") and values.get((who, "flood_before")):
+                rate = metric.rsplit("_", 1)[1]
+                before = statistics.median(values[(who, "flood_before")])
+                values[(who, f"flood_share_{rate}")] = [statistics.median(v) / before] if before else []
     who_all = [w for w in ORDER if any(k[0] == w for k in values)]
 
     def med(who, metric):
@@ -82,7 +95,7 @@ def main() -> None:
             cells.append("n/a" if m is None else fmt.format(m))
         out.append(f"| {NAMES.get(who, who)} | " + " | ".join(cells) + " |")
     out.append("")
-    if any(w.startswith("vipd") for w in who_all):
+    if any(w.startswith("vipd") for w in who_all) and not flood:
         out.append("Ratios (vipd figure / peer figure; for latency and CPU lower is better, "
                    "and `+N µs` is p99 added over the no-director path):")
         out.append("")
