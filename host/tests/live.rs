@@ -854,7 +854,7 @@ fn hostile_syns_fail_no_server_and_leave_no_state() {
     let dir = TempDir::new("vipd-hostile");
     let config = dir.join("hostile.toml");
     let text = std::fs::read_to_string(repo_file("examples/fig3.toml")).unwrap();
-    std::fs::write(&config, format!("{text}\n[timeouts]\nsyn_recv = \"2s\"\n")).unwrap();
+    std::fs::write(&config, format!("{text}\n[timeouts]\nsyn = \"2s\"\nsyn_recv = \"2s\"\n")).unwrap();
     let fig = Fig3::new();
     let sites = fig.start_sites();
     let mut live = Live::with(fig, sites, &config, "http://192.0.2.1/");
@@ -946,7 +946,7 @@ fn hostile_syns_fail_no_server_and_leave_no_state() {
         if conns.is_empty() && start.elapsed() > Duration::from_secs(2) {
             break;
         }
-        // The SYN-received timeout is 2 s: removed at most 2 x 2 s after the SYN-ACK, plus a tick.
+        // Both half-open timeouts are 2 s: removed at most 2 x 2 s after the last frame, plus a tick.
         assert!(
             start.elapsed() < Duration::from_secs(8),
             "spoofed connections outlived the half-open timeout: {conns:?}"
