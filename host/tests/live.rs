@@ -854,7 +854,11 @@ fn hostile_syns_fail_no_server_and_leave_no_state() {
     let dir = TempDir::new("vipd-hostile");
     let config = dir.join("hostile.toml");
     let text = std::fs::read_to_string(repo_file("examples/fig3.toml")).unwrap();
-    std::fs::write(&config, format!("{text}\n[timeouts]\nsyn = \"2s\"\nsyn_recv = \"2s\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[timeouts]\nsyn = \"2s\"\nsyn_recv = \"2s\"\n"),
+    )
+    .unwrap();
     let fig = Fig3::new();
     let sites = fig.start_sites();
     let mut live = Live::with(fig, sites, &config, "http://192.0.2.1/");
