@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use strum::EnumCount;
+use strum::{EnumCount, VariantArray};
 
 use crate::wire::Protocol;
 
@@ -46,6 +46,19 @@ pub struct Timeouts {
     pub closing: Duration,
     /// A UDP flow.
     pub udp: Duration,
+}
+
+impl Timeouts {
+    /// The idle timeout of a connection in `state` (an exhaustive match: a new state cannot go without one).
+    pub fn of(&self, state: ConnState) -> Duration {
+        match state {
+            ConnState::SynSent => self.syn,
+            ConnState::SynRecv => self.syn_recv,
+            ConnState::Established => self.established,
+            ConnState::Closing => self.closing,
+            ConnState::Udp => self.udp,
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -610,10 +623,9 @@ impl ConnTable {
         self.counts
     }
 
+    /// The idle timeout of each state's list, indexed by [`ConnState::index`].
     fn timeout_nanos(&self) -> [u64; ConnState::COUNT] {
-        let t = &self.timeouts;
-        // In the order of the variants (`ConnState::index`).
-        [t.syn, t.syn_recv, t.established, t.closing, t.udp].map(nanos)
+        std::array::from_fn(|i| nanos(self.timeouts.of(ConnState::VARIANTS[i])))
     }
 
     fn unindex_outbound(&mut self, id: ConnId, conn: &Connection) {
@@ -665,7 +677,6 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::HashMap;
     use std::net::Ipv4Addr;
-    use strum::VariantArray;
 
     const SYN: Duration = Duration::from_secs(10);
     const EST: Duration = Duration::from_secs(900);
