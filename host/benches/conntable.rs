@@ -29,6 +29,7 @@ fn connection(i: u32) -> Connection {
         fin_seen: 0,
         created: Duration::ZERO,
         last_seen: Duration::ZERO,
+        proxy: None,
     }
 }
 

@@ -42,6 +42,11 @@ pub enum Action {
     Send(Interface),
     /// Send the frame in [`Handler::reply`] out of that interface; the received frame is dropped.
     SendReply(Interface),
+    /// Send the rewritten frame out of `forward` and the one in [`Handler::reply`] out of `reply`.
+    SendBoth {
+        forward: Interface,
+        reply: Interface,
+    },
     /// Nothing to send: the frame was dropped (counted by the handler) or consumed (e.g. an ARP reply).
     Done,
 }
@@ -54,6 +59,11 @@ pub trait Handler {
     fn reply(&self) -> &[u8];
     /// Periodic work, called about every [`CaptureConfig::tick`]; frames to send go through `send`.
     fn tick(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8]));
+    /// A wake-up begins; `behind`: the previous one stopped at its batch bound with frames left in a ring
+    /// (the handler may then bound its new-connection work).
+    fn wakeup(&mut self, behind: bool) {
+        let _ = behind;
+    }
 }
 
 /// What the control callback tells the loop between batches.
@@ -648,6 +658,8 @@ pub struct DataPath {
     tx: TxBatch,
     /// The sender thread of each interface that has one (index: `Interface as usize`).
     senders: Sides<Option<Sender>>,
+    /// The last wake-up stopped at its batch bound with frames left in a ring.
+    behind: bool,
 }
 
 impl DataPath {
@@ -691,6 +703,7 @@ impl DataPath {
             tx: TxBatch::new(2 * cfg.batch, cfg.snaplen),
             cfg,
             epoch,
+            behind: false,
         })
     }
 
@@ -831,6 +844,7 @@ impl DataPath {
         let now = self.epoch.elapsed();
         let mut open = [true, true];
         let mut n = 0;
+        handler.wakeup(self.behind);
         while n < self.cfg.batch && (open[0] || open[1]) {
             for (i, iface) in [Interface::Outside, Interface::Inside]
                 .into_iter()
@@ -843,6 +857,7 @@ impl DataPath {
             n += 1;
         }
         self.flush();
+        self.behind = open[0] || open[1];
         for (i, iface) in [Interface::Outside, Interface::Inside]
             .into_iter()
             .enumerate()
@@ -886,6 +901,20 @@ impl DataPath {
         };
         match handler.handle(iface, &mut frame[..len], now) {
             Action::Send(to) => self.tx.pending.push((to, len)),
+            Action::SendBoth { forward, reply: to } => {
+                self.tx.pending.push((forward, len));
+                if self.tx.is_full() {
+                    self.flush();
+                }
+                let reply = handler.reply();
+                let slot = self.tx.slot();
+                if reply.len() <= slot.len() {
+                    slot[..reply.len()].copy_from_slice(reply);
+                    self.tx.pending.push((to, reply.len()));
+                } else {
+                    self.port(to).send(reply);
+                }
+            }
             Action::SendReply(to) => {
                 let reply = handler.reply();
                 if reply.len() <= frame.len() {

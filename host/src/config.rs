@@ -39,6 +39,13 @@ pub const DEFAULT_SEND_THREADS: SendThreads = SendThreads::new(true, false);
 /// `[director] send_threads`: which interfaces get a sender thread of their own.
 pub type SendThreads = Sides<bool>;
 
+/// `[director] syn_proxy_mss` when not given: Ethernet's 1500-byte MTU less the IPv4 and TCP headers.
+pub const DEFAULT_SYN_PROXY_MSS: u16 = 1460;
+/// `[director] syn_proxy_wscale` when not given: what Linux servers announce with default buffers.
+pub const DEFAULT_SYN_PROXY_WSCALE: u8 = 7;
+/// `[director] new_per_wakeup` when not given: a quarter of a wake-up's batch (256 frames per interface).
+pub const DEFAULT_NEW_PER_WAKEUP: u32 = 64;
+
 /// `[director] plugin_deadline` when not given.
 pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(1);
 /// `[[real]] failure_threshold` when not given.
@@ -86,6 +93,15 @@ pub struct DirectorConfig {
     pub send_threads: SendThreads,
     /// Send with `PACKET_QDISC_BYPASS`: straight to the driver, past the interface's qdisc (start only).
     pub qdisc_bypass: bool,
+    /// Answer SYNs with SYN cookies and open a server connection only for a client that completes the
+    /// handshake (docs/failure-handling.md, "Under a SYN flood").
+    pub syn_proxy: bool,
+    /// The MSS and window scale the SYN proxy announces to clients on the servers' behalf.
+    pub syn_proxy_mss: u16,
+    pub syn_proxy_wscale: u8,
+    /// When the data path is behind (its last wake-up left frames in a ring), at most this many SYNs are
+    /// served per wake-up and the rest dropped as `shed`; 0: never shed.
+    pub new_per_wakeup: u32,
 }
 
 /// A `[[real]]` table: a physical machine, or one port of it (patent FIG. 6B).
@@ -353,6 +369,10 @@ struct RawDirector {
     plugin_deadline: Text,
     send_threads: Text,
     qdisc_bypass: Option<Spanned<bool>>,
+    syn_proxy: Option<Spanned<bool>>,
+    syn_proxy_mss: Int,
+    syn_proxy_wscale: Int,
+    new_per_wakeup: Int,
 }
 
 #[derive(Deserialize)]
@@ -522,6 +542,10 @@ impl Checker<'_> {
                 plugin_deadline: DEFAULT_PLUGIN_DEADLINE,
                 send_threads: DEFAULT_SEND_THREADS,
                 qdisc_bypass: true,
+                syn_proxy: false,
+                syn_proxy_mss: DEFAULT_SYN_PROXY_MSS,
+                syn_proxy_wscale: DEFAULT_SYN_PROXY_WSCALE,
+                new_per_wakeup: DEFAULT_NEW_PER_WAKEUP,
             };
         };
         let span = raw.span();
@@ -635,6 +659,27 @@ impl Checker<'_> {
                 SendThreads::new(outside, inside)
             }
         };
+        let syn_proxy_mss = self.int(
+            &raw.syn_proxy_mss,
+            "director.syn_proxy_mss",
+            536,
+            9000,
+            DEFAULT_SYN_PROXY_MSS,
+        );
+        let syn_proxy_wscale = self.int(
+            &raw.syn_proxy_wscale,
+            "director.syn_proxy_wscale",
+            0,
+            14,
+            DEFAULT_SYN_PROXY_WSCALE,
+        );
+        let new_per_wakeup = self.int(
+            &raw.new_per_wakeup,
+            "director.new_per_wakeup",
+            0,
+            u32::MAX.into(),
+            DEFAULT_NEW_PER_WAKEUP,
+        );
         DirectorConfig {
             outside,
             inside,
@@ -647,6 +692,10 @@ impl Checker<'_> {
             plugin_deadline,
             send_threads,
             qdisc_bypass: raw.qdisc_bypass.is_none_or(|b| b.into_inner()),
+            syn_proxy: raw.syn_proxy.is_some_and(|b| b.into_inner()),
+            syn_proxy_mss,
+            syn_proxy_wscale,
+            new_per_wakeup,
         }
     }
 

@@ -145,6 +145,29 @@ pub struct Connection {
     pub created: Duration,
     /// When the last frame of this connection was seen.
     pub last_seen: Duration,
+    /// Set when the director completed the client's handshake itself (`[director] syn_proxy`).
+    pub proxy: Option<Proxied>,
+}
+
+/// What a connection opened by the SYN proxy needs: the two handshakes it joins and how to translate
+/// between them. The client's sequence numbers pass unchanged; the server's are shifted by `delta` into
+/// the cookie's space, and windows are re-expressed for the scale each side applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proxied {
+    /// The client's initial sequence number.
+    pub client_isn: u32,
+    /// The director's initial sequence number towards the client (the SYN cookie).
+    pub cookie: u32,
+    /// What the client's SYN asked for, as the cookie carried it; sent on to the server.
+    pub options: crate::wire::SynOptions,
+    /// The window of the client's handshake ACK, for the ACK the director sends the server.
+    pub client_window: u16,
+    /// The window scale the director announced to the client (0 when the client asked for none).
+    pub announced_wscale: u8,
+    /// The server's initial sequence number minus the cookie; set with `server_wscale` by its SYN-ACK.
+    pub delta: u32,
+    /// The window scale the server announced, if it did.
+    pub server_wscale: Option<u8>,
 }
 
 impl Connection {
@@ -720,6 +743,7 @@ mod tests {
             fin_seen: 0,
             created: now,
             last_seen: now,
+            proxy: None,
         }
     }
 
@@ -1050,7 +1074,7 @@ mod tests {
     /// The entry stays compact (see docs for bytes per connection).
     #[test]
     fn entry_is_compact() {
-        const { assert!(ENTRY_SIZE <= 88) };
+        const { assert!(ENTRY_SIZE <= 128) };
         println!(
             "entry {ENTRY_SIZE} bytes, connection {} bytes",
             size_of::<Connection>()
@@ -1117,6 +1141,7 @@ mod tests {
             fin_seen: 0,
             created: now,
             last_seen: now,
+            proxy: None,
         }
     }
 

@@ -278,6 +278,8 @@ fn log_stats(director: &Director, capture: &CaptureStats, message: &str) {
         connections_created = counters.connections_created,
         expired = counters.expired,
         syn_duplicates = counters.syn_duplicates,
+        syn_cookies_sent = counters.syn_cookies_sent,
+        syn_cookies_accepted = counters.syn_cookies_accepted,
         forwarded_inside = counters.forwarded.inside,
         forwarded_outside = counters.forwarded.outside,
         drops = %drops,
@@ -323,8 +325,13 @@ impl Handler for Director {
         match Director::handle(self, from, frame, now) {
             Verdict::Forward(to) => Action::Send(to),
             Verdict::Reply(to) => Action::SendReply(to),
+            Verdict::ForwardAndReply { forward, reply } => Action::SendBoth { forward, reply },
             Verdict::Drop(_) | Verdict::Consumed => Action::Done,
         }
+    }
+
+    fn wakeup(&mut self, behind: bool) {
+        Director::wakeup(self, behind)
     }
 
     fn reply(&self) -> &[u8] {

@@ -9,10 +9,12 @@
 //! - [`binding`]: the virtual machines, real servers and port bindings compiled from a config
 //!   (patent FIGS. 4A, 4B, 6A, 6B, 6D): which virtual ports exist and which real ports serve them.
 //! - [`conntable`]: the connection objects (patent FIG. 6C), found by hash in both directions.
+//! - [`syncookie`]: the SYN cookies of the SYN proxy (`[director] syn_proxy`): stateless handshakes.
 //! - [`policy`]: the session distribution seam ([`policy::Selector`]) and the built-in policies.
 //! - [`director`]: one frame and `now` in, a [`director::Verdict`] out; one job per file:
 //!   `director/path.rs` the packet path (patent FIGS. 7, 8, 9), `director/select.rs` how a SYN picks a
 //!   server (FIG. 5), `director/reals.rs` real-server state and failure handling (FIG. 6B),
+//!   `director/synproxy.rs` the SYN proxy (handshakes answered with cookies, then joined to the server's),
 //!   `director/neighbours.rs` ARP, `director/stats.rs` counters and the published snapshot,
 //!   `director/install.rs` bindings put in place at start and reload.
 //! - [`status`]: the `/status` document, shared by the admin server and `vipd status`.
@@ -58,6 +60,7 @@ pub mod plugin;
 pub mod policy;
 pub mod replay;
 pub mod status;
+pub mod syncookie;
 pub mod wire;
 
 /// The two sides of the director.

@@ -236,6 +236,9 @@ fn replay(
             Verdict::Reply(to) => format!("reply {}", to.as_str()),
             Verdict::Drop(reason) => format!("drop {}", reason.as_str()),
             Verdict::Consumed => "consumed".to_string(),
+            Verdict::ForwardAndReply { forward, reply } => {
+                format!("-> {} + reply {}", forward.as_str(), reply.as_str())
+            }
         };
         let line = match &e.after {
             Some(after) => writeln!(

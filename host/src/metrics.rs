@@ -32,6 +32,7 @@ pub const NAMES: &[&str] = &[
     "vipd_connections_rejected_total",
     "vipd_syn_resends_total",
     "vipd_ditched_connections_total",
+    "vipd_syn_cookies_total",
     "vipd_real_server_state",
     "vipd_real_server_syn_rtt_seconds",
     "vipd_conntrack_entries",
@@ -313,6 +314,10 @@ fn describe() {
         "vipd_ditched_connections_total",
         "Connections a real server never answered (SYN resent syn_retries times, or RST to a SYN)."
     );
+    describe_counter!(
+        "vipd_syn_cookies_total",
+        "SYN proxy: SYNs answered with a cookie (sent), and handshakes completed with a valid one (accepted)."
+    );
     describe_gauge!(
         "vipd_real_server_state",
         "1 for the real server's current state (up, draining, failed), 0 for the others."
@@ -481,6 +486,12 @@ fn record(s: &Snapshot, capture: Option<&CaptureStats>) {
             vec![label("real", real.name.as_str())],
         )
         .set(f64::from(real.syn_rtt_us) / 1e6);
+    }
+    for (result, v) in [
+        ("sent", c.syn_cookies_sent),
+        ("accepted", c.syn_cookies_accepted),
+    ] {
+        counter("vipd_syn_cookies_total", vec![label("result", result)]).absolute(v);
     }
     gauge("vipd_conntrack_entries", vec![]).set(s.connections as f64);
     gauge("vipd_conntrack_capacity", vec![]).set(s.capacity as f64);

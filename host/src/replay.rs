@@ -112,6 +112,12 @@ pub fn replay(
                 write_frame(&mut outputs, &mut summary, to, &header, &reply);
                 Some(describe(&reply))
             }
+            Verdict::ForwardAndReply { forward, reply } => {
+                write_frame(&mut outputs, &mut summary, forward, &header, &buf);
+                let generated = director.reply().to_vec();
+                write_frame(&mut outputs, &mut summary, reply, &header, &generated);
+                Some(describe(&buf))
+            }
             Verdict::Drop(_) | Verdict::Consumed => None,
         };
         on_event(&Event {

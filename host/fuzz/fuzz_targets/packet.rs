@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         let from = if control & 1 == 0 { Interface::Outside } else { Interface::Inside };
         frame[..len].copy_from_slice(bytes);
         match director.handle(from, &mut frame[..len], now) {
-            Verdict::Forward(_) => assert!(vipd::wire::parse(&frame[..len]).is_ok(), "a forwarded frame must still parse"),
+            Verdict::Forward(_) | Verdict::ForwardAndReply { .. } => assert!(vipd::wire::parse(&frame[..len]).is_ok(), "a forwarded frame must still parse"),
             Verdict::Reply(_) => assert!(!director.reply().is_empty()),
             Verdict::Drop(_) | Verdict::Consumed => {}
         }

@@ -12,6 +12,7 @@ use strum::EnumCount;
 use super::neighbours::{ANNOUNCE_COUNT, neighbours_for};
 use super::reals::Health;
 use super::stats::flow_mut;
+use super::synproxy::SynProxy;
 use super::{Director, DropReason, FlowCount, RealLive, StateReason};
 use crate::binding::{BindingTable, Lookup};
 use crate::config::Config;
@@ -145,9 +146,16 @@ impl Director {
         self.announce_next = Duration::ZERO;
     }
 
-    /// Applies the tunables of a reloaded config that the table holds.
+    /// Applies the tunables of a config (at start and on reload): timeouts, SYN retries and the defences
+    /// against floods. Connections the SYN proxy opened stay proxied when it is turned off.
     pub fn set_limits(&mut self, config: &Config) {
+        let d = &config.director;
         self.table.set_timeouts(config.timeouts);
-        self.syn_retries = config.director.syn_retries.min(254) as u8;
+        self.syn_retries = d.syn_retries.min(254) as u8;
+        self.syn_proxy = d.syn_proxy.then_some(SynProxy {
+            mss: d.syn_proxy_mss,
+            wscale: d.syn_proxy_wscale,
+        });
+        self.new_per_wakeup = d.new_per_wakeup;
     }
 }

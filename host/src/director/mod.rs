@@ -15,6 +15,8 @@
 //! - `reals.rs`: the real servers' live state (patent FIG. 6B: state, ditched connections, failure threshold,
 //!   backup), fed by ditched connections, active health checks and the operator; every change is queued with
 //!   its reason for [`Director::drain_events`]. The rules are in docs/failure-handling.md.
+//! - `synproxy.rs`: the SYN proxy (`[director] syn_proxy`): SYNs answered with cookies, a connection opened
+//!   only by a client's valid ACK, then joined to the server's handshake and translated for its lifetime.
 //! - `neighbours.rs`: Layer 2: ARP answers for virtual addresses, gratuitous ARP, the real servers' MACs.
 //! - `stats.rs`: counters, drop reasons, and the [`Snapshot`] published for metrics and the admin API.
 //! - `install.rs`: putting a new binding table and its selectors in place (start and reload).
@@ -35,6 +37,7 @@ use crate::binding::BindingTable;
 use crate::config::Config;
 use crate::conntable::ConnTable;
 use crate::policy::{Candidate, Selector};
+use crate::syncookie::CookieKey;
 use crate::wire::MacAddr;
 
 mod install;
@@ -43,6 +46,7 @@ mod path;
 mod reals;
 mod select;
 mod stats;
+mod synproxy;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +56,7 @@ pub use stats::{Counters, DropReason, FlowCount, Handled, PerReason, Published, 
 use neighbours::Neighbour;
 use reals::{EVENT_CAPACITY, Health};
 use stats::release;
+use synproxy::SynProxy;
 
 /// Largest frame the director generates (an ICMP echo reply to a full-size request).
 const REPLY_CAPACITY: usize = 2048;
@@ -69,6 +74,12 @@ pub enum Verdict {
     Drop(DropReason),
     /// The frame was for the director itself (an ARP answer) and has been taken in.
     Consumed,
+    /// The frame was rewritten in place and leaves by `forward`, and a generated frame in
+    /// [`Director::reply`] leaves by `reply` (the SYN proxy joining a server's handshake to the client's).
+    ForwardAndReply {
+        forward: Interface,
+        reply: Interface,
+    },
 }
 
 /// The director's own Layer-2 identity on each side.
@@ -109,6 +120,13 @@ pub struct Director {
     flows: Vec<FlowCount>,
     /// Per virtual machine, by [`DropReason`] index; sized at install.
     rejected: Vec<PerReason>,
+    /// `Some` while `[director] syn_proxy` is on; set at start and reload.
+    syn_proxy: Option<SynProxy>,
+    /// The secret of the SYN cookies, drawn once: a reload keeps accepting the cookies already sent.
+    cookie_key: CookieKey,
+    /// `[director] new_per_wakeup`, and what is left of it in this wake-up (`u32::MAX`: no bound).
+    new_per_wakeup: u32,
+    new_budget: u32,
 }
 
 impl Director {
@@ -160,9 +178,14 @@ impl Director {
             publish_due: true,
             flows: Vec::new(),
             rejected: Vec::new(),
+            syn_proxy: None,
+            cookie_key: CookieKey::new(),
+            new_per_wakeup: 0,
+            new_budget: u32::MAX,
         };
         director.install(bindings, selectors);
         director.set_checked(config);
+        director.set_limits(config);
         director
     }
 
@@ -214,9 +237,37 @@ impl Director {
                 Handled::Dropped
             }
             Verdict::Consumed => Handled::Consumed,
+            Verdict::ForwardAndReply { forward, reply } => {
+                self.counters.forwarded[forward] += 1;
+                self.counters.tx_bytes[forward] += frame.len() as u64;
+                self.counters.generated[reply] += 1;
+                self.counters.tx_bytes[reply] += self.reply_len as u64;
+                Handled::Forwarded
+            }
         };
         self.counters.handled[side][handled as usize] += 1;
         verdict
+    }
+
+    /// A wake-up of the data path begins. `behind`: the last one stopped at its batch bound with frames
+    /// left in a ring. Then at most `[director] new_per_wakeup` SYNs (and first datagrams) are served in
+    /// this one; the rest are dropped as [`DropReason::Shed`], so frames of existing connections keep
+    /// flowing when new-connection work alone could fill the wake-up.
+    pub fn wakeup(&mut self, behind: bool) {
+        self.new_budget = if behind && self.new_per_wakeup > 0 {
+            self.new_per_wakeup
+        } else {
+            u32::MAX
+        };
+    }
+
+    /// Takes one new connection's worth of this wake-up's budget; false: shed it.
+    fn take_new(&mut self) -> bool {
+        if self.new_budget == 0 {
+            return false;
+        }
+        self.new_budget -= 1;
+        true
     }
 
     /// Periodic work: expires idle connections (bounded), refreshes neighbours, announces virtual

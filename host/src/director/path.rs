@@ -20,7 +20,7 @@ use super::stats::{flow_mut, release};
 use super::{Director, DropReason, Verdict};
 use crate::Interface;
 use crate::binding::Lookup;
-use crate::conntable::{ConnId, ConnState, Connection, InsertError};
+use crate::conntable::{ConnId, ConnState, Connection, InsertError, Proxied};
 use crate::wire::{self, Icmp, Packet, Protocol, TcpFlags, Transport};
 
 /// `Connection::syn_resends` of a connection re-given after an RST, until the client's next SYN: that SYN is
@@ -30,7 +30,7 @@ const REGIVEN: u8 = u8::MAX;
 /// so towards ditching the server). TCP's first retransmission comes after the initial RTO, 1 s (RFC 6298
 /// 2.1; Linux `TCP_TIMEOUT_INIT`), and later ones after longer; 800 ms leaves room for timer slack. Anything
 /// sooner is the same SYN twice: a duplicate on the path, or an attacker repeating it to fail servers.
-const MIN_SYN_RESEND: Duration = Duration::from_millis(800);
+pub(super) const MIN_SYN_RESEND: Duration = Duration::from_millis(800);
 
 impl Director {
     /// Frames from clients (patent FIGS. 7 and 8).
@@ -105,14 +105,40 @@ impl Director {
             Protocol::Tcp => flags.contains(TcpFlags::SYN) && !flags.contains(TcpFlags::ACK),
             Protocol::Udp => true,
         };
-        let id = match self.table.lookup_inbound(protocol, client, virt) {
+        let mut found = self.table.lookup_inbound(protocol, client, virt);
+        if let Some(id) = found
+            && self.table.get(id).proxy.is_some()
+        {
+            if !opens {
+                return self.proxy_inbound(id, frame, p, flags, now);
+            }
+            if self.table.get(id).state != ConnState::Closing {
+                self.counters.syn_duplicates += 1;
+                return Verdict::Drop(DropReason::Ignored);
+            }
+            // The client reuses the port of a connection that closed: start over.
+            self.close(id);
+            found = None;
+        }
+        if found.is_none()
+            && self.syn_proxy.is_some()
+            && let Transport::Tcp { seq, ack, .. } = p.transport
+        {
+            if opens {
+                return self.cookie_answer(frame, p, client, virt, seq, now);
+            }
+            if flags.contains(TcpFlags::ACK) && !flags.contains(TcpFlags::RST) {
+                return self.cookie_accept(frame, p, client, virt, seq, ack, now);
+            }
+        }
+        let id = match found {
             Some(id) if opens && protocol == Protocol::Tcp => {
                 let conn = self.table.get(id);
                 match conn.state {
                     // A SYN for a connection that already closed: the client reuses its port. Start over.
                     ConnState::Closing => {
                         self.close(id);
-                        match self.open(frame, p, protocol, client, virt, now) {
+                        match self.open(frame, p, protocol, client, virt, None, now) {
                             Ok(id) => id,
                             Err(v) => return v,
                         }
@@ -178,10 +204,15 @@ impl Director {
                 }
             }
             Some(id) => id,
-            None if opens => match self.open(frame, p, protocol, client, virt, now) {
-                Ok(id) => id,
-                Err(v) => return v,
-            },
+            None if opens => {
+                if !self.take_new() {
+                    return Verdict::Drop(DropReason::Shed);
+                }
+                match self.open(frame, p, protocol, client, virt, None, now) {
+                    Ok(id) => id,
+                    Err(v) => return v,
+                }
+            }
             None => return Verdict::Drop(DropReason::NoConnection),
         };
         self.table.touch(id, now);
@@ -198,14 +229,17 @@ impl Director {
         Verdict::Forward(Interface::Inside)
     }
 
-    /// Creates the connection object for a new connection (patent FIG. 5), or says why not.
-    fn open(
+    /// Creates the connection object for a new connection (patent FIG. 5), or says why not. `proxy`: the
+    /// SYN proxy completed the client's handshake (`frame` is its ACK).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open(
         &mut self,
         frame: &[u8],
         p: &Packet,
         protocol: Protocol,
         client: SocketAddrV4,
         virt: SocketAddrV4,
+        proxy: Option<Proxied>,
         now: Duration,
     ) -> Result<ConnId, Verdict> {
         // The frame would create state: its checksum is verified in full, as the end host would (frames of
@@ -252,6 +286,7 @@ impl Director {
             fin_seen: 0,
             created: now,
             last_seen: now,
+            proxy,
         };
         match self.table.insert(conn) {
             Ok(inserted) => {
@@ -285,7 +320,7 @@ impl Director {
     }
 
     /// Answers a connection attempt that cannot be served: RST for TCP, ICMP port unreachable for UDP.
-    fn refuse(
+    pub(super) fn refuse(
         &mut self,
         frame: &[u8],
         p: &Packet,
@@ -317,7 +352,7 @@ impl Director {
         }
     }
 
-    fn track_client_flags(&mut self, id: ConnId, flags: TcpFlags, now: Duration) {
+    pub(super) fn track_client_flags(&mut self, id: ConnId, flags: TcpFlags, now: Duration) {
         let state = self.table.get(id).state;
         if state == ConnState::SynRecv
             && flags.contains(TcpFlags::ACK)
@@ -381,6 +416,11 @@ impl Director {
         let Some(id) = self.table.lookup_outbound(protocol, real, client) else {
             return Verdict::Drop(DropReason::NoConnection);
         };
+        if let Transport::Tcp { seq, ack, .. } = p.transport
+            && self.table.get(id).proxy.is_some()
+        {
+            return self.proxy_outbound(id, frame, &p, flags, seq, ack, now);
+        }
         self.table.touch(id, now);
         if protocol == Protocol::Tcp {
             // A server refusing the SYN ditches the connection like one that never answers. When another
@@ -401,26 +441,13 @@ impl Director {
         Verdict::Forward(Interface::Outside)
     }
 
-    fn track_server_flags(&mut self, id: ConnId, flags: TcpFlags, now: Duration) {
-        let conn = self.table.get(id);
-        let state = conn.state;
+    pub(super) fn track_server_flags(&mut self, id: ConnId, flags: TcpFlags, now: Duration) {
+        let state = self.table.get(id).state;
         if state == ConnState::SynSent
             && flags.contains(TcpFlags::SYN)
             && flags.contains(TcpFlags::ACK)
         {
-            let rtt = now
-                .saturating_sub(conn.created)
-                .as_micros()
-                .min(u128::from(u32::MAX)) as u32;
-            if let Some(r) = self.reals.get_mut(conn.real_id as usize) {
-                // Smoothed like TCP's SRTT (RFC 6298): 7/8 old + 1/8 sample.
-                r.syn_rtt_us = if r.syn_rtt_us == 0 {
-                    rtt.max(1)
-                } else {
-                    (r.syn_rtt_us / 8 * 7 + rtt / 8).max(1)
-                };
-            }
-            self.answered(conn.real_id as usize);
+            self.server_answered(id, now);
             // Half-open until the client acknowledges it (a spoofed SYN's client never does).
             self.table.set_state(id, ConnState::SynRecv, now);
         } else if flags.contains(TcpFlags::RST) || flags.contains(TcpFlags::FIN) {
@@ -433,7 +460,27 @@ impl Director {
         }
     }
 
-    fn close(&mut self, id: ConnId) {
+    /// The server answered connection `id`'s SYN: its SYN round trip is sampled and its ditched count
+    /// cleared.
+    pub(super) fn server_answered(&mut self, id: ConnId, now: Duration) {
+        let conn = self.table.get(id);
+        let real_id = conn.real_id as usize;
+        let rtt = now
+            .saturating_sub(conn.created)
+            .as_micros()
+            .min(u128::from(u32::MAX)) as u32;
+        if let Some(r) = self.reals.get_mut(real_id) {
+            // Smoothed like TCP's SRTT (RFC 6298): 7/8 old + 1/8 sample.
+            r.syn_rtt_us = if r.syn_rtt_us == 0 {
+                rtt.max(1)
+            } else {
+                (r.syn_rtt_us / 8 * 7 + rtt / 8).max(1)
+            };
+        }
+        self.answered(real_id);
+    }
+
+    pub(super) fn close(&mut self, id: ConnId) {
         let conn = self.table.remove(id);
         release(&mut self.reals, &mut self.flows, &conn);
     }

@@ -50,8 +50,17 @@ pub enum DropReason {
     Collision,
     /// The real server's MAC address is not known yet; an ARP request went out instead.
     NoNeighbour,
-    /// ARP or ICMP the director does not answer.
+    /// ARP or ICMP the director does not answer, or a SYN repeated on a connection the SYN proxy opened.
     Ignored,
+    /// An ACK with no connection, while the SYN proxy is on, that acknowledges no valid SYN cookie: not
+    /// the end of a handshake the director answered (a spoofed or stale ACK, an ACK flood).
+    BadCookie,
+    /// A client's frame on a connection the SYN proxy opened whose server has not answered yet (a zero
+    /// window probe, a repeated ACK); it paces the director's SYN retransmissions to the server.
+    AwaitingServer,
+    /// A SYN or first datagram not served because the data path was behind and this wake-up's
+    /// `new_per_wakeup` were used up: new-connection work is shed before frames of existing connections.
+    Shed,
 }
 
 impl DropReason {
@@ -97,6 +106,10 @@ pub struct Counters {
     pub syn_resends: u64,
     /// SYNs repeated sooner than a retransmission, or after the server's SYN-ACK: forwarded, not resends.
     pub syn_duplicates: u64,
+    /// SYN proxy: SYNs answered with a cookie, and handshakes completed with a valid one (each opened a
+    /// connection to a server). Invalid cookies are drops for [`DropReason::BadCookie`].
+    pub syn_cookies_sent: u64,
+    pub syn_cookies_accepted: u64,
     pub evicted_half_open: u64,
     pub evicted_closing: u64,
     pub expired: u64,

@@ -11,7 +11,7 @@ use super::{
 };
 
 /// TTL of generated packets.
-const TTL: u8 = 64;
+pub(crate) const TTL: u8 = 64;
 
 /// Zero-pads a frame of `len` bytes in `out` to the Ethernet minimum; 0 if `out` is too small.
 pub(crate) fn pad(out: &mut [u8], len: usize) -> usize {

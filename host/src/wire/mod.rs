@@ -23,6 +23,7 @@ mod build;
 pub mod checksum;
 mod ethernet;
 mod rewrite;
+pub mod tcp;
 
 use std::net::Ipv4Addr;
 
@@ -37,6 +38,7 @@ pub use rewrite::{
     rewrite_destination, rewrite_icmp_error_inbound, rewrite_icmp_error_outbound, rewrite_source,
     set_macs,
 };
+pub use tcp::{SynOptions, Translation};
 
 /// Length of an untagged Ethernet II header.
 pub const ETHERNET_HEADER_LEN: usize = 14;
