@@ -527,7 +527,7 @@ impl Nginx {
     }
 }
 
-/// An nginx config answering `body` (plus a newline) on each port.
+/// An nginx config answering `body` (plus a newline) on each port, and files under `DIR/files/` at `/files/`.
 pub fn nginx_conf(dir: &Path, sites: &[(u16, &str)]) -> String {
     let d = dir.display();
     let mut c = format!(
@@ -539,7 +539,7 @@ pub fn nginx_conf(dir: &Path, sites: &[(u16, &str)]) -> String {
     for (port, body) in sites {
         c += &format!(
             "  server {{ listen {port} reuseport backlog=4096; location / {{ default_type text/plain; \
-             return 200 \"{body}\\n\"; }} }}\n"
+             return 200 \"{body}\\n\"; }} location /files/ {{ root {d}; }} }}\n"
         );
     }
     c += "}\n";
