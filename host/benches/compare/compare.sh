@@ -537,9 +537,26 @@ measure() {   # ROUND CONTENDER
     fi
 }
 
+syn_recv_left() {   # half-open sockets on the servers (a flood's spoofed SYNs they answered)
+    local n=0 ns
+    for ns in "$NS_A" "$NS_B"; do
+        n=$((n + $(in_ns "$ns" ss -Htn state syn-recv | wc -l)))
+    done
+    echo "$n"
+}
+servers_settled() { [[ $(syn_recv_left) -eq 0 ]]; }
+
 measure_flood() {   # ROUND CONTENDER: legit conn/s before, during and after a spoofed SYN flood per rate
     local r=$1 c=$2 rate rps err req fpid
     local out=$TMP/out-$r-$c
+    # A previous contender's flood leaves the servers up to 65535 half-open sockets each, whose SYN-ACKs
+    # they retransmit for about a minute: wait until they are gone, so every "before" starts the same.
+    local left t0=$SECONDS
+    left=$(syn_recv_left)
+    if ((left > 0)); then
+        wait_until 120 servers_settled || true
+        log "  waited $((SECONDS - t0)) s for the servers' $left half-open sockets to expire"
+    fi
     load "$out.before" -H 'Connection: close' >"$out.before.sum"
     read -r rps err req <"$out.before.sum"
     record "$r" "$c" flood_before "$rps"

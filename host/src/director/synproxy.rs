@@ -114,9 +114,6 @@ impl Director {
             }
             Lookup::NotVirtual => return Verdict::Drop(DropReason::NotVirtual),
         }
-        if !self.take_new() {
-            return Verdict::Drop(DropReason::Shed);
-        }
         let asked = tcp::syn_options(frame, p);
         let cookie = self.cookie_key.make(client, virt, seq, &asked, now);
         let ours = SynOptions {
@@ -164,6 +161,11 @@ impl Director {
         let (Some(proxy), Some((client_isn, options))) = (self.syn_proxy, found) else {
             return Verdict::Drop(DropReason::BadCookie);
         };
+        // The stateful part (connection object, policy call, SYN to the server) is what a wake-up bounds;
+        // a cookie answer costs what forwarding a frame costs and keeps nothing, so it is never shed.
+        if !self.take_new() {
+            return Verdict::Drop(DropReason::Shed);
+        }
         let proxied = Proxied {
             client_isn,
             cookie,
@@ -404,9 +406,14 @@ mod tests {
     const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80);
     const REAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 8080);
 
+    /// The SYN proxy on, and `extra` `[director]` lines.
     fn director(extra: &str) -> Director {
+        director_with(&format!("syn_proxy = true\n{extra}"))
+    }
+
+    fn director_with(extra: &str) -> Director {
         let text = format!(
-            "[director]\noutside = \"o\"\ninside = \"i\"\nsyn_proxy = true\nsyn_retries = 1\n{extra}\n\
+            "[director]\noutside = \"o\"\ninside = \"i\"\nsyn_retries = 1\n{extra}\n\
              [[real]]\nname = \"a\"\naddress = \"10.0.0.1\"\nport = 8080\nmac = \"02:00:00:00:02:01\"\nfailure_threshold = 1\n\
              [[virtual]]\nname = \"web\"\naddress = \"192.0.2.1\"\n  [[virtual.port]]\n  port = 80\n  bind = [\"a\"]\n"
         );
@@ -708,38 +715,53 @@ mod tests {
     }
 
     #[test]
-    /// Behind, a wake-up serves at most new_per_wakeup SYNs and sheds the rest; not behind, no bound.
+    /// Behind, a wake-up opens at most new_per_wakeup connections and sheds the rest; not behind, no
+    /// bound. With the SYN proxy on, cookie answers (stateless) are never shed; handshakes completing
+    /// with a valid cookie are.
     fn new_connections_are_shed_when_behind() {
-        let mut d = director("new_per_wakeup = 2");
         let now = Duration::from_secs(100);
-        let syn = |d: &mut Director, port: u16| {
-            let mut f = frame(
+        let from = |port: u16, seq: u32, ack: Option<u32>| {
+            frame(
                 SocketAddrV4::new(*CLIENT.ip(), port),
                 VIP,
                 (CLIENT_MAC, L2.outside_mac.0),
                 Tcp {
-                    seq: 1,
-                    ack: None,
-                    syn: true,
+                    seq,
+                    ack,
+                    syn: ack.is_none(),
                     window: 1000,
                     options: &[],
                     payload: &[],
                 },
-            );
-            d.handle(Interface::Outside, &mut f, now)
+            )
         };
-        d.wakeup(true);
-        let verdicts: Vec<Verdict> = (1..=3).map(|p| syn(&mut d, p)).collect();
-        assert_eq!(
-            verdicts,
-            [
-                Verdict::Reply(Interface::Outside),
-                Verdict::Reply(Interface::Outside),
-                Verdict::Drop(DropReason::Shed)
-            ]
+        let mut plain = director_with("new_per_wakeup = 2");
+        plain.wakeup(true);
+        let verdicts: Vec<Verdict> = (1..=3)
+            .map(|p| plain.handle(Interface::Outside, &mut from(p, 1, None), now))
+            .collect();
+        let open = Verdict::Forward(Interface::Inside);
+        assert_eq!(verdicts, [open, open, Verdict::Drop(DropReason::Shed)]);
+        plain.wakeup(false);
+        assert!(
+            (4..100).all(|p| plain.handle(Interface::Outside, &mut from(p, 1, None), now) == open)
         );
-        d.wakeup(false);
-        assert!((4..100).all(|p| syn(&mut d, p) == Verdict::Reply(Interface::Outside)));
-        assert_eq!(d.counters().dropped(DropReason::Shed), 1);
+        assert_eq!(plain.counters().dropped(DropReason::Shed), 1);
+
+        let mut proxy = director("new_per_wakeup = 2");
+        proxy.wakeup(true);
+        let mut acks = Vec::new();
+        for port in 1..=3 {
+            let verdict = proxy.handle(Interface::Outside, &mut from(port, 1, None), now);
+            assert_eq!(verdict, Verdict::Reply(Interface::Outside), "never shed");
+            let cookie = tcp_of(proxy.reply()).2.sequence_number;
+            acks.push(from(port, 2, Some(cookie.wrapping_add(1))));
+        }
+        let verdicts: Vec<Verdict> = acks
+            .iter_mut()
+            .map(|ack| proxy.handle(Interface::Outside, ack, now))
+            .collect();
+        let open = Verdict::Reply(Interface::Inside);
+        assert_eq!(verdicts, [open, open, Verdict::Drop(DropReason::Shed)]);
     }
 }
