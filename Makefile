@@ -12,7 +12,7 @@ COMPARE_ARGS ?= --doc docs/benchmarks.md
 FLOOD_RATES ?= 30000 150000
 FLOOD_CONTENDERS ?= dnat vipd
 
-.PHONY: all deps build plugins test demo bench lint fuzz clean-netns
+.PHONY: all deps build plugins test demo bench lint fuzz clean-netns deb deb-tools deb-assets
 
 all: build
 
@@ -30,11 +30,35 @@ build: deps
 plugins: deps
 	plugins/build.sh $(PLUGIN_DIR) --testing
 
-test: deps plugins
+test: deps plugins deb-tools
 	$(CARGO) test --workspace
 
 demo: deps
 	examples/demo.sh
+
+# `make deb`: target/debian/vipd_VERSION-1_ARCH.deb (cargo-deb; DEB_PROFILE=dev packages the debug build, as
+# the package test does). Installs cargo-deb and the tools that check the unit when missing.
+DEB_PROFILE ?= release
+DEB_PACKAGES = dpkg-dev systemd
+deb-tools:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for packaging:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@$(CARGO) deb --version >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked --version '^3'
+
+deb-assets: deps plugins
+	$(CARGO) build --profile $(DEB_PROFILE) -p vipd --bin vipd
+	@bin=target/$(if $(filter dev,$(DEB_PROFILE)),debug,$(DEB_PROFILE))/vipd; \
+	rm -rf target/deb-assets && mkdir -p target/deb-assets/completions && \
+	$$bin man --out target/deb-assets/man && \
+	$$bin completions bash >target/deb-assets/completions/vipd.bash && \
+	$$bin completions zsh >target/deb-assets/completions/_vipd && \
+	$$bin completions fish >target/deb-assets/completions/vipd.fish
+
+deb: deb-tools deb-assets
+	$(CARGO) deb -p vipd --no-build --profile $(DEB_PROFILE)
 
 bench: deps plugins
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -17,7 +17,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use strum::VariantArray;
@@ -31,6 +31,8 @@ use crate::director::{Director, DropReason, Layer2, StateChange, Verdict};
 use crate::health::{self, Checker};
 use crate::ifcheck::{self, Offloads};
 use crate::policy::ServerState;
+use crate::privileges::{self, Capability};
+use crate::service::Service;
 
 /// How `vipd run` was asked to start.
 #[derive(Clone, Debug)]
@@ -46,6 +48,12 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let plugins = Plugins::start(&first, None)?;
     let loaded = Assembly::new(&options.config, first, plugins.as_ref())?;
     let config = &loaded.config;
+    if options.fix_offloads {
+        privileges::require(
+            Capability::NetAdmin,
+            "to turn interface offloads off (--fix-offloads)",
+        )?;
+    }
     let offloads = if options.fix_offloads {
         Offloads::Disable
     } else {
@@ -65,6 +73,13 @@ pub fn run(options: &RunOptions) -> Result<()> {
         inside_mac: inside.mac,
         inside_ip: inside.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED),
     };
+    privileges::require(
+        Capability::NetRaw,
+        &format!(
+            "to open packet sockets on {} and {}",
+            outside.name, inside.name
+        ),
+    )?;
     let epoch = Instant::now();
     let mut datapath = DataPath::open(
         (&outside.name, outside.mtu),
@@ -124,13 +139,21 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let report = Arc::new(AtomicBool::new(false));
     let capture_stats = datapath.stats();
     let (reload_tx, reload_rx) = mpsc::channel::<Assembly>();
-    let mut signals =
-        Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1]).context("installing signal handlers")?;
+    // Test hook (VIPD_TEST_HOOKS=1): SIGUSR2 stalls the data path, as a bug stuck in a batch would, so the
+    // tests can see the systemd watchdog pings stop while the process lives.
+    let stall = Arc::new(AtomicBool::new(false));
+    let hooks = std::env::var_os("VIPD_TEST_HOOKS").is_some_and(|v| v == "1");
+    let mut wanted = vec![SIGHUP, SIGINT, SIGTERM, SIGUSR1];
+    if hooks {
+        wanted.push(SIGUSR2);
+    }
+    let mut signals = Signals::new(wanted).context("installing signal handlers")?;
     let signal_handle = signals.handle();
     let waker = datapath.waker();
     let signal_thread = {
         let stop = Arc::clone(&stop);
         let report = Arc::clone(&report);
+        let stall = Arc::clone(&stall);
         let path = options.config.clone();
         let started = config.director.clone();
         let mut checker = Some(checker);
@@ -163,6 +186,10 @@ pub fn run(options: &RunOptions) -> Result<()> {
                         }
                     },
                     SIGUSR1 => report.store(true, Ordering::Relaxed),
+                    SIGUSR2 => {
+                        tracing::warn!("test hook: stalling the data path");
+                        stall.store(true, Ordering::Relaxed);
+                    }
                     _ => {
                         tracing::info!(signal, "stopping");
                         stop.store(true, Ordering::Relaxed);
@@ -173,7 +200,12 @@ pub fn run(options: &RunOptions) -> Result<()> {
         })?
     };
 
+    let mut service = Service::from_env();
     let result = datapath.run(&mut director, &mut |director: &mut Director| {
+        while stall.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        service.turn(Instant::now());
         while let Ok(loaded) = reload_rx.try_recv() {
             loaded.install(director);
         }
@@ -199,6 +231,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
             admin::apply(director, command, epoch.elapsed());
         }
         if stop.load(Ordering::Relaxed) {
+            service.stopping();
             Control::Stop
         } else {
             Control::Continue

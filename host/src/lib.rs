@@ -31,6 +31,8 @@
 //! - [`health`]: active health checks (TCP connect, HTTP GET), one thread per checked real server; their
 //!   verdicts reach the director between batches.
 //! - [`daemon`]: `vipd run`, the live director: config, interface checks, signals, reload.
+//! - [`privileges`]: the capabilities `vipd run` needs (CAP_NET_RAW; CAP_NET_ADMIN for `--fix-offloads`).
+//! - [`service`]: systemd readiness and watchdog, from the data-path thread.
 //! - [`metrics`]: Prometheus rendering of the director's published snapshot.
 //! - [`admin`]: the HTTP server on `[director] listen`: `/metrics`, `/status`, `/connections`, operator
 //!   commands to the data path.
@@ -58,7 +60,9 @@ pub mod ifcheck;
 pub mod metrics;
 pub mod plugin;
 pub mod policy;
+pub mod privileges;
 pub mod replay;
+pub mod service;
 pub mod status;
 pub mod syncookie;
 pub mod wire;

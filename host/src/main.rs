@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Write as _;
 use std::net::Ipv4Addr;
 use vipd::assemble::{Assembly, Plugins};
@@ -35,9 +35,13 @@ enum Command {
         /// The configuration file (TOML). `SIGHUP` reloads it.
         #[arg(long)]
         config: PathBuf,
-        /// Turn GRO/GSO/TSO and checksum offloads off on both interfaces instead of refusing to start.
+        /// Turn GRO/GSO/TSO and checksum offloads off on both interfaces instead of refusing to start
+        /// (needs CAP_NET_ADMIN).
         #[arg(long)]
         fix_offloads: bool,
+        /// Log lines as text for people, or as one JSON object per line for log shippers.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Feed pcap captures through the packet path and write what the director sends.
     Replay {
@@ -83,6 +87,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (vipd.8 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Operator control of a real server: drain (no new connections), enable, or disable (as if failed).
     Real {
         /// drain, enable or disable.
@@ -93,6 +108,13 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+/// How `vipd run` writes its log lines (to stderr, which systemd sends to the journal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -119,11 +141,24 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
         Command::Plugin { cmd } => plugin(cmd),
+        Command::Completions { shell } => {
+            let mut cli = Cli::command();
+            clap_complete::generate(shell, &mut cli, "vipd", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { out } => match man_pages(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vipd man: {}: {e}", out.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Run {
             config,
             fix_offloads,
+            log_format,
         } => {
-            init_logging();
+            init_logging(log_format);
             match vipd::daemon::run(&RunOptions {
                 config,
                 fix_offloads,
@@ -196,14 +231,35 @@ fn api_call(api: &ApiArgs, method: &str, path: &str, ok: impl FnOnce(&str) -> St
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
+}
+
+/// `vipd.8` for the command and `vipd-SUBCOMMAND.8` for each visible subcommand (section 8: a daemon and
+/// its administration commands), from the same definitions as `--help`.
+fn man_pages(out: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let cli = Cli::command().version(env!("CARGO_PKG_VERSION"));
+    let write = |cmd: clap::Command, file: String| -> std::io::Result<()> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).section("8").render(&mut page)?;
+        std::fs::write(out.join(file), page)
+    };
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("vipd-{}", sub.get_name());
+        write(sub.clone().name(name.clone()), format!("{name}.8"))?;
+    }
+    write(cli, "vipd.8".to_owned())
 }
 
 /// `vipd replay`: the policy of each virtual port, one line per input frame (what arrived, what the

@@ -192,11 +192,24 @@ impl Netns {
 
     /// Starts `cmd` inside the namespace, its output going to a log file in `dir`.
     pub fn spawn(&self, dir: &TempDir, label: &str, cmd: &str, args: &[&str]) -> Proc {
+        self.spawn_env(dir, label, cmd, args, &[])
+    }
+
+    /// [`Netns::spawn`] with `env` added to the environment.
+    pub fn spawn_env(
+        &self,
+        dir: &TempDir,
+        label: &str,
+        cmd: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let log = dir.join(&format!("{label}.log"));
         let f = File::create(&log).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.name, cmd])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
