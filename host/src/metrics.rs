@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use crate::plugin::{CallResult, DURATION_BUCKETS, PluginEntry};
+use crate::plugin::{CallResult, DURATION_BUCKETS, MetricKind, PluginEntry, PluginMetric};
 
 use metrics::{Counter, Gauge, Label};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -44,6 +44,7 @@ pub const NAMES: &[&str] = &[
     "vipd_plugin_call_duration_seconds",
     "vipd_plugin_reloads_total",
     "vipd_plugin_metric",
+    "vipd_plugin_counter_total",
     "vipd_build_info",
     "vipd_config_reloads_total",
     "vipd_admin_connections_refused_total",
@@ -144,7 +145,8 @@ pub fn render(
 
 /// The plugins' counters, in the Prometheus text format: `vipd_plugin_calls_total{plugin, result}`,
 /// `vipd_plugin_call_duration_seconds{plugin}` (histogram), `vipd_plugin_reloads_total{plugin, result}` and
-/// the plugin-defined `vipd_plugin_metric{plugin, name}`.
+/// the plugin-defined `vipd_plugin_counter_total{plugin, name}` (counter-add) and `vipd_plugin_metric{plugin,
+/// name}` (gauge-set).
 pub fn render_plugins(out: &mut String, plugins: &[PluginEntry]) {
     use std::fmt::Write as _;
     if plugins.is_empty() {
@@ -228,27 +230,45 @@ pub fn render_plugins(out: &mut String, plugins: &[PluginEntry]) {
         .iter()
         .map(|p| (p, p.stats.plugin_metrics()))
         .collect();
-    if defined.iter().any(|(_, m)| !m.is_empty()) {
-        let _ = writeln!(
-            out,
-            "# HELP vipd_plugin_metric Values a plugin reports itself, by plugin and name."
-        );
-        let _ = writeln!(out, "# TYPE vipd_plugin_metric gauge");
+    for (kind, metric, help) in [
+        (
+            MetricKind::Counter,
+            "vipd_plugin_counter_total",
+            "counter Counts a plugin adds to itself (counter-add), by plugin and name.",
+        ),
+        (
+            MetricKind::Gauge,
+            "vipd_plugin_metric",
+            "gauge Values a plugin sets itself (gauge-set), by plugin and name.",
+        ),
+    ] {
+        let of_kind = |m: &&PluginMetric| m.kind == kind;
+        if !defined.iter().any(|(_, m)| m.iter().any(|m| of_kind(&m))) {
+            continue;
+        }
+        let (prom_type, help) = help.split_once(' ').unwrap_or((help, ""));
+        let _ = writeln!(out, "# HELP {metric} {help}");
+        let _ = writeln!(out, "# TYPE {metric} {prom_type}");
         for (p, metrics) in &defined {
-            for m in metrics {
-                let name: String = m
-                    .name
-                    .chars()
-                    .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
-                    .collect();
+            for m in metrics.iter().filter(of_kind) {
                 let _ = writeln!(
                     out,
-                    "vipd_plugin_metric{{plugin=\"{}\",name=\"{name}\"}} {}",
-                    p.name, m.value
+                    "{metric}{{plugin=\"{}\",name=\"{}\"}} {}",
+                    p.name,
+                    label_value(&m.name),
+                    m.value
                 );
             }
         }
     }
+}
+
+/// A plugin-chosen metric name as a label value: printable ASCII other than `"` and `\` (docs/plugins.md);
+/// other characters are dropped.
+fn label_value(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+        .collect()
 }
 
 /// Just the snapshot's part, without the process-wide recorder (for tests).
@@ -649,6 +669,33 @@ address = "192.0.2.1"
         assert!(text.contains("# HELP vipd_drops_total"));
     }
 
+    /// A plugin's counter-add values are exported as a counter (so `rate()` works), its gauge-set values as
+    /// a gauge; names lose the characters a label value cannot hold.
+    #[test]
+    fn plugin_counters_are_counters() {
+        let stats = std::sync::Arc::new(crate::plugin::PluginStats::default());
+        stats.update_metric("picks", MetricKind::Counter, |v| *v += 3.0);
+        stats.update_metric("picks", MetricKind::Counter, |v| *v += 2.0);
+        stats.update_metric("load \"now\"", MetricKind::Gauge, |v| *v = 0.5);
+        let plugin = PluginEntry {
+            name: "p".into(),
+            version: "1".into(),
+            file: "p.wasm".into(),
+            modified: 0,
+            stats,
+        };
+        let mut text = String::new();
+        render_plugins(&mut text, &[plugin]);
+        for line in [
+            "# TYPE vipd_plugin_counter_total counter",
+            "vipd_plugin_counter_total{plugin=\"p\",name=\"picks\"} 5",
+            "# TYPE vipd_plugin_metric gauge",
+            "vipd_plugin_metric{plugin=\"p\",name=\"loadnow\"} 0.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
+
     /// Every metric name the Grafana dashboard queries is exported by vipd (plugins included).
     #[test]
     fn dashboard_queries_existing_metrics() {
@@ -694,7 +741,12 @@ address = "192.0.2.1"
         for name in NAMES {
             assert!(
                 names.iter().any(|n| n.starts_with(name))
-                    || ["vipd_build_info", "vipd_plugin_metric"].contains(name),
+                    || [
+                        "vipd_build_info",
+                        "vipd_plugin_metric",
+                        "vipd_plugin_counter_total"
+                    ]
+                    .contains(name),
                 "the dashboard does not show {name}"
             );
         }

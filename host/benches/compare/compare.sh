@@ -537,6 +537,8 @@ measure() {   # ROUND CONTENDER
     fi
 }
 
+FLOOD_COOLDOWN=${FLOOD_COOLDOWN:-60}
+LAST_FLOOD_END=-1000000
 syn_recv_left() {   # half-open sockets on the servers (a flood's spoofed SYNs they answered)
     local n=0 ns
     for ns in "$NS_A" "$NS_B"; do
@@ -550,13 +552,14 @@ measure_flood() {   # ROUND CONTENDER: legit conn/s before, during and after a s
     local r=$1 c=$2 rate rps err req fpid
     local out=$TMP/out-$r-$c
     # A previous contender's flood leaves the servers up to 65535 half-open sockets each, whose SYN-ACKs
-    # they retransmit for about a minute: wait until they are gone, so every "before" starts the same.
+    # they retransmit for about a minute, and runs measured right after one were seen at a few percent of
+    # the usual rate for tens of seconds whatever the contender (cause not found): every "before" starts
+    # after the servers' half-open sockets are gone and FLOOD_COOLDOWN (60) s after the last flood.
     local left t0=$SECONDS
     left=$(syn_recv_left)
-    if ((left > 0)); then
-        wait_until 120 servers_settled || true
-        log "  waited $((SECONDS - t0)) s for the servers' $left half-open sockets to expire"
-    fi
+    wait_until 120 servers_settled || true
+    while ((SECONDS < LAST_FLOOD_END + FLOOD_COOLDOWN)); do sleep 1; done
+    ((SECONDS > t0)) && log "  waited $((SECONDS - t0)) s after the last flood ($left half-open sockets on the servers)"
     load "$out.before" -H 'Connection: close' >"$out.before.sum"
     read -r rps err req <"$out.before.sum"
     record "$r" "$c" flood_before "$rps"
@@ -566,6 +569,7 @@ measure_flood() {   # ROUND CONTENDER: legit conn/s before, during and after a s
         sleep 1
         load "$out.during-$rate" -H 'Connection: close' >"$out.during-$rate.sum"
         wait "$fpid" || true
+        LAST_FLOOD_END=$SECONDS
         read -r rps err req <"$out.during-$rate.sum"
         record "$r" "$c" "flood_during_$rate" "$rps"
         log "  flood $rate/s: $(cat "$out.flood-$rate"); legit during: $rps conn/s"
