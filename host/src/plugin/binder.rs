@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::Store;
@@ -64,11 +65,11 @@ impl Binder {
             .slot
             .current
             .load_full()
-            .with_context(|| format!("plugin {}: no valid version loaded", plugin.name()))?;
+            .with_context(|| plugin.unloaded())?;
         let live = instantiate(&host, &plugin, &current, &args)?;
         Ok(Binder {
             host,
-            version: current.version,
+            version: current.version.load(Ordering::Relaxed),
             plugin,
             args,
             live: Some(live),
@@ -78,14 +79,16 @@ impl Binder {
     /// The bindings the plugin gives `vm` over `reals`; an error (trap, timeout, refusal or a binding naming
     /// a port or server it was not given) leaves the caller's previous bindings in force.
     pub fn bind(&mut self, vm: &VirtualInfo, reals: &[RealInfo]) -> Result<Vec<BindingOut>> {
-        let current =
-            self.plugin.slot.current.load_full().with_context(|| {
-                format!("plugin {}: no valid version loaded", self.plugin.name())
-            })?;
+        let current = self
+            .plugin
+            .slot
+            .current
+            .load_full()
+            .with_context(|| self.plugin.unloaded())?;
         let file = current.path.display().to_string();
-        if current.version != self.version || self.live.is_none() {
+        if current.version.load(Ordering::Relaxed) != self.version || self.live.is_none() {
             self.live = Some(instantiate(&self.host, &self.plugin, &current, &self.args)?);
-            self.version = current.version;
+            self.version = current.version.load(Ordering::Relaxed);
         }
         let (store, world) = self.live.as_mut().expect("instantiated above");
         let wit_vm = wit_binding::VirtualMachineInfo {

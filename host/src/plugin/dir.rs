@@ -235,6 +235,8 @@ fn load(host: &PluginHost, plugins: &Mutex<HashMap<String, PluginHandle>>, path:
         .entry(name.clone())
         .or_insert_with(|| PluginHandle::empty(&name))
         .clone();
+    tracing::info!(plugin = name, file = %path.display(), "compiling plugin");
+    handle.set_compiling(true);
     let result = host.load_file(path).and_then(|new| {
         if let Some(old) = handle.current() {
             for w in old.worlds() {
@@ -249,15 +251,16 @@ fn load(host: &PluginHost, plugins: &Mutex<HashMap<String, PluginHandle>>, path:
         }
         Ok(new)
     });
+    handle.set_compiling(false);
     match result {
         Ok(new) => {
+            handle.publish(new.clone());
             tracing::info!(
                 plugin = name,
                 file = %path.display(),
                 version = new.version(),
                 "plugin loaded"
             );
-            handle.publish(new);
             handle.stats().record_reload(true);
             true
         }

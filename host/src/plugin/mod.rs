@@ -158,9 +158,6 @@ impl Drop for HostInner {
     }
 }
 
-/// Numbers the loaded versions of all plugins, so a selector notices a swap by comparing one number.
-static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
-
 /// One compiled and validated version of a plugin file.
 #[derive(Clone)]
 pub struct LoadedPlugin(Arc<Version>);
@@ -168,7 +165,9 @@ pub struct LoadedPlugin(Arc<Version>);
 pub(crate) struct Version {
     name: String,
     path: PathBuf,
-    version: u64,
+    /// 1 for the first version published on its handle, then one more per publication (0 before): a
+    /// selector notices a swap by comparing this number.
+    version: AtomicU64,
     /// Size and modification time of the file it was compiled from.
     signature: (u64, Option<SystemTime>),
     selector: Option<SelectorPre<PluginState>>,
@@ -188,7 +187,7 @@ impl LoadedPlugin {
 
     /// A number unique to this load, increasing.
     pub fn version(&self) -> u64 {
-        self.0.version
+        self.0.version.load(Ordering::Relaxed)
     }
 
     /// The file's modification time when it was loaded.
@@ -269,6 +268,10 @@ struct Slot {
     name: String,
     current: ArcSwapOption<Version>,
     stats: Arc<PluginStats>,
+    /// Versions published so far: the next one gets this plus one.
+    published: AtomicU64,
+    /// A version of the file is being compiled now.
+    compiling: AtomicBool,
 }
 
 impl PluginHandle {
@@ -285,6 +288,8 @@ impl PluginHandle {
                 name: name.to_string(),
                 current: ArcSwapOption::empty(),
                 stats: Arc::new(PluginStats::default()),
+                published: AtomicU64::new(0),
+                compiling: AtomicBool::new(false),
             }),
         }
     }
@@ -304,8 +309,27 @@ impl PluginHandle {
         &self.slot.stats
     }
 
-    /// Makes `plugin` the version new calls use.
+    /// Marks the start or end of compiling a version of this plugin's file.
+    pub(crate) fn set_compiling(&self, compiling: bool) {
+        self.slot.compiling.store(compiling, Ordering::Relaxed);
+    }
+
+    /// Why no version can serve: none ever loaded, or the first is still compiling.
+    pub(crate) fn unloaded(&self) -> String {
+        if self.slot.compiling.load(Ordering::Relaxed) {
+            format!(
+                "plugin {}: still compiling its first version; reload again once the log says \"plugin loaded\"",
+                self.name()
+            )
+        } else {
+            format!("plugin {}: no valid version loaded", self.name())
+        }
+    }
+
+    /// Makes `plugin` the version new calls use, numbered after the versions this handle served before.
     pub fn publish(&self, plugin: LoadedPlugin) {
+        let number = self.slot.published.fetch_add(1, Ordering::Relaxed) + 1;
+        plugin.0.version.store(number, Ordering::Relaxed);
         self.slot.current.store(Some(plugin.0));
     }
 }
@@ -427,7 +451,7 @@ impl PluginHost {
         let version = Version {
             name,
             path: path.to_path_buf(),
-            version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
+            version: AtomicU64::new(0),
             signature: (meta.len(), meta.modified().ok()),
             selector,
             binder,

@@ -2,6 +2,7 @@
 //! quarantine.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -51,11 +52,11 @@ impl PluginSelector {
             .slot
             .current
             .load_full()
-            .with_context(|| format!("plugin {}: no valid version loaded", plugin.name()))?;
+            .with_context(|| plugin.unloaded())?;
         let live = instantiate(&host, &plugin, &current, &args)?;
         Ok(PluginSelector {
             host,
-            version: current.version,
+            version: current.version.load(Ordering::Relaxed),
             plugin,
             args,
             live: Some(live),
@@ -108,7 +109,14 @@ impl PluginSelector {
         call: impl FnOnce(&SelectorWorld, &mut Store<PluginState>) -> wasmtime::Result<()>,
     ) {
         if self.quarantined
-            || self.plugin.slot.current.load().as_ref().map(|v| v.version) != Some(self.version)
+            || self
+                .plugin
+                .slot
+                .current
+                .load()
+                .as_ref()
+                .map(|v| v.version.load(Ordering::Relaxed))
+                != Some(self.version)
         {
             return;
         }
@@ -196,9 +204,9 @@ impl Selector for PluginSelector {
         let Some(current) = guard.as_ref() else {
             return self.fallback.select(conn, candidates);
         };
-        if current.version != self.version {
+        if current.version.load(Ordering::Relaxed) != self.version {
             // A new version was published: start over with it.
-            self.version = current.version;
+            self.version = current.version.load(Ordering::Relaxed);
             self.live = None;
             self.failures = 0;
             self.quarantined = false;

@@ -400,7 +400,9 @@ fn hot_reload() {
     c[0].syn_rtt_us = 5000;
     c[1].syn_rtt_us = 200;
     assert_eq!(split(&mut s, &mut c, 100), [50, 50]);
+    // Versions are numbered per plugin (other plugins loaded by other tests do not count).
     let v1 = handle.current().unwrap().version();
+    assert_eq!(v1, 1);
 
     // Copy fastest.wasm in slowly: chunks 50 ms apart, under the settle time.
     let bytes = std::fs::read(path("fastest")).unwrap();
@@ -426,6 +428,7 @@ fn hot_reload() {
 
     // Garbage: refused, counted, the previous version keeps serving.
     let v2 = handle.current().unwrap().version();
+    assert_eq!(v2, 2);
     std::fs::write(&file, b"garbage").unwrap();
     wait_for("the refusal", || handle.stats().reloads_failed() == 1);
     assert_eq!(handle.current().unwrap().version(), v2);
@@ -442,4 +445,20 @@ fn hot_reload() {
     assert_eq!(handle.current().unwrap().version(), v2);
     assert!(pick(&mut s, 0, &c) < 2);
     drop(pdir);
+}
+
+/// A plugin whose first version is still compiling says so when a reload names it, instead of the bare "no
+/// valid version loaded" (issue 16 newcomer finding).
+#[test]
+fn unloaded_plugin_says_it_is_still_compiling() {
+    let handle = PluginHandle::empty("slow");
+    assert_eq!(handle.unloaded(), "plugin slow: no valid version loaded");
+    handle.set_compiling(true);
+    assert!(
+        handle
+            .unloaded()
+            .starts_with("plugin slow: still compiling its first version"),
+        "{}",
+        handle.unloaded()
+    );
 }
