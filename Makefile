@@ -8,9 +8,10 @@ FUZZ_SECONDS ?= 600
 # `make bench`: the peers vipd is compared with, and where the comparison's table goes.
 BENCH_PACKAGES = haproxy iptables nftables libnginx-mod-stream python3
 COMPARE_ARGS ?= --doc docs/benchmarks.md
-# The flood test (legit new connections/s before, during and after a spoofed SYN flood): rates and contenders.
+# The flood test (legit new connections/s before, during and after a spoofed SYN flood): rates and contenders
+# (vipd-x1: the SYN proxy on; vipd-x2: shedding off, to measure each defence on and off).
 FLOOD_RATES ?= 30000 150000
-FLOOD_CONTENDERS ?= dnat vipd
+FLOOD_CONTENDERS ?= dnat vipd vipd-x1 vipd-x2
 
 .PHONY: all deps build plugins test demo bench lint fuzz clean-netns deb deb-tools deb-assets
 
@@ -69,7 +70,8 @@ bench: deps plugins
 	$(CARGO) bench -p vipd
 	$(CARGO) build --release -p vipd
 	VIPD=target/release/vipd PLUGIN_DIR=$(PLUGIN_DIR) host/benches/compare/compare.sh $(COMPARE_ARGS)
-	VIPD=target/release/vipd FLOOD_RATES="$(FLOOD_RATES)" host/benches/compare/compare.sh $(COMPARE_ARGS) $(FLOOD_CONTENDERS)
+	VIPD=target/release/vipd FLOOD_RATES="$(FLOOD_RATES)" X1='syn_proxy = true' X2='new_per_wakeup = 0' \
+		host/benches/compare/compare.sh $(COMPARE_ARGS) $(FLOOD_CONTENDERS)
 
 lint:
 	$(CARGO) fmt --all -- --check

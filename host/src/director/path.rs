@@ -73,11 +73,16 @@ impl Director {
                 let Some(id) = self.table.lookup_inbound(embedded.protocol, client, virt) else {
                     return Verdict::Drop(DropReason::NoConnection);
                 };
-                let real = self.table.get(id).real;
+                let conn = self.table.get(id);
+                let (real, proxy) = (conn.real, conn.proxy);
                 let Some(mac) = self.neighbour(*real.ip()) else {
                     return Verdict::Drop(DropReason::NoNeighbour);
                 };
                 wire::rewrite_icmp_error_inbound(frame, &p, *real.ip(), real);
+                if let Some(px) = proxy {
+                    // The quoted segment went out in the cookie's sequence space; the server knows its own.
+                    wire::tcp::translate_quoted_seq(frame, &p, px.delta);
+                }
                 wire::set_macs(frame, self.l2.inside_mac, mac);
                 Verdict::Forward(Interface::Inside)
             }

@@ -646,6 +646,51 @@ mod tests {
             TcpOptionElement::SelectiveAcknowledgement((5050, 5060), [None, None, None])
         );
         assert_eq!(d.counters().syn_cookies_accepted, 1);
+
+        // A router on the client's side cannot pass the server's segment: its "fragmentation needed" must
+        // reach the server with the server's own sequence number quoted (Linux checks it).
+        let mut data = from_server(Tcp {
+            seq: 5006,
+            ack: Some(1019),
+            syn: false,
+            window: 100,
+            options: &[],
+            payload: &[0; 1400],
+        });
+        let sent = data.clone();
+        d.handle(Interface::Inside, &mut data, now);
+        let quoted = &data[14..14 + 40];
+        let mut icmp = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, L2.outside_mac.0)
+            .ipv4([198, 51, 100, 254], VIP.ip().octets(), 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1280,
+                },
+            ))
+            .write(&mut icmp, quoted)
+            .unwrap();
+        assert_eq!(
+            d.handle(Interface::Outside, &mut icmp, now),
+            Verdict::Forward(Interface::Inside)
+        );
+        let p = wire::parse(&icmp).unwrap();
+        assert!(wire::checksum::verify(&icmp[p.l4..p.end]), "ICMP checksum");
+        let inner = &icmp[p.l4 + 8..p.end];
+        let quoted_tcp = TcpSlice::from_slice(&inner[20..]).unwrap();
+        assert_eq!(quoted_tcp.source_port(), REAL.port());
+        assert_eq!(
+            quoted_tcp.sequence_number(),
+            5006,
+            "the server's sequence space"
+        );
+        // The quoted TCP checksum is the server's own again, but for the window, which stays as the client
+        // saw it (100 at scale 9 is 400 at scale 7): nobody checks a quoted window.
+        let server_ck = u16::from_be_bytes([sent[14 + 36], sent[14 + 37]]);
+        assert_eq!(
+            u16::from_be_bytes([inner[36], inner[37]]),
+            wire::checksum::update(server_ck, 100, 400),
+        );
     }
 
     #[test]

@@ -268,3 +268,33 @@ pub fn window(frame: &[u8], p: &Packet) -> Option<u16> {
         .then(|| be16(frame, p.l4 + WINDOW))
         .flatten()
 }
+
+/// Adds `add` to the sequence number of the TCP segment quoted in an ICMP error (RFC 792: at least its
+/// first 8 bytes are quoted, so the sequence number always is), adjusting the quoted TCP checksum when it
+/// is quoted too and the ICMP checksum over both. A proxied connection's server must find its own
+/// sequence numbers in a "fragmentation needed" about the segments it sent (Linux checks them).
+pub fn translate_quoted_seq(frame: &mut [u8], p: &Packet, add: u32) {
+    let _ = translate_quoted_seq_inner(frame, p, add);
+}
+
+fn translate_quoted_seq_inner(frame: &mut [u8], p: &Packet, add: u32) -> Option<()> {
+    let Transport::Icmp(super::Icmp::Error { embedded, .. }) = p.transport else {
+        return None;
+    };
+    if embedded.protocol != super::Protocol::Tcp || add == 0 {
+        return None;
+    }
+    // The quote starts at an even offset (8 + 4*IHL into the ICMP message), so its words add to the ICMP
+    // checksum as they are.
+    let mut icmp_delta = add32(frame, embedded.l4 + SEQ, add)?;
+    let ck = embedded.l4 + CHECKSUM;
+    if ck + 2 <= p.end {
+        let old = be16(frame, ck)?;
+        let new = checksum::apply(old, icmp_delta);
+        write(frame, ck, &new.to_be_bytes())?;
+        icmp_delta += checksum::delta_u16(old, new);
+    }
+    let icmp_ck = p.l4 + 2;
+    let new = checksum::apply(be16(frame, icmp_ck)?, icmp_delta);
+    write(frame, icmp_ck, &new.to_be_bytes())
+}
