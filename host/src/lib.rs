@@ -28,6 +28,7 @@
 //! - [`ifcheck`]: start-up checks of the interfaces (present, up, offloads off) and of `ip_forward`.
 //! - [`plugin`]: the WebAssembly plugin host (wasmtime): selection and binding policies, sandboxed, hot reloaded.
 //! - [`replay`]: drives the director from pcap files and writes what it sends to pcap files.
+//! - [`compare`]: `vipd replay --policy`: the same capture through several policies, side by side.
 //! - [`health`]: active health checks (TCP connect, HTTP GET), one thread per checked real server; their
 //!   verdicts reach the director between batches.
 //! - [`daemon`]: `vipd run`, the live director: config, interface checks, signals, reload.
@@ -51,6 +52,7 @@ pub mod admin;
 pub mod assemble;
 pub mod binding;
 pub mod capture;
+pub mod compare;
 pub mod config;
 pub mod conntable;
 pub mod daemon;

@@ -73,6 +73,14 @@ enum Command {
         /// Print nothing per frame, only the totals.
         #[arg(long, short)]
         quiet: bool,
+        /// Compare policies instead: replay the capture once per LABEL=FILE.wasm (repeat it), each policy
+        /// serving every virtual port, and print how each spread the connections over the real servers,
+        /// its calls and their mean cost, and how often each pair chose the same server.
+        #[arg(long = "policy", value_name = "LABEL=FILE.wasm")]
+        policies: Vec<vipd::compare::PolicyUnderTest>,
+        /// With --policy: print the comparison as JSON.
+        #[arg(long, requires = "policies")]
+        json: bool,
     },
     /// Work with policy plugins (WebAssembly components).
     Plugin {
@@ -180,6 +188,8 @@ fn main() -> ExitCode {
             outside_mac,
             inside_mac,
             quiet,
+            policies,
+            json,
         } => {
             let layer2 = Layer2 {
                 outside_mac,
@@ -193,6 +203,9 @@ fn main() -> ExitCode {
                 write_inside,
                 layer2,
             };
+            if !policies.is_empty() {
+                return compare(&config, &policies, &options, json);
+            }
             replay(&config, plugins.as_deref(), &options, quiet)
         }
         Command::Status { api, json } => api_call(&api, "GET", "/status", |body| {
@@ -260,6 +273,35 @@ fn man_pages(out: &std::path::Path) -> std::io::Result<()> {
         write(sub.clone().name(name.clone()), format!("{name}.8"))?;
     }
     write(cli, "vipd.8".to_owned())
+}
+
+/// `vipd replay --policy ...`: the comparison table, or its JSON.
+fn compare(
+    config: &std::path::Path,
+    policies: &[vipd::compare::PolicyUnderTest],
+    options: &ReplayOptions,
+    json: bool,
+) -> ExitCode {
+    match vipd::compare::compare(config, policies, options) {
+        Ok(c) if json => match serde_json::to_string_pretty(&c) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vipd replay: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(c) => {
+            print!("{c}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vipd replay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `vipd replay`: the policy of each virtual port, one line per input frame (what arrived, what the

@@ -40,6 +40,18 @@ pub struct Event {
     /// The frame as it arrived and, for a forwarded or generated frame, as it left.
     pub before: String,
     pub after: Option<String>,
+    /// The connection this frame opened, if it opened one.
+    pub opened: Option<Opened>,
+}
+
+/// A connection a frame opened: who, to which virtual port, and the real server the policy chose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub client: SocketAddrV4,
+    pub virtual_addr: SocketAddrV4,
+    pub real: SocketAddrV4,
+    /// The real server's name in the config.
+    pub real_name: String,
 }
 
 /// Totals of a replay.
@@ -101,7 +113,37 @@ pub fn replay(
         buf.clear();
         buf.extend_from_slice(&data);
         let before = describe(&buf);
+        let created = director.counters().connections_created;
+        let key = wire::parse(&buf).ok().and_then(|p| {
+            let protocol = p.protocol()?;
+            let (sport, dport) = p.ports()?;
+            Some((
+                protocol,
+                SocketAddrV4::new(p.src, sport),
+                SocketAddrV4::new(p.dst, dport),
+            ))
+        });
         let verdict = director.handle(from, &mut buf, time);
+        let opened = key
+            .filter(|_| director.counters().connections_created > created)
+            .and_then(|(protocol, client, virtual_addr)| {
+                let id = director
+                    .table()
+                    .lookup_inbound(protocol, client, virtual_addr)?;
+                let conn = director.table().get(id);
+                let real_name = director
+                    .bindings()
+                    .reals
+                    .get(conn.real_id as usize)?
+                    .name
+                    .clone();
+                Some(Opened {
+                    client,
+                    virtual_addr,
+                    real: conn.real,
+                    real_name,
+                })
+            });
         let after = match verdict {
             Verdict::Forward(to) => {
                 write_frame(&mut outputs, &mut summary, to, &header, &buf);
@@ -126,6 +168,7 @@ pub fn replay(
             verdict,
             before,
             after,
+            opened,
         });
     }
     for out in outputs.iter_mut().filter_map(|(_, out)| out.as_mut()) {

@@ -540,3 +540,60 @@ fn replay_refuses_an_unknown_policy() {
         "{stderr}"
     );
 }
+
+/// `vipd replay --policy`: the same capture through round-robin and source affinity, side by side. Round
+/// robin spreads one client's 8 connections evenly, source affinity puts them all on one server, so they
+/// agree on half of them; each policy's calls are counted and timed; `--json` gives the same for scripts.
+#[test]
+fn replay_compares_policies_on_a_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("syns.pcap");
+    write_syns(&capture, 8);
+    let plugins = built_plugins();
+    let config = policy_config(dir.path(), "round-robin", None);
+    let rr = format!("rr={}", plugins.join("round-robin.wasm").display());
+    let affine = format!("affine={}", plugins.join("source-affinity.wasm").display());
+    let (ok, stdout, stderr) = vipd_replay(
+        &config,
+        &capture,
+        &["--policy", &rr, "--policy", &affine, "--json"],
+    );
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let per_real = |i: usize| -> Vec<u64> {
+        let m = runs[i]["per_real"].as_object().unwrap();
+        let mut counts: Vec<u64> = m.values().map(|c| c.as_u64().unwrap()).collect();
+        counts.sort();
+        counts
+    };
+    assert_eq!(per_real(0), [4, 4], "round-robin: {stdout}");
+    assert_eq!(per_real(1), [8], "source affinity: {stdout}");
+    for run in runs {
+        assert_eq!(run["calls"], 8, "one call per connection: {stdout}");
+        assert!(run["mean_call_us"].as_f64().unwrap() > 0.0);
+    }
+    let agreement = &v["agreement"][0];
+    assert_eq!(
+        (agreement["a"].as_str(), agreement["b"].as_str()),
+        (Some("rr"), Some("affine"))
+    );
+    assert_eq!(
+        (agreement["same"].as_u64(), agreement["both"].as_u64()),
+        (Some(4), Some(8))
+    );
+
+    let (ok, stdout, stderr) =
+        vipd_replay(&config, &capture, &["--policy", &rr, "--policy", &affine]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("rr and affine chose the same server for 4 of 8 connections (50.0 %)"),
+        "{stdout}"
+    );
+
+    let (ok, _, stderr) = vipd_replay(&config, &capture, &["--policy", "bad label=x.wasm"]);
+    assert!(!ok);
+    assert!(stderr.contains("a label is letters, digits"), "{stderr}");
+}
