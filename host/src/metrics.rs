@@ -581,6 +581,7 @@ address = "192.0.2.1"
                 state: ServerState::Up,
                 weight: r.weight,
                 active: 0,
+                closing: 0,
                 total: 0,
                 syn_rtt_us: 0,
                 ditched: 0,

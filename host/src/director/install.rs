@@ -39,6 +39,7 @@ impl Director {
                 state: old.map_or(h.state(), |o| o.state),
                 weight: r.weight,
                 active: old.map_or(0, |o| o.active),
+                closing: old.map_or(0, |o| o.closing),
                 total: old.map_or(0, |o| o.total),
                 syn_rtt_us: old.map_or(0, |o| o.syn_rtt_us),
                 ditched: old.map_or(0, |o| o.ditched),

@@ -373,7 +373,7 @@ impl Director {
                 conn.fin_seen |= 1;
             }
             if conn.state != ConnState::Closing {
-                self.table.set_state(id, ConnState::Closing, now);
+                self.closing(id, now);
             }
         }
     }
@@ -460,7 +460,7 @@ impl Director {
                 self.table.get_mut(id).fin_seen |= 2;
             }
             if state != ConnState::Closing {
-                self.table.set_state(id, ConnState::Closing, now);
+                self.closing(id, now);
             }
         }
     }
@@ -483,6 +483,15 @@ impl Director {
             };
         }
         self.answered(real_id);
+    }
+
+    /// Connection `id` saw a FIN or RST: closing, and no longer open to its server.
+    fn closing(&mut self, id: ConnId, now: Duration) {
+        self.table.set_state(id, ConnState::Closing, now);
+        let real_id = self.table.get(id).real_id as usize;
+        if let Some(r) = self.reals.get_mut(real_id) {
+            r.closing += 1;
+        }
     }
 
     pub(super) fn close(&mut self, id: ConnId) {

@@ -138,7 +138,11 @@ pub struct RealLive {
     pub address: Ipv4Addr,
     pub state: ServerState,
     pub weight: u32,
+    /// Connection objects in the table (closing ones included).
     pub active: u32,
+    /// Of those, the ones closing (a FIN or RST seen): candidates get `active - closing`, the connections
+    /// open to the server now.
+    pub closing: u32,
     pub total: u64,
     pub syn_rtt_us: u32,
     pub ditched: u32,

@@ -143,7 +143,8 @@ impl Director {
                 } else {
                     live.state
                 },
-                active: live.active,
+                // Open now: a closing connection no longer loads the server (issue 16).
+                active: live.active.saturating_sub(live.closing),
                 total: live.total,
                 syn_rtt_us: live.syn_rtt_us,
                 ditched: live.ditched,

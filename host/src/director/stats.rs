@@ -240,6 +240,9 @@ pub(super) fn release(reals: &mut [RealLive], flows: &mut [FlowCount], conn: &Co
     }
     if let Some(r) = reals.get_mut(conn.real_id as usize) {
         r.active = r.active.saturating_sub(1);
+        if conn.state == crate::conntable::ConnState::Closing {
+            r.closing = r.closing.saturating_sub(1);
+        }
     }
 }
 

@@ -660,3 +660,51 @@ fn bad_checksum_syn_opens_nothing() {
     syn_to(&mut d, WEB, 1000, secs(0));
     assert_eq!(d.table().len(), 1);
 }
+
+/// A selector that always picks the first candidate and remembers the `active` counts it was shown.
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<Vec<u32>>>>);
+
+impl Selector for Recorder {
+    fn select(
+        &mut self,
+        _conn: &crate::policy::NewConnection,
+        candidates: &[Candidate],
+    ) -> crate::policy::Selection {
+        self.0
+            .lock()
+            .unwrap()
+            .push(candidates.iter().map(|c| c.active).collect());
+        crate::policy::Selection::Pick(0)
+    }
+}
+
+/// A candidate's `active` is the connections open to it now: a connection stops counting when it closes
+/// (FIN or RST), not when its closing entry expires 30 s later (issue 16: least-connections was misled).
+#[test]
+fn closing_connections_are_not_active() {
+    let config = config(2, 1, true, false);
+    let bindings = BindingTable::from_config(&config);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let selectors = bindings
+        .ports
+        .iter()
+        .map(|_| Box::new(Recorder(std::sync::Arc::clone(&seen))) as Box<dyn Selector>)
+        .collect();
+    let mut d = Director::with_selectors(&config, bindings, selectors, L2);
+    syn_to(&mut d, WEB, 3000, secs(0));
+    syn_to(&mut d, WEB, 3001, secs(0));
+    // The client resets its first connection: closing, still in the table.
+    let mut rst = client(WEB, 3000, false, true);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut rst, secs(1)),
+        Verdict::Forward(Interface::Inside)
+    );
+    assert_eq!(d.table().len(), 2);
+    syn_to(&mut d, WEB, 3002, secs(1));
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0][0], 0);
+    assert_eq!(seen[1][0], 1, "one open");
+    assert_eq!(seen[2][0], 1, "one open, one closing");
+    assert_eq!(real(&d, "a").active, 3, "connection objects");
+    assert_eq!(real(&d, "a").closing, 1);
+}
