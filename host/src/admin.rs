@@ -26,6 +26,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -44,6 +45,7 @@ use crate::director::{Director, Published};
 use crate::metrics::Refusal;
 use crate::plugin::{PluginDir, PluginEntry};
 use crate::policy::ServerState;
+use crate::shadow::ShadowSnapshot;
 use crate::status::Status;
 use crate::wire::Protocol;
 
@@ -253,6 +255,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// The watched plugins folder, listed per `/status` and `/metrics` request.
     pub plugins: Option<Arc<PluginDir>>,
+    /// The shadow policies' counts ([`crate::shadow`]).
+    pub shadow: Option<Arc<ArcSwap<ShadowSnapshot>>>,
 }
 
 /// Binds `listen` now (so a bad address fails the start) and serves on a new thread until the process
@@ -638,7 +642,12 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Repl
         },
         ["status"] => match *req.method() {
             Method::GET => {
-                let status = Status::new(&admin.snapshot.load(), &admin.plugin_entries());
+                let shadows = admin.shadow.as_ref().map(|s| s.load_full());
+                let status = Status::new(
+                    &admin.snapshot.load(),
+                    &admin.plugin_entries(),
+                    shadows.as_deref(),
+                );
                 json_reply(StatusCode::OK, &status)
             }
             _ => method_not_allowed("GET"),
@@ -671,7 +680,13 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Repl
 
 fn metrics(admin: &Admin) -> Reply {
     let snapshot = admin.snapshot.load();
-    let text = crate::metrics::render(&snapshot, admin.capture.as_deref(), &admin.plugin_entries());
+    let shadows = admin.shadow.as_ref().map(|s| s.load_full());
+    let text = crate::metrics::render(
+        &snapshot,
+        admin.capture.as_deref(),
+        &admin.plugin_entries(),
+        shadows.as_deref(),
+    );
     reply(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

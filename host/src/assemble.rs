@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::director::{Director, Layer2};
 use crate::plugin::{PluginDir, PluginHost, PluginLimits, RealInfo, VirtualInfo};
 use crate::policy::{RoundRobin, Selector};
+use crate::shadow::ShadowPort;
 use crate::wire::Protocol;
 
 /// The built-in policy's name.
@@ -89,6 +90,9 @@ impl fmt::Display for PolicyUse {
     }
 }
 
+/// The plugin file and version serving a port, `None` for a built-in.
+type PluginVersion = Option<(PathBuf, u64)>;
+
 /// One selector per virtual port, in the order of the binding table's ports.
 pub type Selectors = Vec<Box<dyn Selector>>;
 
@@ -100,6 +104,9 @@ pub struct Assembly {
     pub selectors: Selectors,
     /// Parallel to `selectors`.
     pub policies: Vec<PolicyUse>,
+    /// The shadow policies: `(port id, name, selector)` for each port with a `shadow_policy`. Each
+    /// selector is an instance of its own, for the shadow thread ([`crate::shadow`]).
+    pub shadows: Vec<ShadowPort>,
 }
 
 impl Assembly {
@@ -115,12 +122,23 @@ impl Assembly {
         let mut bindings = BindingTable::from_config(&config);
         bind_by_plugins(path, &config, &mut bindings, plugins)?;
         let (selectors, policies) = selectors_for(path, &bindings, plugins)?;
+        let shadows = shadows_for(path, &bindings, plugins)?;
         Ok(Assembly {
             config,
             bindings,
             selectors,
             policies,
+            shadows,
         })
+    }
+
+    /// The shadow selectors, for the shadow thread, numbered with the install `generation` they go with.
+    pub fn take_shadows(&mut self, generation: u64) -> crate::shadow::ShadowSet {
+        crate::shadow::ShadowSet {
+            generation,
+            ports: std::mem::take(&mut self.shadows),
+            reals: self.bindings.reals.len(),
+        }
     }
 
     /// A director serving this assembly.
@@ -224,36 +242,15 @@ fn selectors_for(
     for port in &bindings.ports {
         let vm = &bindings.virtuals[port.virtual_id as usize];
         let name = port.policy.as_str();
-        let plugin = plugins.and_then(|p| Some((p, p.dir.get(name)?)));
-        let (selector, used): (Box<dyn Selector>, _) = match plugin {
-            Some((p, handle)) => {
-                let args: Vec<(String, String)> = port.policy_args.clone().into_iter().collect();
-                let selector = p.host.selector(&handle, &args).with_context(|| {
-                    format!(
-                        "{}: virtual machine {:?} port {}: policy {name:?}",
-                        path.display(),
-                        vm.name,
-                        port.port
-                    )
-                })?;
-                let used = handle
-                    .current()
-                    .map(|l| (l.path().to_path_buf(), l.version()));
-                (Box::new(selector), used)
-            }
-            None if name == BUILTIN_ROUND_ROBIN => (Box::new(RoundRobin::new()), None),
-            None => anyhow::bail!(
-                "{}: virtual machine {:?} port {}: policy {name:?} is no built-in ({BUILTIN_ROUND_ROBIN}) and no \
-                 plugin {name}.wasm is loaded{}",
-                path.display(),
-                vm.name,
-                port.port,
-                plugins.map_or(" (no [director] plugins folder)".to_string(), |p| format!(
-                    " from {}",
-                    p.dir.dir().display()
-                ))
-            ),
-        };
+        let (selector, used) = selector(
+            path,
+            bindings,
+            port,
+            name,
+            &port.policy_args,
+            "policy",
+            plugins,
+        )?;
         selectors.push(selector);
         policies.push(PolicyUse {
             virtual_name: vm.name.clone(),
@@ -265,4 +262,69 @@ fn selectors_for(
         });
     }
     Ok((selectors, policies))
+}
+
+/// A selector of its own for each port's `shadow_policy`, found the same way as its policy.
+fn shadows_for(
+    path: &Path,
+    bindings: &BindingTable,
+    plugins: Option<&Plugins>,
+) -> Result<Vec<ShadowPort>> {
+    let mut shadows = Vec::new();
+    for (port_id, port) in bindings.ports.iter().enumerate() {
+        if let Some((name, args)) = &port.shadow {
+            let (selector, _) =
+                selector(path, bindings, port, name, args, "shadow_policy", plugins)?;
+            shadows.push(ShadowPort {
+                port_id: port_id as u32,
+                name: name.clone(),
+                selector,
+            });
+        }
+    }
+    Ok(shadows)
+}
+
+/// The selector `name` for `port`: the plugin `NAME.wasm` if the folder has it, else the built-in; `key`
+/// names the config key in the refusal.
+fn selector(
+    path: &Path,
+    bindings: &BindingTable,
+    port: &crate::binding::VirtualPort,
+    name: &str,
+    args: &std::collections::BTreeMap<String, String>,
+    key: &str,
+    plugins: Option<&Plugins>,
+) -> Result<(Box<dyn Selector>, PluginVersion)> {
+    let vm = &bindings.virtuals[port.virtual_id as usize];
+    let plugin = plugins.and_then(|p| Some((p, p.dir.get(name)?)));
+    Ok(match plugin {
+        Some((p, handle)) => {
+            let args: Vec<(String, String)> = args.clone().into_iter().collect();
+            let selector = p.host.selector(&handle, &args).with_context(|| {
+                format!(
+                    "{}: virtual machine {:?} port {}: {key} {name:?}",
+                    path.display(),
+                    vm.name,
+                    port.port
+                )
+            })?;
+            let used = handle
+                .current()
+                .map(|l| (l.path().to_path_buf(), l.version()));
+            (Box::new(selector), used)
+        }
+        None if name == BUILTIN_ROUND_ROBIN => (Box::new(RoundRobin::new()), None),
+        None => anyhow::bail!(
+            "{}: virtual machine {:?} port {}: {key} {name:?} is no built-in ({BUILTIN_ROUND_ROBIN}) and no \
+             plugin {name}.wasm is loaded{}",
+            path.display(),
+            vm.name,
+            port.port,
+            plugins.map_or(" (no [director] plugins folder)".to_string(), |p| format!(
+                " from {}",
+                p.dir.dir().display()
+            ))
+        ),
+    })
 }

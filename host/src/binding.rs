@@ -68,6 +68,8 @@ pub struct VirtualPort {
     /// The policy that applies here (the port's own or the virtual machine's).
     pub policy: String,
     pub policy_args: BTreeMap<String, String>,
+    /// The shadow policy asked beside `policy`, and its arguments (`shadow_policy`).
+    pub shadow: Option<(String, BTreeMap<String, String>)>,
     /// In bind-list order. Empty when a binder plugin is to fill it.
     pub targets: Vec<Target>,
 }
@@ -164,6 +166,9 @@ impl BindingTable {
                     protocol: port.protocol,
                     policy: policy.to_owned(),
                     policy_args: args.clone(),
+                    shadow: vm
+                        .effective_shadow(port)
+                        .map(|(s, a)| (s.to_owned(), a.clone())),
                     targets,
                 });
                 by_port

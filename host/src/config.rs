@@ -155,6 +155,10 @@ pub struct VirtualConfig {
     /// Built-in policy or plugin name for ports that don't name their own.
     pub policy: String,
     pub policy_args: BTreeMap<String, String>,
+    /// A policy asked too for every new connection of ports that name none of their own; its answer is
+    /// recorded, never applied.
+    pub shadow_policy: Option<String>,
+    pub shadow_policy_args: BTreeMap<String, String>,
     /// Binding plugin that supplies bindings for ports without a `bind`.
     pub binder: Option<String>,
     /// Arguments passed to the binding plugin's `init`.
@@ -186,6 +190,9 @@ pub struct PortConfig {
     pub policy: Option<String>,
     /// Overrides the policy arguments.
     pub policy_args: Option<BTreeMap<String, String>>,
+    /// Overrides the virtual machine's `shadow_policy`, and its arguments.
+    pub shadow_policy: Option<String>,
+    pub shadow_policy_args: Option<BTreeMap<String, String>>,
 }
 
 /// One entry of a `bind` list: `"REAL"` or `"REAL:PORT"`.
@@ -222,6 +229,23 @@ impl VirtualConfig {
             (Some(policy), None) => (policy, &EMPTY),
             (None, Some(args)) => (&self.policy, args),
             (None, None) => (&self.policy, &self.policy_args),
+        }
+    }
+
+    /// The shadow policy and arguments that apply to `port`, by the same rules as [`Self::effective_policy`].
+    pub fn effective_shadow<'a>(
+        &'a self,
+        port: &'a PortConfig,
+    ) -> Option<(&'a str, &'a BTreeMap<String, String>)> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        match (&port.shadow_policy, &port.shadow_policy_args) {
+            (Some(shadow), Some(args)) => Some((shadow, args)),
+            (Some(shadow), None) => Some((shadow, &EMPTY)),
+            (None, Some(args)) => self.shadow_policy.as_deref().map(|s| (s, args)),
+            (None, None) => self
+                .shadow_policy
+                .as_deref()
+                .map(|s| (s, &self.shadow_policy_args)),
         }
     }
 }
@@ -422,6 +446,8 @@ struct RawVirtual {
     address: Text,
     policy: Text,
     policy_args: Args,
+    shadow_policy: Text,
+    shadow_policy_args: Args,
     binder: Text,
     binder_args: Args,
     bind: BindList,
@@ -438,6 +464,8 @@ struct RawPort {
     bind: BindList,
     policy: Text,
     policy_args: Args,
+    shadow_policy: Text,
+    shadow_policy_args: Args,
 }
 
 /// A parsed bind entry with where it came from, for cross-reference messages.
@@ -998,6 +1026,10 @@ impl Checker<'_> {
                 }
             }
             let policy = self.policy_name(&raw.policy, &format!("{key}.policy"));
+            let shadow_policy = raw.shadow_policy.as_ref().map(|s| {
+                self.plugin_name(s, &format!("{key}.shadow_policy"));
+                s.get_ref().clone()
+            });
             let binder = raw.binder.as_ref().map(|b| {
                 self.plugin_name(b, &format!("{key}.binder"));
                 b.get_ref().clone()
@@ -1092,12 +1124,18 @@ impl Checker<'_> {
                     .policy
                     .as_ref()
                     .map(|_| self.policy_name(&p.policy, &format!("{pkey}.policy")));
+                let port_shadow = p.shadow_policy.as_ref().map(|s| {
+                    self.plugin_name(s, &format!("{pkey}.shadow_policy"));
+                    s.get_ref().clone()
+                });
                 ports.push(PortConfig {
                     port: number,
                     protocol,
                     bind: port_bind.map(|entries| entries.into_iter().map(|e| e.target).collect()),
                     policy: port_policy,
                     policy_args: p.policy_args.as_ref().map(|a| a.get_ref().clone()),
+                    shadow_policy: port_shadow,
+                    shadow_policy_args: p.shadow_policy_args.as_ref().map(|a| a.get_ref().clone()),
                 });
             }
             virtuals.push(VirtualConfig {
@@ -1106,6 +1144,12 @@ impl Checker<'_> {
                 policy,
                 policy_args: raw
                     .policy_args
+                    .as_ref()
+                    .map(|a| a.get_ref().clone())
+                    .unwrap_or_default(),
+                shadow_policy,
+                shadow_policy_args: raw
+                    .shadow_policy_args
                     .as_ref()
                     .map(|a| a.get_ref().clone())
                     .unwrap_or_default(),

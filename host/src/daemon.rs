@@ -33,6 +33,7 @@ use crate::ifcheck::{self, Offloads};
 use crate::policy::ServerState;
 use crate::privileges::{self, Capability};
 use crate::service::Service;
+use crate::shadow::{ShadowSet, Shadows};
 
 /// How `vipd run` was asked to start.
 #[derive(Clone, Debug)]
@@ -101,7 +102,16 @@ pub fn run(options: &RunOptions) -> Result<()> {
     );
     log_policies(&loaded);
     let config = loaded.config.clone();
+    let mut loaded = loaded;
+    let first_shadows = loaded.take_shadows(0);
     let mut director = loaded.director(l2);
+    // Shadow policies: their own thread, fed by the data path through a bounded queue.
+    let (shadows, shadow_tx) = Shadows::start().context("starting the shadow policy thread")?;
+    director.set_shadow(shadow_tx);
+    shadows.install(ShadowSet {
+        generation: director.shadow_generation(),
+        ..first_shadows
+    });
 
     crate::metrics::install();
     let (admin_tx, admin_rx) = mpsc::channel::<admin::Command>();
@@ -114,6 +124,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
             waker: Some(datapath.waker()),
             token: config.director.admin_token.clone(),
             plugins: plugins.as_ref().map(|p| Arc::clone(p.dir())),
+            shadow: Some(shadows.snapshot()),
         },
     )?;
     tracing::info!(listen = %config.director.listen, "metrics and admin API");
@@ -206,8 +217,13 @@ pub fn run(options: &RunOptions) -> Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
         service.turn(Instant::now());
-        while let Ok(loaded) = reload_rx.try_recv() {
+        while let Ok(mut loaded) = reload_rx.try_recv() {
+            let set = loaded.take_shadows(0);
             loaded.install(director);
+            shadows.install(ShadowSet {
+                generation: director.shadow_generation(),
+                ..set
+            });
         }
         while let Ok(report) = health_rx.try_recv() {
             tracing::info!(

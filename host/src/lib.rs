@@ -28,6 +28,7 @@
 //! - [`ifcheck`]: start-up checks of the interfaces (present, up, offloads off) and of `ip_forward`.
 //! - [`plugin`]: the WebAssembly plugin host (wasmtime): selection and binding policies, sandboxed, hot reloaded.
 //! - [`replay`]: drives the director from pcap files and writes what it sends to pcap files.
+//! - [`shadow`]: shadow policies: asked beside the live policy off the data-path thread, answers counted.
 //! - [`compare`]: `vipd replay --policy`: the same capture through several policies, side by side.
 //! - [`health`]: active health checks (TCP connect, HTTP GET), one thread per checked real server; their
 //!   verdicts reach the director between batches.
@@ -65,6 +66,7 @@ pub mod policy;
 pub mod privileges;
 pub mod replay;
 pub mod service;
+pub mod shadow;
 pub mod status;
 pub mod syncookie;
 pub mod wire;

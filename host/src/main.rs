@@ -393,6 +393,18 @@ fn check(path: &std::path::Path) -> ExitCode {
             for used in &assembly.policies {
                 println!("  {used}");
             }
+            for shadow in &assembly.shadows {
+                if let Some(used) = assembly.policies.get(shadow.port_id as usize) {
+                    println!(
+                        "  {} {}:{}/{}: shadow policy {} (asked too, never applied)",
+                        used.virtual_name,
+                        used.address,
+                        used.port,
+                        used.protocol.as_str(),
+                        shadow.name
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

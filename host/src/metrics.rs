@@ -19,6 +19,7 @@ use crate::Interface;
 use crate::capture::CaptureStats;
 use crate::director::{DropReason, Handled, Snapshot};
 use crate::policy::ServerState;
+use crate::shadow::{ShadowOutcome, ShadowSnapshot};
 use crate::wire::Protocol;
 use strum::VariantArray;
 
@@ -45,6 +46,9 @@ pub const NAMES: &[&str] = &[
     "vipd_plugin_reloads_total",
     "vipd_plugin_metric",
     "vipd_plugin_counter_total",
+    "vipd_shadow_decisions_total",
+    "vipd_shadow_picks_total",
+    "vipd_shadow_dropped_total",
     "vipd_build_info",
     "vipd_config_reloads_total",
     "vipd_admin_connections_refused_total",
@@ -132,6 +136,7 @@ pub fn render(
     snapshot: &Snapshot,
     capture: Option<&CaptureStats>,
     plugins: &[PluginEntry],
+    shadows: Option<&ShadowSnapshot>,
 ) -> String {
     let recorder = PrometheusBuilder::new().build_recorder();
     metrics::with_local_recorder(&recorder, || record(snapshot, capture));
@@ -140,7 +145,71 @@ pub fn render(
         text.push_str(&global.render());
     }
     render_plugins(&mut text, plugins);
+    if let Some(shadows) = shadows {
+        render_shadows(&mut text, snapshot, shadows);
+    }
     text
+}
+
+/// The shadow policies' counts: `vipd_shadow_decisions_total{virtual, port, shadow, outcome}` (agreement
+/// with the live choice), `vipd_shadow_picks_total{virtual, port, shadow, real}` (where the shadow would have
+/// sent the connections; the live side is `vipd_connections_total`) and `vipd_shadow_dropped_total`.
+pub fn render_shadows(out: &mut String, snapshot: &Snapshot, shadows: &ShadowSnapshot) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP vipd_shadow_dropped_total New connections no shadow policy was asked about (queue full).\n\
+         # TYPE vipd_shadow_dropped_total counter\nvipd_shadow_dropped_total {}",
+        snapshot.counters.shadow_dropped
+    );
+    if shadows.generation != snapshot.shadow_generation || shadows.ports.is_empty() {
+        return;
+    }
+    let b = &snapshot.bindings;
+    let port_labels = |port_id: u32| {
+        let port = b.ports.get(port_id as usize)?;
+        let vm = b.virtuals.get(port.virtual_id as usize)?;
+        Some(format!("virtual=\"{}\",port=\"{}\"", vm.name, port.port))
+    };
+    let _ = writeln!(
+        out,
+        "# HELP vipd_shadow_decisions_total Shadow policy answers, by agreement with the live policy's choice.\n\
+         # TYPE vipd_shadow_decisions_total counter"
+    );
+    for p in &shadows.ports {
+        let Some(labels) = port_labels(p.port_id) else {
+            continue;
+        };
+        for o in ShadowOutcome::VARIANTS {
+            let _ = writeln!(
+                out,
+                "vipd_shadow_decisions_total{{{labels},shadow=\"{}\",outcome=\"{}\"}} {}",
+                p.shadow,
+                o.as_str(),
+                p.outcome(*o)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vipd_shadow_picks_total Connections a shadow policy would have given each real server.\n\
+         # TYPE vipd_shadow_picks_total counter"
+    );
+    for p in &shadows.ports {
+        let Some(labels) = port_labels(p.port_id) else {
+            continue;
+        };
+        for (real_id, n) in p.picks.iter().enumerate() {
+            let Some(real) = b.reals.get(real_id) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "vipd_shadow_picks_total{{{labels},shadow=\"{}\",real=\"{}\"}} {n}",
+                p.shadow, real.name
+            );
+        }
+    }
 }
 
 /// The plugins' counters, in the Prometheus text format: `vipd_plugin_calls_total{plugin, result}`,
@@ -711,7 +780,28 @@ address = "192.0.2.1"
             modified: 0,
             stats,
         };
-        let text = render(&snapshot(), Some(&CaptureStats::default()), &[plugin]);
+        let snap = snapshot();
+        let shadows = ShadowSnapshot {
+            generation: snap.shadow_generation,
+            ports: vec![crate::shadow::PortShadow {
+                port_id: 0,
+                shadow: "source-affinity".into(),
+                outcomes: [3, 1, 0, 0, 0],
+                picks: vec![4; snap.reals.len()],
+            }],
+        };
+        let text = render(
+            &snap,
+            Some(&CaptureStats::default()),
+            &[plugin],
+            Some(&shadows),
+        );
+        assert!(
+            text.contains(
+                "vipd_shadow_decisions_total{virtual=\"web\",port=\"80\",shadow=\"source-affinity\",outcome=\"same\"} 3"
+            ),
+            "{text}"
+        );
         let dashboard = include_str!("../../examples/grafana/vipd-dashboard.json");
         let json: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard is JSON");
         let mut exprs = Vec::new();

@@ -86,10 +86,38 @@ pub enum Selection {
     Reject,
 }
 
+/// How a policy came to its [`Selection`]: its own answer, or a fallback standing in for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The policy picked a candidate.
+    Picked,
+    /// The policy refused the connection.
+    Rejected,
+    /// The policy deferred the decision (round-robin decided).
+    Deferred,
+    /// The policy failed (trap, timeout, memory, a bad answer, quarantine): round-robin decided.
+    Failed,
+}
+
 /// Picks a real server for each new connection (the patent's session distribution scheme).
 pub trait Selector: Send {
     /// Called once per new connection with the candidates bound to its virtual port.
     fn select(&mut self, conn: &NewConnection, candidates: &[Candidate]) -> Selection;
+
+    /// [`Selector::select`], and whether the policy itself decided. A shadow policy's answer is judged
+    /// by it; a built-in always decides itself.
+    fn select_outcome(
+        &mut self,
+        conn: &NewConnection,
+        candidates: &[Candidate],
+    ) -> (Selection, Outcome) {
+        let selection = self.select(conn, candidates);
+        let outcome = match selection {
+            Selection::Pick(_) => Outcome::Picked,
+            Selection::Reject => Outcome::Rejected,
+        };
+        (selection, outcome)
+    }
 
     /// A real server's state changed (by its index in the binding table). Optional.
     fn server_state_changed(&mut self, _real_id: u32, _state: ServerState) {}

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::director::Snapshot;
 use crate::plugin::PluginEntry;
 use crate::policy::ServerState;
+use crate::shadow::{ShadowOutcome, ShadowSnapshot};
 use crate::wire::Protocol;
 
 /// What `GET /status` answers.
@@ -42,6 +43,20 @@ pub struct PortStatus {
     pub active: u64,
     pub total: u64,
     pub bindings: Vec<BindingStatus>,
+    /// The shadow policy asked beside `policy`, and how its answers compared (`shadow_policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStatus>,
+}
+
+/// A shadow policy's answers so far, by agreement with the live choice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShadowStatus {
+    pub policy: String,
+    pub same: u64,
+    pub different: u64,
+    pub reject: u64,
+    pub defer: u64,
+    pub error: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,8 +95,23 @@ pub struct PluginStatus {
 }
 
 impl Status {
-    /// The document for snapshot `s` and the plugins listed now.
-    pub fn new(s: &Snapshot, plugins: &[PluginEntry]) -> Status {
+    /// The document for snapshot `s`, the plugins listed now and the shadow policies' counts.
+    pub fn new(s: &Snapshot, plugins: &[PluginEntry], shadows: Option<&ShadowSnapshot>) -> Status {
+        let shadow_of = |port_id: usize| {
+            let shadows = shadows.filter(|sh| sh.generation == s.shadow_generation)?;
+            let p = shadows
+                .ports
+                .iter()
+                .find(|p| p.port_id as usize == port_id)?;
+            Some(ShadowStatus {
+                policy: p.shadow.clone(),
+                same: p.outcome(ShadowOutcome::Same),
+                different: p.outcome(ShadowOutcome::Different),
+                reject: p.outcome(ShadowOutcome::Reject),
+                defer: p.outcome(ShadowOutcome::Defer),
+                error: p.outcome(ShadowOutcome::Error),
+            })
+        };
         let b = &s.bindings;
         let virtual_machines = b
             .virtuals
@@ -119,6 +149,7 @@ impl Status {
                             active,
                             total,
                             bindings,
+                            shadow: shadow_of(port_id),
                         }
                     })
                     .collect(),
@@ -198,6 +229,24 @@ impl fmt::Display for Status {
                     p.active,
                     p.total
                 )?;
+                if let Some(sh) = &p.shadow {
+                    let judged = sh.same + sh.different;
+                    writeln!(
+                        out,
+                        "     shadow {}: same {} different {} ({:.1} % agree), reject {} defer {} error {}",
+                        sh.policy,
+                        sh.same,
+                        sh.different,
+                        if judged == 0 {
+                            0.0
+                        } else {
+                            100.0 * sh.same as f64 / judged as f64
+                        },
+                        sh.reject,
+                        sh.defer,
+                        sh.error
+                    )?;
+                }
                 for b in &p.bindings {
                     addr.clear();
                     match b.address {
@@ -256,7 +305,7 @@ mod tests {
     #[test]
     fn status_document() {
         let s = crate::metrics::tests::snapshot();
-        let status = Status::new(&s, &[]);
+        let status = Status::new(&s, &[], None);
         let v = serde_json::to_value(&status).unwrap();
         let port = &v["virtual_machines"][0]["ports"][0];
         assert_eq!(v["virtual_machines"][0]["name"], "web");

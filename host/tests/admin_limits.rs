@@ -39,6 +39,7 @@ fn start(limits: AdminLimits) -> SocketAddr {
         waker: None,
         token: None,
         plugins: None,
+        shadow: None,
     };
     admin::spawn_on(listener, admin, limits).unwrap();
     addr

@@ -665,3 +665,82 @@ fn hot_reload_under_load_and_misbehaving_plugins() {
     );
     live.vipd.assert_running();
 }
+
+#[test]
+/// Shadow policies: beside the live round-robin, source affinity is asked about every new connection and
+/// never applied. One client's connections: the shadow would have put all of them on one server, so it
+/// agrees with round-robin exactly on the connections round-robin gave that server; `/metrics` and
+/// `/status` say so. A shadow that loops until the sandbox stops it changes nothing for live traffic.
+fn shadow_policy_is_asked_and_never_applied() {
+    let live = PluginLive::start(
+        "tests/configs/plugins-shadow.toml",
+        &["round-robin", "source-affinity", "testing/misbehave"],
+        "http://192.0.2.1/",
+        None,
+    );
+    let served = live.split("http://192.0.2.1/", 30);
+    assert_eq!(served.len(), 3, "round-robin still decides: {served:?}");
+
+    let shadowed = [("virtual", "shadowed"), ("shadow", "source-affinity")];
+    let mut m = live.metrics();
+    let start = Instant::now();
+    loop {
+        let total = m.get("vipd_connections_total", &[("virtual", "shadowed")]);
+        let judged = m.get("vipd_shadow_decisions_total", &shadowed);
+        if total >= 31.0 && judged == total {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the shadow judged {judged} of {total} connections"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        m = live.metrics();
+    }
+    let total = m.get("vipd_connections_total", &[("virtual", "shadowed")]);
+    let picks = |real: &str| {
+        m.get(
+            "vipd_shadow_picks_total",
+            &[shadowed[0], shadowed[1], ("real", real)],
+        )
+    };
+    let chosen = ["host-a", "host-b", "host-c"]
+        .into_iter()
+        .find(|r| picks(r) == total)
+        .unwrap_or_else(|| panic!("source affinity split one client: {}", m.0));
+    let outcome = |o: &str| {
+        m.get(
+            "vipd_shadow_decisions_total",
+            &[shadowed[0], shadowed[1], ("outcome", o)],
+        )
+    };
+    let live_on_chosen = m.get(
+        "vipd_connections_total",
+        &[("virtual", "shadowed"), ("real", chosen)],
+    );
+    assert_eq!(outcome("same"), live_on_chosen, "{}", m.0);
+    assert_eq!(outcome("different"), total - live_on_chosen);
+    assert!(outcome("different") > 0.0);
+    assert_eq!(outcome("error") + outcome("reject") + outcome("defer"), 0.0);
+
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(&live.fig.director, "/status")).unwrap();
+    let shadow = &status["virtual_machines"][0]["ports"][0]["shadow"];
+    assert_eq!(shadow["policy"], "source-affinity", "{status}");
+    assert_eq!(shadow["same"].as_f64(), Some(live_on_chosen));
+
+    // The looping shadow: every live request is served, by round-robin over both servers.
+    let served = live.split("http://192.0.2.2/", 10);
+    assert_eq!(served.values().sum::<usize>(), 10);
+    assert_eq!(served.len(), 2, "{served:?}");
+    wait_for(
+        "the looping shadow's errors",
+        Duration::from_secs(10),
+        || {
+            live.metrics().get(
+                "vipd_shadow_decisions_total",
+                &[("virtual", "misbehaving"), ("outcome", "error")],
+            ) >= 10.0
+        },
+    );
+}

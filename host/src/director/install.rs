@@ -142,6 +142,8 @@ impl Director {
         }
         self.neighbours = neighbours;
         self.selectors = selectors;
+        self.shadowed = bindings.ports.iter().map(|p| p.shadow.is_some()).collect();
+        self.shadow_generation += 1;
         self.bindings = Arc::new(bindings);
         self.announce_left = ANNOUNCE_COUNT;
         self.announce_next = Duration::ZERO;

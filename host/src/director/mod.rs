@@ -37,6 +37,7 @@ use crate::binding::BindingTable;
 use crate::config::Config;
 use crate::conntable::ConnTable;
 use crate::policy::{Candidate, Selector};
+use crate::shadow::ShadowSender;
 use crate::syncookie::CookieKey;
 use crate::wire::MacAddr;
 
@@ -127,6 +128,11 @@ pub struct Director {
     /// `[director] new_per_wakeup`, and what is left of it in this wake-up (`u32::MAX`: no bound).
     new_per_wakeup: u32,
     new_budget: u32,
+    /// Where shadow policies' jobs go (`vipd run`), which ports have one (sized at install), and the
+    /// install they belong to.
+    shadow_tx: Option<ShadowSender>,
+    shadowed: Vec<bool>,
+    shadow_generation: u64,
 }
 
 impl Director {
@@ -182,11 +188,25 @@ impl Director {
             cookie_key: CookieKey::new(),
             new_per_wakeup: 0,
             new_budget: u32::MAX,
+            shadow_tx: None,
+            shadowed: Vec::new(),
+            shadow_generation: 0,
         };
         director.install(bindings, selectors);
         director.set_checked(config);
         director.set_limits(config);
         director
+    }
+
+    /// Sends the new connections of ports with a shadow policy to the shadow thread (`vipd run`).
+    pub fn set_shadow(&mut self, sender: ShadowSender) {
+        self.shadow_tx = Some(sender);
+    }
+
+    /// The install the shadow jobs now belong to: [`crate::shadow::ShadowSet::generation`] of the
+    /// shadows that go with the bindings in force.
+    pub fn shadow_generation(&self) -> u64 {
+        self.shadow_generation
     }
 
     /// The binding table in force.

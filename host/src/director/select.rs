@@ -18,6 +18,7 @@ use super::stats::{flow_mut, release};
 use crate::binding::Lookup;
 use crate::conntable::ConnId;
 use crate::policy::{Candidate, NewConnection, Selection, ServerState};
+use crate::shadow::{Job, MAX_CANDIDATES};
 use crate::wire::Protocol;
 
 /// What became of a ditched connection.
@@ -164,13 +165,51 @@ impl Director {
             virtual_id: port.virtual_id,
         };
         let selector = self.selectors.get_mut(port_id as usize)?;
-        match selector.select(&new, &self.candidates) {
+        let chosen = match selector.select(&new, &self.candidates) {
             Selection::Pick(i) => self
                 .candidates
                 .get(i)
                 .filter(|c| c.eligible())
                 .map(|c| (c.real_id, c.target)),
             Selection::Reject => None,
+        };
+        if exclude.is_none() {
+            self.shadow(port_id, new, chosen.map(|c| c.0));
+        }
+        chosen
+    }
+
+    /// Hands a new connection and the live choice to the port's shadow policy, if it has one: a copy into
+    /// a bounded queue, never a wait; a full queue (or too many candidates) is counted.
+    fn shadow(&mut self, port_id: u32, conn: NewConnection, live: Option<u32>) {
+        if !self
+            .shadowed
+            .get(port_id as usize)
+            .copied()
+            .unwrap_or(false)
+        {
+            return;
+        }
+        let Some(sender) = self.shadow_tx.as_mut() else {
+            return;
+        };
+        if self.candidates.len() > MAX_CANDIDATES {
+            self.counters.shadow_dropped += 1;
+            return;
+        }
+        let mut candidates = [None; MAX_CANDIDATES];
+        for (slot, c) in candidates.iter_mut().zip(&self.candidates) {
+            *slot = Some(*c);
+        }
+        let job = Job {
+            generation: self.shadow_generation,
+            port_id,
+            conn,
+            candidates,
+            live,
+        };
+        if !sender.send(job) {
+            self.counters.shadow_dropped += 1;
         }
     }
 }

@@ -110,6 +110,9 @@ pub struct Counters {
     /// connection to a server). Invalid cookies are drops for [`DropReason::BadCookie`].
     pub syn_cookies_sent: u64,
     pub syn_cookies_accepted: u64,
+    /// New connections a shadow policy was not asked about: its queue was full, or the port had more
+    /// candidates than a job carries.
+    pub shadow_dropped: u64,
     pub evicted_half_open: u64,
     pub evicted_closing: u64,
     pub expired: u64,
@@ -180,6 +183,8 @@ pub struct Snapshot {
     pub flows: Vec<FlowCount>,
     /// Refused connection attempts per virtual machine (`virtual_id`), by [`DropReason`].
     pub rejected: Vec<PerReason>,
+    /// The install `bindings` belong to: shadow counts of the same generation name the same ports.
+    pub shadow_generation: u64,
 }
 
 impl Snapshot {
@@ -229,6 +234,7 @@ impl Director {
             bindings: Arc::clone(&self.bindings),
             flows: self.flows.clone(),
             rejected: self.rejected.clone(),
+            shadow_generation: self.shadow_generation,
         }));
     }
 }

@@ -14,7 +14,9 @@ use super::bindings::{
 use super::sandbox::PluginState;
 use super::stats::CallResult;
 use super::{HostInner, PluginHandle, Version};
-use crate::policy::{Candidate, NewConnection, RoundRobin, Selection, Selector, ServerState};
+use crate::policy::{
+    Candidate, NewConnection, Outcome, RoundRobin, Selection, Selector, ServerState,
+};
 use crate::wire::Protocol;
 
 /// Failures in a row (trap, timeout, memory, bad answer) after which a selector stops calling its plugin
@@ -199,10 +201,18 @@ impl Selector for PluginSelector {
     }
 
     fn select(&mut self, conn: &NewConnection, candidates: &[Candidate]) -> Selection {
+        self.select_outcome(conn, candidates).0
+    }
+
+    fn select_outcome(
+        &mut self,
+        conn: &NewConnection,
+        candidates: &[Candidate],
+    ) -> (Selection, Outcome) {
         let start = Instant::now();
         let guard = self.plugin.slot.current.load();
         let Some(current) = guard.as_ref() else {
-            return self.fallback.select(conn, candidates);
+            return (self.fallback.select(conn, candidates), Outcome::Failed);
         };
         if current.version.load(Ordering::Relaxed) != self.version {
             // A new version was published: start over with it.
@@ -215,7 +225,7 @@ impl Selector for PluginSelector {
         if self.quarantined {
             let s = self.fallback.select(conn, candidates);
             stats.record_call(CallResult::Quarantined, start.elapsed());
-            return s;
+            return (s, Outcome::Failed);
         }
         let current = Arc::clone(current);
         drop(guard);
@@ -224,12 +234,12 @@ impl Selector for PluginSelector {
         match answer {
             Ok(selection) => {
                 self.failures = 0;
-                let r = match selection {
-                    Selection::Pick(_) => CallResult::Ok,
-                    Selection::Reject => CallResult::Reject,
+                let (r, outcome) = match selection {
+                    Selection::Pick(_) => (CallResult::Ok, Outcome::Picked),
+                    Selection::Reject => (CallResult::Reject, Outcome::Rejected),
                 };
                 stats.record_call(r, start.elapsed());
-                selection
+                (selection, outcome)
             }
             Err((result, why)) => {
                 let cpu = thread_cpu_time().saturating_sub(cpu_before);
@@ -254,7 +264,12 @@ impl Selector for PluginSelector {
                 }
                 let s = self.fallback.select(conn, candidates);
                 stats.record_call(result, start.elapsed());
-                s
+                let outcome = if result == CallResult::Deferred {
+                    Outcome::Deferred
+                } else {
+                    Outcome::Failed
+                };
+                (s, outcome)
             }
         }
     }
