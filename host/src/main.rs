@@ -127,6 +127,20 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Write a ready-to-build Rust selection policy project NAME (the two-choices template: a policy, its
+    /// native unit tests, the SDK dependency), then build it with
+    /// `cargo build --target wasm32-wasip2 --release`.
+    New {
+        /// The project and plugin name: lowercase letters, digits and '-', starting with a letter.
+        name: String,
+        /// The folder to create the project in (as DIR/NAME).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The vipd plugin SDK the project depends on (its folder); default: the SDK of the vipd source tree
+        /// this binary was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Say whether FILE is a valid vipd plugin and which worlds it implements, or why not (exit 1).
     Check {
         /// The plugin file (NAME.wasm).
@@ -421,10 +435,83 @@ fn assemble(path: &std::path::Path, plugins: Option<&std::path::Path>) -> anyhow
     Assembly::new(path, config, plugins.as_ref())
 }
 
+/// The template of `vipd plugin new`: the files of examples/custom-policy, compiled in.
+const TEMPLATE_CARGO: &str = include_str!("../../examples/custom-policy/Cargo.toml");
+const TEMPLATE_LIB: &str = include_str!("../../examples/custom-policy/src/lib.rs");
+const TEMPLATE_GITIGNORE: &str = include_str!("../../examples/custom-policy/.gitignore");
+/// Where the template's Cargo.toml points at the SDK.
+const TEMPLATE_SDK: &str = "path = \"../../plugin-sdk\"";
+
+/// `vipd plugin new NAME`: DIR/NAME with the template, its package named NAME and its SDK dependency on
+/// `sdk` (absolute). Refuses an existing folder.
+fn new_plugin(
+    name: &str,
+    dir: &std::path::Path,
+    sdk: Option<&std::path::Path>,
+) -> anyhow::Result<PathBuf> {
+    use anyhow::{Context, bail};
+    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bail!("{name:?}: a plugin name is lowercase letters, digits and '-', starting with a letter");
+    }
+    let sdk = match sdk {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk")),
+    };
+    let sdk = std::fs::canonicalize(&sdk)
+        .ok()
+        .filter(|p| p.join("Cargo.toml").exists())
+        .with_context(|| {
+            format!(
+                "no vipd plugin SDK at {}: give --sdk PATH (the plugin-sdk folder of a vipd checkout)",
+                sdk.display()
+            )
+        })?;
+    let project = dir.join(name);
+    if project.exists() {
+        bail!("{} exists already", project.display());
+    }
+    std::fs::create_dir_all(project.join("src"))
+        .with_context(|| format!("creating {}", project.display()))?;
+    let cargo = TEMPLATE_CARGO
+        .replace("name = \"custom-policy\"", &format!("name = \"{name}\""))
+        .replace("custom_policy.wasm", &format!("{}.wasm", name.replace('-', "_")))
+        .replace(TEMPLATE_SDK, &format!("path = {:?}", sdk.display().to_string()));
+    for (file, text) in [
+        ("Cargo.toml", cargo.as_str()),
+        ("src/lib.rs", TEMPLATE_LIB),
+        (".gitignore", TEMPLATE_GITIGNORE),
+    ] {
+        let path = project.join(file);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(project)
+}
+
 /// `vipd plugin check`: what the file implements, or why it is no vipd plugin.
 fn plugin(cmd: PluginCommand) -> ExitCode {
     use vipd::plugin::{PluginHost, PluginLimits};
     match cmd {
+        PluginCommand::New { name, dir, sdk } => match new_plugin(&name, &dir, sdk.as_deref()) {
+            Ok(project) => {
+                let lib = name.replace('-', "_");
+                println!(
+                    "{}: a selection policy project. Next:\n  cd {}\n  cargo test\n  \
+                     cargo build --target wasm32-wasip2 --release\n  \
+                     vipd plugin check target/wasm32-wasip2/release/{lib}.wasm",
+                    project.display(),
+                    project.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vipd plugin new: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         PluginCommand::Check { file } => {
             match PluginHost::new(PluginLimits::default()).and_then(|h| h.check_file(&file)) {
                 Ok(info) => {

@@ -19,6 +19,7 @@
 #             the measurements (syn timeout 1h; the sink drops the SYNs so nothing closes them)
 #   vipd-wasm vipd with the round-robin Wasm plugin (only when target/plugins/round-robin.wasm exists)
 #   vipd-maglev vipd with the maglev plugin (only when target/plugins/maglev.wasm exists)
+#   vipd-shadow vipd-wasm with the same plugin asked again as a shadow policy (on demand)
 # Rounds alternate the contenders (round 1: all, round 2: all, ...); the table gives medians over rounds.
 #
 # Figures per contender: new connections/s (wrk, `Connection: close`), keep-alive requests/s (wrk),
@@ -317,6 +318,11 @@ else
     for c in "${CONTENDERS[@]}"; do
         case $c in
             vipd-wasm) plugin_ok vipd-wasm "$WASM_PLUGIN" || { echo "compare: ${NOTES[-1]}" >&2; exit 1; } ;;
+            # vipd-shadow: vipd-wasm with the same plugin asked again as a shadow policy (an instance of its
+            # own, on the shadow thread), to measure what a shadow costs the live traffic.
+            vipd-shadow)
+                plugin_ok vipd-wasm "$WASM_PLUGIN" || { echo "compare: ${NOTES[-1]}" >&2; exit 1; }
+                sed 's/^policy = "vipd-wasm"$/&\nshadow_policy = "vipd-wasm"/' "$TMP/vipd-wasm.toml" >"$TMP/vipd-shadow.toml" ;;
             vipd-maglev) plugin_ok vipd-maglev "$MAGLEV_PLUGIN" || { echo "compare: ${NOTES[-1]}" >&2; exit 1; } ;;
         esac
     done
@@ -408,6 +414,7 @@ start_vipd-rt() { start_vipd_with "$TMP/vipd.toml"; chrt -f -p 50 "$DPID"; }
 start_vipd-kstack() { VIPD_KERNEL_DROP=0 start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-base() { start_vipd_with "$TMP/vipd.toml" "$VIPD_BASE"; }
 start_vipd-wasm() { start_vipd_with "$TMP/vipd-wasm.toml"; }
+start_vipd-shadow() { start_vipd_with "$TMP/vipd-shadow.toml"; }
 start_vipd-maglev() { start_vipd_with "$TMP/vipd-maglev.toml"; }
 start_vipd-x1() { start_vipd_with "$TMP/vipd-x1.toml"; }
 start_vipd-x2() { start_vipd_with "$TMP/vipd-x2.toml"; }

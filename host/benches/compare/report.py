@@ -10,7 +10,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
+ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-shadow", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
 NAMES = {
     "none": "no director (ceiling)",
     "dnat": "iptables DNAT + conntrack",
@@ -19,6 +19,7 @@ NAMES = {
     "vipd": "vipd, built-in round-robin",
     "vipd-200k": "vipd, 200k idle connections held",
     "vipd-wasm": "vipd, round-robin Wasm plugin",
+    "vipd-shadow": "vipd, round-robin Wasm plugin + the same as shadow policy",
     "vipd-maglev": "vipd, maglev plugin",
     "vipd-rt": "vipd, SCHED_FIFO (chrt -f 50)",
     "vipd-kstack": "vipd, kernel stack also sees its frames",
