@@ -3,7 +3,8 @@
 
 CARGO ?= cargo
 PLUGIN_DIR ?= target/plugins
-DEBIAN_PACKAGES = libpcap-dev nginx-light wrk curl ethtool iproute2 iputils-ping iperf3 tcpdump prometheus
+DEBIAN_PACKAGES = libpcap-dev nginx-light wrk curl ethtool iproute2 iputils-ping iperf3 tcpdump prometheus \
+	python3-venv npm
 FUZZ_SECONDS ?= 600
 # `make bench`: the peers vipd is compared with, and where the comparison's table goes.
 BENCH_PACKAGES = haproxy iptables nftables libnginx-mod-stream python3
@@ -30,6 +31,8 @@ build: deps
 
 plugins: deps
 	plugins/build.sh $(PLUGIN_DIR) --testing
+	examples/policies/python/build.sh $(PLUGIN_DIR)/examples/least-connections-py.wasm
+	examples/policies/javascript/build.sh $(PLUGIN_DIR)/examples/least-connections-js.wasm
 
 test: deps plugins deb-tools
 	$(CARGO) test --workspace

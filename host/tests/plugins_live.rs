@@ -66,7 +66,8 @@ impl PluginLive {
         let repo = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         std::fs::copy(repo.join(config), dir.join("vipd.toml")).unwrap();
         let mut vipd = fig.start_vipd(&dir, &dir.join("vipd.toml"), &[]);
-        vipd.wait_log("data path running", Duration::from_secs(30));
+        // Large components (Python, JavaScript) take tens of seconds to compile in a debug build.
+        vipd.wait_log("data path running", Duration::from_secs(120));
         let live = PluginLive {
             fig,
             _sites: sites,
@@ -743,4 +744,45 @@ fn shadow_policy_is_asked_and_never_applied() {
             ) >= 10.0
         },
     );
+}
+
+#[test]
+/// The least-connections policy written in Python (componentize-py) and in JavaScript (componentize-js)
+/// serves live connections exactly as the Rust plugin does: the same servers, in the same order, with no
+/// fallback. Built by `make plugins` (examples/policies/*/build.sh).
+fn python_and_javascript_policies_serve_like_rust() {
+    let live = PluginLive::start(
+        "tests/configs/plugins-languages.toml",
+        &[
+            "least-connections",
+            "examples/least-connections-py",
+            "examples/least-connections-js",
+        ],
+        "http://192.0.2.1/",
+        None,
+    );
+    let order = |vip: &str| -> Vec<String> {
+        (0..6)
+            .map(|_| live.get(&format!("http://{vip}/")))
+            .collect()
+    };
+    let rust = order("192.0.2.1");
+    assert_eq!(
+        rust.iter().collect::<BTreeSet<_>>().len(),
+        2,
+        "least-connections alternates over idle servers: {rust:?}"
+    );
+    for (vip, plugin) in [
+        ("192.0.2.2", "least-connections-py"),
+        ("192.0.2.3", "least-connections-js"),
+    ] {
+        let served = order(vip);
+        assert_eq!(
+            served.iter().collect::<BTreeSet<_>>().len(),
+            2,
+            "{plugin}: {served:?}"
+        );
+        assert!(live.calls(plugin, "ok") >= 6.0, "{plugin} decided");
+        assert_eq!(live.fallbacks(plugin), 0.0, "{plugin}: no fallback");
+    }
 }
