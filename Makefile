@@ -4,7 +4,10 @@
 CARGO ?= cargo
 PLUGIN_DIR ?= target/plugins
 DEBIAN_PACKAGES = libpcap-dev nginx-light wrk curl ethtool iproute2 iputils-ping iperf3 tcpdump prometheus \
-	python3-venv npm
+	python3-venv
+# Commands some steps need, and the Debian package that gives each when the command is missing (a Node.js
+# from elsewhere, e.g. NodeSource's, brings its own npm and conflicts with Debian's).
+DEBIAN_COMMANDS = npm:npm
 FUZZ_SECONDS ?= 600
 # `make bench`: the peers vipd is compared with, and where the comparison's table goes.
 BENCH_PACKAGES = haproxy iptables nftables libnginx-mod-stream python3
@@ -20,6 +23,7 @@ all: build
 
 deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for cp in $(DEBIAN_COMMANDS); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
