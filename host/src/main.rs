@@ -455,7 +455,9 @@ fn new_plugin(
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
-        bail!("{name:?}: a plugin name is lowercase letters, digits and '-', starting with a letter");
+        bail!(
+            "{name:?}: a plugin name is lowercase letters, digits and '-', starting with a letter"
+        );
     }
     let sdk = match sdk {
         Some(p) => p.to_path_buf(),
@@ -478,8 +480,14 @@ fn new_plugin(
         .with_context(|| format!("creating {}", project.display()))?;
     let cargo = TEMPLATE_CARGO
         .replace("name = \"custom-policy\"", &format!("name = \"{name}\""))
-        .replace("custom_policy.wasm", &format!("{}.wasm", name.replace('-', "_")))
-        .replace(TEMPLATE_SDK, &format!("path = {:?}", sdk.display().to_string()));
+        .replace(
+            "custom_policy.wasm",
+            &format!("{}.wasm", name.replace('-', "_")),
+        )
+        .replace(
+            TEMPLATE_SDK,
+            &format!("path = {:?}", sdk.display().to_string()),
+        );
     for (file, text) in [
         ("Cargo.toml", cargo.as_str()),
         ("src/lib.rs", TEMPLATE_LIB),

@@ -24,7 +24,10 @@ fn generated_policy_builds_and_passes_plugin_check() {
     let said = run(Command::new(vipd)
         .args(["plugin", "new", "my-policy", "--dir"])
         .arg(dir.path()));
-    assert!(said.contains("cargo build --target wasm32-wasip2 --release"), "{said}");
+    assert!(
+        said.contains("cargo build --target wasm32-wasip2 --release"),
+        "{said}"
+    );
     let project = dir.path().join("my-policy");
 
     // The workspace's lock file pins the same dependency versions the shipped plugins build with; the

@@ -320,6 +320,8 @@ else
             vipd-wasm) plugin_ok vipd-wasm "$WASM_PLUGIN" || { echo "compare: ${NOTES[-1]}" >&2; exit 1; } ;;
             # vipd-shadow: vipd-wasm with the same plugin asked again as a shadow policy (an instance of its
             # own, on the shadow thread), to measure what a shadow costs the live traffic.
+            # vipd-wasm-base: vipd-wasm with the VIPD_BASE binary, to measure a plugin host change.
+            vipd-wasm-base) plugin_ok vipd-wasm "$WASM_PLUGIN" || { echo "compare: ${NOTES[-1]}" >&2; exit 1; } ;;
             vipd-shadow)
                 plugin_ok vipd-wasm "$WASM_PLUGIN" || { echo "compare: ${NOTES[-1]}" >&2; exit 1; }
                 sed 's/^policy = "vipd-wasm"$/&\nshadow_policy = "vipd-wasm"/' "$TMP/vipd-wasm.toml" >"$TMP/vipd-shadow.toml" ;;
@@ -415,6 +417,7 @@ start_vipd-kstack() { VIPD_KERNEL_DROP=0 start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-base() { start_vipd_with "$TMP/vipd.toml" "$VIPD_BASE"; }
 start_vipd-wasm() { start_vipd_with "$TMP/vipd-wasm.toml"; }
 start_vipd-shadow() { start_vipd_with "$TMP/vipd-shadow.toml"; }
+start_vipd-wasm-base() { start_vipd_with "$TMP/vipd-wasm.toml" "$VIPD_BASE"; }
 start_vipd-maglev() { start_vipd_with "$TMP/vipd-maglev.toml"; }
 start_vipd-x1() { start_vipd_with "$TMP/vipd-x1.toml"; }
 start_vipd-x2() { start_vipd_with "$TMP/vipd-x2.toml"; }
@@ -500,15 +503,38 @@ perf_around() {
     fi
 }
 
+plugin_calls() {   # "sum_seconds count" of vipd_plugin_call_duration_seconds (all plugins), 0 0 without
+    in_ns "$NS_DIR" curl -s --max-time 2 http://127.0.0.1:9469/metrics 2>/dev/null | awk '
+        /^vipd_plugin_call_duration_seconds_sum/ { s += $NF }
+        /^vipd_plugin_call_duration_seconds_count/ { n += $NF }
+        END { printf "%.9f %d\n", s, n }'
+}
+call_us() {   # BEFORE AFTER ("sum count" pairs): mean µs per call in between, nan when none
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        n = y[2] - x[2]; if (n > 0) printf "%.2f", (y[1] - x[1]) / n * 1e6; else print "nan" }'
+}
+
 per100k() { awk -v d="$1" -v t="$TCK" -v n="$2" 'BEGIN { printf "%.3f", d / t / n * 100000 }'; }
 
 measure() {   # ROUND CONTENDER
     local r=$1 c=$2 t0 t1 s0 s1 m0 m1 rps err p50 p99 req
     local out=$TMP/out-$r-$c
     # new connections per second
+    local calls0 calls1
+    calls0=$(plugin_calls)
     t0=$(cpu_ticks "$DPID") s0=$(ctx_switches "$DPID") m0=$(machine_ticks)
     perf_around conn load "$out.conn" -H 'Connection: close' >"$out.conn.sum"
     t1=$(cpu_ticks "$DPID") s1=$(ctx_switches "$DPID") m1=$(machine_ticks)
+    calls1=$(plugin_calls)
+    record "$r" "$c" call_us "$(call_us "$calls0" "$calls1")"
+    # One new connection every 300 ms: a plugin call on an idle director (nothing else in between).
+    calls0=$(plugin_calls)
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        sleep 0.3
+        in_ns "$NS_CLIENT" curl -s -o /dev/null --max-time 2 "http://$TARGET/" || true
+    done
+    calls1=$(plugin_calls)
+    record "$r" "$c" idle_call_us "$(call_us "$calls0" "$calls1")"
     read -r rps err req <"$out.conn.sum"
     record "$r" "$c" conn_s "$rps"; record "$r" "$c" conn_err "$err"
     record "$r" "$c" idle_conn "$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " ");

@@ -10,7 +10,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-shadow", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
+ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-wasm-base", "vipd-shadow", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
 NAMES = {
     "none": "no director (ceiling)",
     "dnat": "iptables DNAT + conntrack",
@@ -20,6 +20,7 @@ NAMES = {
     "vipd-200k": "vipd, 200k idle connections held",
     "vipd-wasm": "vipd, round-robin Wasm plugin",
     "vipd-shadow": "vipd, round-robin Wasm plugin + the same as shadow policy",
+    "vipd-wasm-base": "vipd-wasm, baseline binary (VIPD_BASE)",
     "vipd-maglev": "vipd, maglev plugin",
     "vipd-rt": "vipd, SCHED_FIFO (chrt -f 50)",
     "vipd-kstack": "vipd, kernel stack also sees its frames",
@@ -39,6 +40,8 @@ COLUMNS = [
     ("cpu_ka", "CPU s / 100k req (keep-alive)", "{:.2f}", False),
     ("ctx_conn", "context switches / conn", "{:.2f}", False),
     ("idle_conn", "CPU idle % (new conn run)", "{:.0f}", False),
+    ("call_us", "plugin µs/call (new conn run)", "{:.2f}", False),
+    ("idle_call_us", "plugin µs/call (idle)", "{:.2f}", False),
     ("errors", "errors", "{:.0f}", False),
 ]
 

@@ -220,12 +220,18 @@ fn endless_loop_hits_deadline() {
     assert_eq!(s.plugin().stats().calls(CallResult::Timeout), 1);
 }
 
-/// The epoch ticker sleeps while no plugin runs, and ticks while one does.
+/// The epoch ticker ticks while a plugin runs and for `LINGER` after (so calls under load need not wake it),
+/// and sleeps once no plugin has run for that long.
 #[test]
-fn epoch_ticker_ticks_only_during_calls() {
+fn epoch_ticker_ticks_only_during_calls_and_linger() {
     let host = PluginHost::new(PluginLimits::default()).unwrap();
     let h = PluginHandle::new(host.load_file(&path("testing/misbehave")).unwrap());
+    let before = host.epoch_ticks();
+    // `init` is a call: the ticker lingers after it.
     let mut s = host.selector(&h, &args(&[("mode", "spin")])).unwrap();
+    std::thread::sleep(super::LINGER / 2);
+    assert!(host.epoch_ticks() > before + 2, "no ticks while lingering");
+    std::thread::sleep(super::LINGER);
     let idle = host.epoch_ticks();
     // A window in which a free-running ticker (every 500 µs) would tick about 100 times.
     std::thread::sleep(Duration::from_millis(50));
