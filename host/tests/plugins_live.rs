@@ -67,7 +67,7 @@ impl PluginLive {
         std::fs::copy(repo.join(config), dir.join("vipd.toml")).unwrap();
         let mut vipd = fig.start_vipd(&dir, &dir.join("vipd.toml"), &[]);
         // Large components (Python, JavaScript) take tens of seconds to compile in a debug build.
-        vipd.wait_log("data path running", Duration::from_secs(120));
+        vipd.wait_log("data path running", Duration::from_secs(300));
         let live = PluginLive {
             fig,
             _sites: sites,
