@@ -25,6 +25,9 @@ pub const QUEUE: usize = 4096;
 pub const MAX_CANDIDATES: usize = 32;
 /// How often the shadow thread publishes its counts.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// The shadow thread's pause after a batch of jobs: at most this many wake-ups a second under load, and
+/// the queue ([`QUEUE`]) holds far more than one pause's worth of new connections.
+pub const BATCH_PAUSE: Duration = Duration::from_millis(10);
 
 /// How a shadow's answer compares with the live policy's choice; each is an `outcome` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumCount, VariantArray, IntoStaticStr)]
@@ -206,22 +209,15 @@ fn run(
             published.store(Arc::new(counts.clone()));
         }
         match jobs.recv_timeout(PUBLISH_EVERY) {
-            Ok(job) => {
-                if let Some(set) = set.as_mut().filter(|s| s.generation == job.generation)
-                    && let Some(i) = set.ports.iter().position(|p| p.port_id == job.port_id)
-                {
-                    candidates.clear();
-                    candidates.extend(job.candidates.iter().flatten().copied());
-                    let (selection, outcome) =
-                        set.ports[i].selector.select_outcome(&job.conn, &candidates);
-                    let (judged, real) =
-                        ShadowOutcome::judge(selection, outcome, &candidates, job.live);
-                    let port = &mut counts.ports[i];
-                    port.outcomes[judged as usize] += 1;
-                    if let Some(slot) = real.and_then(|r| port.picks.get_mut(r as usize)) {
-                        *slot += 1;
-                    }
+            Ok(first) => {
+                judge(&mut set, &mut counts, &mut candidates, first);
+                // Then whatever else is queued, and a pause: under load the jobs are judged in batches,
+                // one wake-up per BATCH_PAUSE instead of one per new connection (and a sender finds no
+                // receiver to wake).
+                while let Ok(job) = jobs.try_recv() {
+                    judge(&mut set, &mut counts, &mut candidates, job);
                 }
+                std::thread::sleep(BATCH_PAUSE);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
@@ -231,6 +227,30 @@ fn run(
             published.store(Arc::new(counts.clone()));
             next_publish = now + PUBLISH_EVERY;
         }
+    }
+}
+
+/// Asks the shadow of `job`'s port (if it belongs to the current install) and counts its answer.
+fn judge(
+    set: &mut Option<ShadowSet>,
+    counts: &mut ShadowSnapshot,
+    candidates: &mut Vec<Candidate>,
+    job: Job,
+) {
+    let Some(set) = set.as_mut().filter(|s| s.generation == job.generation) else {
+        return;
+    };
+    let Some(i) = set.ports.iter().position(|p| p.port_id == job.port_id) else {
+        return;
+    };
+    candidates.clear();
+    candidates.extend(job.candidates.iter().flatten().copied());
+    let (selection, outcome) = set.ports[i].selector.select_outcome(&job.conn, candidates);
+    let (judged, real) = ShadowOutcome::judge(selection, outcome, candidates, job.live);
+    let port = &mut counts.ports[i];
+    port.outcomes[judged as usize] += 1;
+    if let Some(slot) = real.and_then(|r| port.picks.get_mut(r as usize)) {
+        *slot += 1;
     }
 }
 
