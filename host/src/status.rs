@@ -326,4 +326,38 @@ mod tests {
         assert!(table.contains("  -> 10.0.0.1:8080"), "{table}");
         assert!(table.contains("draining"), "{table}");
     }
+
+    /// A port with a shadow policy shows it, with its agreement, in `/status` and under the port in
+    /// `vipd status`; counts of another install (an older generation) are not shown.
+    #[test]
+    fn shadow_in_status() {
+        let s = crate::metrics::tests::snapshot();
+        let mut shadows = ShadowSnapshot {
+            generation: s.shadow_generation,
+            ports: vec![crate::shadow::PortShadow {
+                port_id: 0,
+                shadow: "source-affinity".into(),
+                outcomes: [3, 1, 0, 0, 2],
+                picks: vec![4, 0],
+            }],
+        };
+        let status = Status::new(&s, &[], Some(&shadows));
+        let v = serde_json::to_value(&status).unwrap();
+        let shadow = &v["virtual_machines"][0]["ports"][0]["shadow"];
+        assert_eq!(shadow["policy"], "source-affinity");
+        assert_eq!(
+            (shadow["same"].as_u64(), shadow["error"].as_u64()),
+            (Some(3), Some(2))
+        );
+        let table = status.to_string();
+        assert!(
+            table.contains(
+                "shadow source-affinity: same 3 different 1 (75.0 % agree), reject 0 defer 0 error 2"
+            ),
+            "{table}"
+        );
+        shadows.generation += 1;
+        let stale = Status::new(&s, &[], Some(&shadows));
+        assert_eq!(stale.virtual_machines[0].ports[0].shadow, None);
+    }
 }
