@@ -99,8 +99,8 @@ pub struct DirectorConfig {
     /// The MSS and window scale the SYN proxy announces to clients on the servers' behalf.
     pub syn_proxy_mss: u16,
     pub syn_proxy_wscale: u8,
-    /// When the data path is behind (its last wake-up left frames in a ring), at most this many SYNs are
-    /// served per wake-up and the rest dropped as `shed`; 0: never shed.
+    /// When the data path is behind (8 wake-ups in a row left frames in a ring), at most this many connections
+    /// are opened per wake-up and the rest dropped as `shed`; 0: never shed.
     pub new_per_wakeup: u32,
 }
 

@@ -191,25 +191,11 @@ fn run(
     let mut next_publish = Instant::now() + PUBLISH_EVERY;
     let mut candidates = Vec::with_capacity(MAX_CANDIDATES);
     loop {
-        while let Ok(new) = installs.try_recv() {
-            counts = ShadowSnapshot {
-                generation: new.generation,
-                ports: new
-                    .ports
-                    .iter()
-                    .map(|p| PortShadow {
-                        port_id: p.port_id,
-                        shadow: p.name.clone(),
-                        outcomes: [0; ShadowOutcome::COUNT],
-                        picks: vec![0; new.reals],
-                    })
-                    .collect(),
-            };
-            set = Some(new);
-            published.store(Arc::new(counts.clone()));
-        }
+        take_installs(&installs, &mut set, &mut counts, &published);
         match jobs.recv_timeout(PUBLISH_EVERY) {
             Ok(first) => {
+                // The install a job belongs to is sent before any of its jobs: take it before judging.
+                take_installs(&installs, &mut set, &mut counts, &published);
                 judge(&mut set, &mut counts, &mut candidates, first);
                 // Then whatever else is queued, and a pause: under load the jobs are judged in batches,
                 // one wake-up per BATCH_PAUSE instead of one per new connection (and a sender finds no
@@ -227,6 +213,32 @@ fn run(
             published.store(Arc::new(counts.clone()));
             next_publish = now + PUBLISH_EVERY;
         }
+    }
+}
+
+/// Puts the latest install in place, with fresh counts for its ports (published at once).
+fn take_installs(
+    installs: &Receiver<ShadowSet>,
+    set: &mut Option<ShadowSet>,
+    counts: &mut ShadowSnapshot,
+    published: &ArcSwap<ShadowSnapshot>,
+) {
+    while let Ok(new) = installs.try_recv() {
+        *counts = ShadowSnapshot {
+            generation: new.generation,
+            ports: new
+                .ports
+                .iter()
+                .map(|p| PortShadow {
+                    port_id: p.port_id,
+                    shadow: p.name.clone(),
+                    outcomes: [0; ShadowOutcome::COUNT],
+                    picks: vec![0; new.reals],
+                })
+                .collect(),
+        };
+        *set = Some(new);
+        published.store(Arc::new(counts.clone()));
     }
 }
 

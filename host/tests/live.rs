@@ -823,6 +823,19 @@ fn crafted_syn(f: &Fig3, src: Ipv4Addr, port: u16, vip: Ipv4Addr, corrupt: bool)
     frame
 }
 
+/// A SYN from each spoofed source 198.51.100.N, N in `sources`, from port `port` to `vip`:80.
+fn spoofed_syns(
+    f: &Fig3,
+    sources: &std::ops::RangeInclusive<u8>,
+    port: u16,
+    vip: Ipv4Addr,
+) -> Vec<Vec<u8>> {
+    sources
+        .clone()
+        .map(|last| crafted_syn(f, Ipv4Addr::new(198, 51, 100, last), port, vip, false))
+        .collect()
+}
+
 /// The connections of `/connections` whose client address is in `clients`, as (client, state).
 fn connections_from(f: &Fig3, clients: &std::ops::RangeInclusive<u8>) -> Vec<(String, String)> {
     let body = admin_get(&f.director, "/connections?limit=10000");
@@ -925,18 +938,7 @@ fn hostile_syns_fail_no_server_and_leave_no_state() {
 
     // 3. Spoofed sources 198.51.100.100-199: the servers answer, nobody acknowledges.
     let spoofed = 100..=199u8;
-    let flood: Vec<_> = spoofed
-        .clone()
-        .map(|last| {
-            crafted_syn(
-                &live.fig,
-                Ipv4Addr::new(198, 51, 100, last),
-                52000,
-                vip,
-                false,
-            )
-        })
-        .collect();
+    let flood = spoofed_syns(&live.fig, &spoofed, 52000, vip);
     send_frames(&live.fig.client, "eth0", &flood);
     let start = Instant::now();
     let mut seen_half_open = false;
@@ -1012,18 +1014,7 @@ fn syn_proxy_serves_clients_and_spoofed_syns_open_nothing() {
     let sent =
         Metrics::scrape(&live.fig.director).get("vipd_syn_cookies_total", &[("result", "sent")]);
     let spoofed = 100..=199u8;
-    let flood: Vec<_> = spoofed
-        .clone()
-        .map(|last| {
-            crafted_syn(
-                &live.fig,
-                Ipv4Addr::new(198, 51, 100, last),
-                52000,
-                vip,
-                false,
-            )
-        })
-        .collect();
+    let flood = spoofed_syns(&live.fig, &spoofed, 52000, vip);
     send_frames(&live.fig.client, "eth0", &flood);
     wait_for(
         "cookies for the spoofed SYNs",
@@ -1041,16 +1032,9 @@ fn syn_proxy_serves_clients_and_spoofed_syns_open_nothing() {
 
     // ACKs that acknowledge no cookie (an ACK flood, or a guess) open nothing either.
     let before = live.vipd.vipd_stats();
-    let acks: Vec<_> = spoofed
-        .clone()
-        .map(|last| {
-            let mut frame = crafted_syn(
-                &live.fig,
-                Ipv4Addr::new(198, 51, 100, last),
-                53000,
-                vip,
-                false,
-            );
+    let acks: Vec<_> = spoofed_syns(&live.fig, &spoofed, 53000, vip)
+        .into_iter()
+        .map(|mut frame| {
             // SYN -> ACK (flags byte 13 of the TCP header), acknowledging 12345; checksum recomputed.
             let tcp = 14 + 20;
             frame[tcp + 13] = 0x10;

@@ -61,6 +61,9 @@ use synproxy::SynProxy;
 
 /// Largest frame the director generates (an ICMP echo reply to a full-size request).
 const REPLY_CAPACITY: usize = 2048;
+/// Wake-ups in a row that stop at their batch bound before new connections are shed: 8 x 256 frames of
+/// backlog is a flood, not a crowd of clients connecting at once (1,000 SYNs in one burst fill about 4).
+pub const SHED_AFTER: u32 = 8;
 /// Connections examined per tick at most, so a tick never stalls the data path.
 const EXPIRE_BUDGET: usize = 4096;
 
@@ -128,6 +131,8 @@ pub struct Director {
     /// `[director] new_per_wakeup`, and what is left of it in this wake-up (`u32::MAX`: no bound).
     new_per_wakeup: u32,
     new_budget: u32,
+    /// Wake-ups in a row that stopped at their batch bound.
+    behind_streak: u32,
     /// Where shadow policies' jobs go (`vipd run`), which ports have one (sized at install), and the
     /// install they belong to.
     shadow_tx: Option<ShadowSender>,
@@ -188,6 +193,7 @@ impl Director {
             cookie_key: CookieKey::new(),
             new_per_wakeup: 0,
             new_budget: u32::MAX,
+            behind_streak: 0,
             shadow_tx: None,
             shadowed: Vec::new(),
             shadow_generation: 0,
@@ -270,11 +276,18 @@ impl Director {
     }
 
     /// A wake-up of the data path begins. `behind`: the last one stopped at its batch bound with frames
-    /// left in a ring. Then at most `[director] new_per_wakeup` SYNs (and first datagrams) are served in
-    /// this one; the rest are dropped as [`DropReason::Shed`], so frames of existing connections keep
-    /// flowing when new-connection work alone could fill the wake-up.
+    /// left in a ring. After [`SHED_AFTER`] such wake-ups in a row (a sustained overload, not the burst of a
+    /// crowd of clients connecting at once), at most `[director] new_per_wakeup` connections are opened in this one (SYNs,
+    /// first datagrams, ACKs that complete a cookie handshake); the rest are dropped as
+    /// [`DropReason::Shed`], so frames of existing connections keep flowing when new-connection work alone
+    /// could fill the wake-up. The SYN proxy's cookie answers are stateless and never shed.
     pub fn wakeup(&mut self, behind: bool) {
-        self.new_budget = if behind && self.new_per_wakeup > 0 {
+        self.behind_streak = if behind {
+            self.behind_streak.saturating_add(1)
+        } else {
+            0
+        };
+        self.new_budget = if self.behind_streak >= SHED_AFTER && self.new_per_wakeup > 0 {
             self.new_per_wakeup
         } else {
             u32::MAX

@@ -58,7 +58,7 @@ pub enum DropReason {
     /// A client's frame on a connection the SYN proxy opened whose server has not answered yet (a zero
     /// window probe, a repeated ACK); it paces the director's SYN retransmissions to the server.
     AwaitingServer,
-    /// A SYN or first datagram not served because the data path was behind and this wake-up's
+    /// A SYN, first datagram or cookie-completing ACK (a new connection) not served because the data path was behind and this wake-up's
     /// `new_per_wakeup` were used up: new-connection work is shed before frames of existing connections.
     Shed,
 }

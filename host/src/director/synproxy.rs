@@ -479,6 +479,18 @@ mod tests {
         h.options_iterator().map(|o| o.unwrap()).collect()
     }
 
+    /// The options `build_tcp` writes for MSS 1460, window scale `ws` and SACK, as etherparse reads them.
+    fn built_options(ws: u8) -> [TcpOptionElement; 6] {
+        [
+            TcpOptionElement::MaximumSegmentSize(1460),
+            TcpOptionElement::Noop,
+            TcpOptionElement::WindowScale(ws),
+            TcpOptionElement::Noop,
+            TcpOptionElement::Noop,
+            TcpOptionElement::SelectiveAcknowledgementPermitted,
+        ]
+    }
+
     const SYN_OPTIONS: [TcpOptionElement; 4] = [
         TcpOptionElement::MaximumSegmentSize(1460),
         TcpOptionElement::SelectiveAcknowledgementPermitted,
@@ -510,14 +522,8 @@ mod tests {
         );
         assert_eq!(
             options(&synack),
-            [
-                TcpOptionElement::MaximumSegmentSize(1460),
-                TcpOptionElement::Noop,
-                TcpOptionElement::WindowScale(7),
-                TcpOptionElement::Noop,
-                TcpOptionElement::Noop,
-                TcpOptionElement::SelectiveAcknowledgementPermitted,
-            ]
+            built_options(7),
+            "ours: the proxy's MSS and scale"
         );
         let cookie = synack.sequence_number;
         let mut ack = from_client(Tcp {
@@ -536,17 +542,7 @@ mod tests {
         assert_eq!((src, dst), (CLIENT, REAL));
         assert!(syn.syn && !syn.ack);
         assert_eq!(syn.sequence_number, 1000);
-        assert_eq!(
-            options(&syn),
-            [
-                TcpOptionElement::MaximumSegmentSize(1460),
-                TcpOptionElement::Noop,
-                TcpOptionElement::WindowScale(6),
-                TcpOptionElement::Noop,
-                TcpOptionElement::Noop,
-                TcpOptionElement::SelectiveAcknowledgementPermitted,
-            ]
-        );
+        assert_eq!(options(&syn), built_options(6), "the client's, sent on");
         assert_eq!(d.table().len(), 1);
         cookie
     }
@@ -760,8 +756,8 @@ mod tests {
     }
 
     #[test]
-    /// Behind, a wake-up opens at most new_per_wakeup connections and sheds the rest; not behind, no
-    /// bound. With the SYN proxy on, cookie answers (stateless) are never shed; handshakes completing
+    /// Behind for SHED_AFTER wake-ups in a row, a wake-up opens at most new_per_wakeup connections and
+    /// sheds the rest; behind for fewer (a burst), or not behind, no bound. With the SYN proxy on, cookie answers (stateless) are never shed; handshakes completing
     /// with a valid cookie are.
     fn new_connections_are_shed_when_behind() {
         let now = Duration::from_secs(100);
@@ -781,7 +777,17 @@ mod tests {
             )
         };
         let mut plain = director_with("new_per_wakeup = 2");
-        plain.wakeup(true);
+        // A burst (fewer behind wake-ups in a row than SHED_AFTER) sheds nothing.
+        for _ in 1..crate::director::SHED_AFTER {
+            plain.wakeup(true);
+        }
+        assert!((100..110).all(
+            |p| plain.handle(Interface::Outside, &mut from(p, 1, None), now)
+                == Verdict::Forward(Interface::Inside)
+        ));
+        for _ in 0..crate::director::SHED_AFTER {
+            plain.wakeup(true);
+        }
         let verdicts: Vec<Verdict> = (1..=3)
             .map(|p| plain.handle(Interface::Outside, &mut from(p, 1, None), now))
             .collect();
@@ -794,7 +800,9 @@ mod tests {
         assert_eq!(plain.counters().dropped(DropReason::Shed), 1);
 
         let mut proxy = director("new_per_wakeup = 2");
-        proxy.wakeup(true);
+        for _ in 0..crate::director::SHED_AFTER {
+            proxy.wakeup(true);
+        }
         let mut acks = Vec::new();
         for port in 1..=3 {
             let verdict = proxy.handle(Interface::Outside, &mut from(port, 1, None), now);

@@ -44,7 +44,7 @@ fn read_addr(frame: &[u8], off: usize) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
 }
 
-fn write_bytes(frame: &mut [u8], off: usize, bytes: &[u8]) -> Option<()> {
+pub(super) fn write_bytes(frame: &mut [u8], off: usize, bytes: &[u8]) -> Option<()> {
     frame
         .get_mut(off..off.checked_add(bytes.len())?)?
         .copy_from_slice(bytes);
@@ -56,7 +56,7 @@ fn write16(frame: &mut [u8], off: usize, v: u16) -> Option<()> {
 }
 
 /// Applies `delta` to the checksum at `off`; `udp` keeps a zero (absent) checksum zero.
-fn adjust(frame: &mut [u8], off: usize, delta: u32, udp: bool) -> Option<()> {
+pub(super) fn adjust(frame: &mut [u8], off: usize, delta: u32, udp: bool) -> Option<()> {
     let hc = be16(frame, off)?;
     let new = if udp {
         checksum::apply_udp(hc, delta)

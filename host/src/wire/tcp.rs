@@ -10,6 +10,7 @@ use std::net::SocketAddrV4;
 use etherparse::PacketBuilder;
 
 use super::build::{TTL, pad};
+use super::rewrite::{adjust, write_bytes};
 use super::{MacAddr, Packet, TcpFlags, Transport, be16, checksum};
 
 const SEQ: usize = 4;
@@ -150,25 +151,12 @@ fn read32(frame: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-fn write(frame: &mut [u8], off: usize, bytes: &[u8]) -> Option<()> {
-    frame
-        .get_mut(off..off.checked_add(bytes.len())?)?
-        .copy_from_slice(bytes);
-    Some(())
-}
-
 /// Adds `add` to the 32-bit field at `off`; returns the checksum difference.
 fn add32(frame: &mut [u8], off: usize, add: u32) -> Option<u32> {
     let old = read32(frame, off)?;
     let new = old.wrapping_add(add);
-    write(frame, off, &new.to_be_bytes())?;
+    write_bytes(frame, off, &new.to_be_bytes())?;
     Some(checksum::delta_u32(old, new))
-}
-
-fn adjust_checksum(frame: &mut [u8], p: &Packet, delta: u32) -> Option<()> {
-    let off = p.l4 + CHECKSUM;
-    let new = checksum::apply(be16(frame, off)?, delta);
-    write(frame, off, &new.to_be_bytes())
 }
 
 /// A window field of a sender that scales by `from` bits, re-expressed for a receiver that scales by `to`:
@@ -225,11 +213,11 @@ fn translate_inner(frame: &mut [u8], p: &Packet, t: &Translation) -> Option<()> 
         let off = p.l4 + WINDOW;
         let old = be16(frame, off)?;
         let new = rescale_window(old, t.window_from, t.window_to);
-        write(frame, off, &new.to_be_bytes())?;
+        write_bytes(frame, off, &new.to_be_bytes())?;
         delta += checksum::delta_u16(old, new);
     }
     if delta != 0 {
-        adjust_checksum(frame, p, delta)?;
+        adjust(frame, p.l4 + CHECKSUM, delta, false)?;
     }
     Some(())
 }
@@ -245,10 +233,10 @@ pub fn synack_to_ack(frame: &mut [u8], p: &Packet, seq: u32, window: u16) {
 fn synack_to_ack_inner(frame: &mut [u8], p: &Packet, seq: u32, window: u16) -> Option<()> {
     let (start, end) = options_range(frame, p)?;
     frame.get_mut(start..end)?.fill(OPT_NOP);
-    write(frame, p.l4 + SEQ, &seq.to_be_bytes())?;
+    write_bytes(frame, p.l4 + SEQ, &seq.to_be_bytes())?;
     *frame.get_mut(p.l4 + FLAGS)? = TcpFlags::ACK.0;
-    write(frame, p.l4 + WINDOW, &window.to_be_bytes())?;
-    write(frame, p.l4 + CHECKSUM, &[0, 0])?;
+    write_bytes(frame, p.l4 + WINDOW, &window.to_be_bytes())?;
+    write_bytes(frame, p.l4 + CHECKSUM, &[0, 0])?;
     let src = read32(frame, p.ip + 12)?;
     let dst = read32(frame, p.ip + 16)?;
     let segment = frame.get(p.l4..p.end)?;
@@ -259,7 +247,7 @@ fn synack_to_ack_inner(frame: &mut [u8], p: &Packet, seq: u32, window: u16) -> O
         u16::try_from(segment.len()).ok()?,
     );
     let sum = checksum::finish(checksum::transport(pseudo, segment));
-    write(frame, p.l4 + CHECKSUM, &sum.to_be_bytes())
+    write_bytes(frame, p.l4 + CHECKSUM, &sum.to_be_bytes())
 }
 
 /// The window field of the parsed TCP segment.
@@ -290,11 +278,8 @@ fn translate_quoted_seq_inner(frame: &mut [u8], p: &Packet, add: u32) -> Option<
     let ck = embedded.l4 + CHECKSUM;
     if ck + 2 <= p.end {
         let old = be16(frame, ck)?;
-        let new = checksum::apply(old, icmp_delta);
-        write(frame, ck, &new.to_be_bytes())?;
-        icmp_delta += checksum::delta_u16(old, new);
+        adjust(frame, ck, icmp_delta, false)?;
+        icmp_delta += checksum::delta_u16(old, be16(frame, ck)?);
     }
-    let icmp_ck = p.l4 + 2;
-    let new = checksum::apply(be16(frame, icmp_ck)?, icmp_delta);
-    write(frame, icmp_ck, &new.to_be_bytes())
+    adjust(frame, p.l4 + 2, icmp_delta, false)
 }
