@@ -4,7 +4,7 @@
 //! connection: slab entry, index overhead and the measured resident-set growth of a full table.
 
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -15,12 +15,12 @@ const CAPACITY: usize = 1_000_000;
 
 /// Connection `i` of the benchmark: unique client, one of 4 VIPs, one of 8 real servers.
 fn connection(i: u32) -> Connection {
-    let client = SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 1024 + (i % 50_000) as u16);
+    let client = SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 1024 + (i % 50_000) as u16));
     Connection {
         protocol: Protocol::Tcp,
         client,
-        virtual_addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1 + (i % 4) as u8), 80),
-        real: SocketAddrV4::new(Ipv4Addr::new(10, 20, 0, 10 + (i % 8) as u8), 8001),
+        virtual_addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1 + (i % 4) as u8), 80)),
+        real: SocketAddr::from((Ipv4Addr::new(10, 20, 0, 10 + (i % 8) as u8), 8001)),
         client_mac: vipd::wire::MacAddr([2, 0, 0, 0, 0, 1]),
         real_id: i % 8,
         port_id: i % 4,
@@ -87,7 +87,7 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|&i| {
             let mut c = connection(i);
-            c.client = SocketAddrV4::new(Ipv4Addr::from(0x0b00_0000 + i), c.client.port());
+            c.client = SocketAddr::from((Ipv4Addr::from(0x0b00_0000 + i), c.client.port()));
             c
         })
         .collect();

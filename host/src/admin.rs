@@ -19,7 +19,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
 use std::sync::{Arc, mpsc};
 use std::task::Poll;
@@ -159,11 +159,11 @@ pub struct ConnectionQuery {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnectionInfo {
     pub protocol: Protocol,
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     pub virtual_name: String,
-    pub virtual_addr: SocketAddrV4,
+    pub virtual_addr: SocketAddr,
     pub real: String,
-    pub real_addr: SocketAddrV4,
+    pub real_addr: SocketAddr,
     pub state: &'static str,
     pub age: Duration,
     pub idle: Duration,
@@ -208,7 +208,7 @@ fn connections(director: &Director, query: &ConnectionQuery, now: Duration) -> V
     let reals = director.reals();
     let virtual_name = |c: &Connection| {
         bindings
-            .virtual_by_address(*c.virtual_addr.ip())
+            .virtual_by_address(c.virtual_addr.ip())
             .and_then(|id| bindings.virtuals.get(id as usize))
             .map_or("", |vm| vm.name.as_str())
     };

@@ -9,7 +9,7 @@
 //! the name. Nothing here touches an interface.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -64,7 +64,7 @@ impl Plugins {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyUse {
     pub virtual_name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub policy: String,
@@ -203,7 +203,14 @@ fn bind_by_plugins(
                 .map(|port| (port.port, port.protocol))
                 .collect(),
         };
-        let out = binder.bind(&info, &reals).with_context(where_)?;
+        // A binder sees the real servers of the virtual address's family only: a binding cannot mix
+        // families, and the host refuses a layout naming a server it was not given.
+        let same_family: Vec<RealInfo> = reals
+            .iter()
+            .filter(|r| r.addr.is_ipv6() == vm.address.is_ipv6())
+            .cloned()
+            .collect();
+        let out = binder.bind(&info, &same_family).with_context(where_)?;
         let vm_ports = bindings.virtuals[virtual_id].ports.clone();
         for port_id in vm_ports {
             let port = &mut bindings.ports[port_id as usize];

@@ -7,7 +7,7 @@
 //! policies carry numbers, not names.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use hashbrown::HashMap;
@@ -25,9 +25,9 @@ pub struct BindingTable {
     /// Indexed by port id; a virtual machine's ports are contiguous and in config order.
     pub ports: Vec<VirtualPort>,
     /// Virtual address to `virtual_id`.
-    by_address: HashMap<u32, u32>,
+    by_address: HashMap<IpAddr, u32>,
     /// [`port_key`] to port id.
-    by_port: HashMap<u64, u32>,
+    by_port: HashMap<PortKey, u32>,
     /// Real server name to `real_id`.
     real_names: HashMap<String, u32>,
 }
@@ -36,7 +36,7 @@ pub struct BindingTable {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RealServer {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// Set when this object stands for one port of the machine.
     pub port: Option<u16>,
     /// 0 drains it.
@@ -52,7 +52,7 @@ pub struct RealServer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtualMachine {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// Whether the director answers ARP for the address.
     pub announce: bool,
     /// Port ids, exactly the supported ports.
@@ -94,13 +94,11 @@ pub enum Lookup {
     Port(u32),
 }
 
-/// Packs (address, protocol, port) into one integer key.
-fn port_key(addr: Ipv4Addr, protocol: Protocol, port: u16) -> u64 {
-    let protocol = match protocol {
-        Protocol::Tcp => 0u64,
-        Protocol::Udp => 1,
-    };
-    (u64::from(addr.to_bits()) << 17) | (protocol << 16) | u64::from(port)
+/// A virtual port's key: (address, protocol, port).
+type PortKey = (IpAddr, Protocol, u16);
+
+fn port_key(addr: IpAddr, protocol: Protocol, port: u16) -> PortKey {
+    (addr, protocol, port)
 }
 
 fn index(i: usize) -> u32 {
@@ -140,7 +138,7 @@ impl BindingTable {
         let mut by_port = HashMap::with_capacity(port_count);
         for (v, vm) in config.virtuals.iter().enumerate() {
             let virtual_id = index(v);
-            by_address.entry(vm.address.to_bits()).or_insert(virtual_id);
+            by_address.entry(vm.address).or_insert(virtual_id);
             let mut port_ids = Vec::with_capacity(vm.ports.len());
             for port in &vm.ports {
                 let port_id = index(ports.len());
@@ -194,19 +192,19 @@ impl BindingTable {
     }
 
     /// Per packet: is `addr` a virtual address, and does it support (`protocol`, `port`)?
-    pub fn lookup(&self, addr: Ipv4Addr, protocol: Protocol, port: u16) -> Lookup {
+    pub fn lookup(&self, addr: IpAddr, protocol: Protocol, port: u16) -> Lookup {
         if let Some(&port_id) = self.by_port.get(&port_key(addr, protocol, port)) {
             return Lookup::Port(port_id);
         }
-        match self.by_address.get(&addr.to_bits()) {
+        match self.by_address.get(&addr) {
             Some(&virtual_id) => Lookup::UnsupportedPort { virtual_id },
             None => Lookup::NotVirtual,
         }
     }
 
     /// The `virtual_id` of the virtual machine at `addr`.
-    pub fn virtual_by_address(&self, addr: Ipv4Addr) -> Option<u32> {
-        self.by_address.get(&addr.to_bits()).copied()
+    pub fn virtual_by_address(&self, addr: IpAddr) -> Option<u32> {
+        self.by_address.get(&addr).copied()
     }
 
     /// The `real_id` of the real server called `name`.
@@ -329,7 +327,7 @@ mod tests {
     #[test]
     fn lookup_answers() {
         let t = fig3();
-        let site1: Ipv4Addr = "192.0.2.1".parse().unwrap();
+        let site1: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(
             t.lookup("10.20.0.10".parse().unwrap(), Protocol::Tcp, 80),
             Lookup::NotVirtual

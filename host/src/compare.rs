@@ -8,7 +8,7 @@
 //! configured folder). A run is independent: its own plugin host, director and clock.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -62,7 +62,7 @@ pub struct PolicyRun {
     pub mean_call_us: f64,
     /// The real server it chose, by (client, virtual address).
     #[serde(skip)]
-    pub placed: HashMap<(SocketAddrV4, SocketAddrV4), String>,
+    pub placed: HashMap<(SocketAddr, SocketAddr), String>,
 }
 
 /// How often two policies chose the same real server for the connections both opened.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -108,7 +108,8 @@ pub struct DirectorConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RealConfig {
     pub name: String,
-    pub address: Ipv4Addr,
+    /// IPv4 or IPv6.
+    pub address: IpAddr,
     /// When set, this object stands for that one port of the machine.
     pub port: Option<u16>,
     /// Share of new connections; 0 drains the server.
@@ -151,7 +152,8 @@ pub enum CheckKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtualConfig {
     pub name: String,
-    pub address: Ipv4Addr,
+    /// IPv4 or IPv6.
+    pub address: IpAddr,
     /// Built-in policy or plugin name for ports that don't name their own.
     pub policy: String,
     pub policy_args: BTreeMap<String, String>,
@@ -855,6 +857,23 @@ impl Checker<'_> {
                         );
                         None
                     }
+                    Some(&j) if reals[j].address.is_ipv6() != reals[i].address.is_ipv6() => {
+                        self.report(
+                            backup.span(),
+                            key,
+                            format!(
+                                "backup \"{}\" ({}) is {}, \"{}\" ({}) is {}: a backup serves the same virtual \
+                                 addresses, so it must be of the same address family",
+                                reals[j].name,
+                                reals[j].address,
+                                family(reals[j].address),
+                                reals[i].name,
+                                reals[i].address,
+                                family(reals[i].address),
+                            ),
+                        );
+                        None
+                    }
                     Some(&j) => Some(j),
                 }
             })
@@ -985,7 +1004,7 @@ impl Checker<'_> {
             .rev()
             .map(|(i, r)| (r.name.as_str(), i))
             .collect();
-        let real_addresses: HashMap<Ipv4Addr, usize> = reals
+        let real_addresses: HashMap<IpAddr, usize> = reals
             .iter()
             .enumerate()
             .rev()
@@ -993,7 +1012,7 @@ impl Checker<'_> {
             .map(|(i, r)| (r.address, i))
             .collect();
         let mut names: HashMap<String, usize> = HashMap::new();
-        let mut addresses: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut addresses: HashMap<IpAddr, usize> = HashMap::new();
         let mut virtuals = Vec::with_capacity(raws.len());
         for (i, raw_span) in raws.iter().enumerate() {
             let raw = raw_span.get_ref();
@@ -1052,7 +1071,7 @@ impl Checker<'_> {
             let virtual_bind = raw
                 .bind
                 .as_ref()
-                .map(|b| self.bind_list(b, &format!("{key}.bind"), &real_index, reals));
+                .map(|b| self.bind_list(b, &format!("{key}.bind"), address, &real_index, reals));
             if raw.port.is_empty() {
                 self.report(
                     raw_span.span(),
@@ -1106,10 +1125,9 @@ impl Checker<'_> {
                         seen.insert((protocol, number), j);
                     }
                 }
-                let port_bind = p
-                    .bind
-                    .as_ref()
-                    .map(|b| self.bind_list(b, &format!("{pkey}.bind"), &real_index, reals));
+                let port_bind = p.bind.as_ref().map(|b| {
+                    self.bind_list(b, &format!("{pkey}.bind"), address, &real_index, reals)
+                });
                 match port_bind.as_ref().or(virtual_bind.as_ref()) {
                     Some(entries) if number != 0 => self.targets(entries, number, reals),
                     Some(_) => {}
@@ -1167,12 +1185,13 @@ impl Checker<'_> {
         virtuals
     }
 
-    /// Parses each `"REAL"` / `"REAL:PORT"` entry and checks it names a defined real server whose fixed
-    /// port, if any, agrees.
+    /// Parses each `"REAL"` / `"REAL:PORT"` entry and checks it names a defined real server of the
+    /// virtual address's family whose fixed port, if any, agrees.
     fn bind_list(
         &mut self,
         list: &Spanned<Vec<Spanned<String>>>,
         key: &str,
+        virtual_address: IpAddr,
         real_index: &HashMap<&str, usize>,
         reals: &[RealConfig],
     ) -> Vec<BindEntry> {
@@ -1213,6 +1232,22 @@ impl Checker<'_> {
                     format!("\"{real}\" is not a defined real server"),
                 ),
                 Some(r) => {
+                    if !virtual_address.is_unspecified()
+                        && !reals[r].address.is_unspecified()
+                        && virtual_address.is_ipv6() != reals[r].address.is_ipv6()
+                    {
+                        self.report(
+                            item.span(),
+                            &ekey,
+                            format!(
+                                "real server \"{real}\" ({}) is {}, virtual address {virtual_address} is {}: a binding \
+                                 cannot mix address families (vipd does no NAT64)",
+                                reals[r].address,
+                                family(reals[r].address),
+                                family(virtual_address),
+                            ),
+                        );
+                    }
                     if let (Some(fixed), Some(asked)) = (reals[r].port, port)
                         && fixed != asked
                     {
@@ -1307,24 +1342,25 @@ impl Checker<'_> {
         }
     }
 
-    fn address(&mut self, raw: &Text, table: &Range<usize>, key: &str) -> Ipv4Addr {
+    fn address(&mut self, raw: &Text, table: &Range<usize>, key: &str) -> IpAddr {
+        let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let Some(a) = raw else {
-            self.report(table.clone(), key, "required: an IPv4 address");
-            return Ipv4Addr::UNSPECIFIED;
+            self.report(table.clone(), key, "required: an IPv4 or IPv6 address");
+            return unspecified;
         };
-        match a.get_ref().parse::<Ipv4Addr>() {
-            Ok(addr) if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() => {
+        match a.get_ref().parse::<IpAddr>() {
+            Ok(addr) if !is_host_address(addr) => {
                 self.report(a.span(), key, format!("{addr} cannot be a host address"));
-                Ipv4Addr::UNSPECIFIED
+                unspecified
             }
             Ok(addr) => addr,
             Err(_) => {
                 self.report(
                     a.span(),
                     key,
-                    format!("\"{}\" is not an IPv4 address", a.get_ref()),
+                    format!("\"{}\" is not an IPv4 or IPv6 address", a.get_ref()),
                 );
-                Ipv4Addr::UNSPECIFIED
+                unspecified
             }
         }
     }
@@ -1429,6 +1465,20 @@ fn value_key_at(value: &DeValue<'_>, offset: usize) -> Option<String> {
 
 /// Names of real servers, virtual machines and plugins: they appear in bind entries, metric labels and
 /// file names, so no ':' , '/' or spaces.
+/// "IPv4" or "IPv6", for messages.
+pub fn family(addr: IpAddr) -> &'static str {
+    if addr.is_ipv6() { "IPv6" } else { "IPv4" }
+}
+
+/// Whether `addr` can be a virtual or real server's address: not unspecified, multicast or broadcast, and
+/// for IPv6 not an IPv4-mapped address (vipd does no NAT64: an IPv4 server is written as IPv4).
+fn is_host_address(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => !(a.is_unspecified() || a.is_broadcast() || a.is_multicast()),
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast() || a.to_ipv4_mapped().is_some()),
+    }
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -1908,7 +1958,7 @@ policy_args = { x = "y" }
             (
                 "address = \"10.0.0.300\"",
                 "real[0].address",
-                "not an IPv4 address",
+                "not an IPv4 or IPv6 address",
             ),
             (
                 "address = \"255.255.255.255\"",
@@ -2039,11 +2089,54 @@ policy_args = { x = "y" }
             "{ONE_REAL}[[virtual]]\nname = \"v\"\naddress = \"192.0.2\"\nbind = [\"a\"]\nannounce = \"bgp\"\npolicy = \"../evil\"\n\
              [[virtual.port]]\nport = 0\nprotocol = \"sctp\"\n"
         ));
-        assert_problem(&text, 9, "virtual[0].address", "not an IPv4 address");
+        assert_problem(
+            &text,
+            9,
+            "virtual[0].address",
+            "not an IPv4 or IPv6 address",
+        );
         assert_problem(&text, 11, "virtual[0].announce", "not an announce mode");
         assert_problem(&text, 12, "virtual[0].policy", "not a policy name");
         assert_problem(&text, 14, "virtual[0].port[0].port", "not a port number");
         assert_problem(&text, 15, "virtual[0].port[0].protocol", "not a protocol");
+    }
+
+    /// IPv6 addresses are accepted for virtual machines and real servers; a binding or a backup that
+    /// mixes families, and addresses no host can have, are refused naming both ends.
+    #[test]
+    fn ipv6_addresses_and_families() {
+        let ok = with_director(
+            "[[real]]\nname = \"a6\"\naddress = \"2001:db8:1::1\"\nbackup = \"b6\"\n\
+             [[real]]\nname = \"b6\"\naddress = \"2001:db8:1::2\"\n\
+             [[virtual]]\nname = \"v6\"\naddress = \"2001:db8:f::1\"\nbind = [\"a6\"]\n[[virtual.port]]\nport = 80\n",
+        );
+        let config = Config::parse(&ok, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.virtuals[0].address,
+            "2001:db8:f::1".parse::<IpAddr>().unwrap()
+        );
+
+        let mixed = with_director(
+            "[[real]]\nname = \"a\"\naddress = \"10.0.0.1\"\nbackup = \"b6\"\n\
+             [[real]]\nname = \"b6\"\naddress = \"2001:db8:1::2\"\n\
+             [[virtual]]\nname = \"v6\"\naddress = \"2001:db8:f::1\"\nbind = [\"a\"]\n[[virtual.port]]\nport = 80\n",
+        );
+        assert_problem(
+            &mixed,
+            7,
+            "real[0].backup",
+            "must be of the same address family",
+        );
+        assert_problem(
+            &mixed,
+            14,
+            "virtual[0].bind[0]",
+            "real server \"a\" (10.0.0.1) is IPv4, virtual address 2001:db8:f::1 is IPv6",
+        );
+        for bad in ["ff02::1", "::", "::ffff:10.0.0.1"] {
+            let text = with_director(&format!("[[real]]\nname = \"a\"\naddress = \"{bad}\"\n"));
+            assert_problem(&text, 6, "real[0].address", "cannot be a host address");
+        }
     }
 
     /// Several problems in one file are all reported, in file order.

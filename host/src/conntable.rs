@@ -23,7 +23,7 @@
 
 use std::hash::BuildHasher;
 use std::mem::size_of;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -124,11 +124,11 @@ impl ConnState {
 pub struct Connection {
     pub protocol: Protocol,
     /// The client's address and port as seen on the outside interface.
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     /// The virtual address and port the client connected to.
-    pub virtual_addr: SocketAddrV4,
+    pub virtual_addr: SocketAddr,
     /// The real server address and port the connection was given to.
-    pub real: SocketAddrV4,
+    pub real: SocketAddr,
     /// Frames back to the client go to the MAC its frames came from.
     pub client_mac: crate::wire::MacAddr,
     /// Index of the real server in the binding table.
@@ -171,11 +171,11 @@ pub struct Proxied {
 }
 
 impl Connection {
-    fn inbound_key(&self) -> u128 {
+    fn inbound_key(&self) -> Key {
         inbound_key(self.protocol, self.client, self.virtual_addr)
     }
 
-    fn outbound_key(&self) -> u128 {
+    fn outbound_key(&self) -> Key {
         outbound_key(self.protocol, self.real, self.client)
     }
 }
@@ -267,16 +267,15 @@ fn nanos(t: Duration) -> u64 {
     t.as_nanos().min(MAX_NANOS as u128) as u64
 }
 
-fn addr_bits(a: SocketAddrV4) -> u128 {
-    ((u32::from(*a.ip()) as u128) << 16) | a.port() as u128
+/// A lookup key: the protocol and the two ends a frame of one direction carries (either family).
+type Key = (Protocol, SocketAddr, SocketAddr);
+
+fn inbound_key(protocol: Protocol, client: SocketAddr, virtual_addr: SocketAddr) -> Key {
+    (protocol, client, virtual_addr)
 }
 
-fn inbound_key(protocol: Protocol, client: SocketAddrV4, virtual_addr: SocketAddrV4) -> u128 {
-    ((protocol as u128) << 96) | (addr_bits(client) << 48) | addr_bits(virtual_addr)
-}
-
-fn outbound_key(protocol: Protocol, real: SocketAddrV4, client: SocketAddrV4) -> u128 {
-    ((protocol as u128) << 96) | (addr_bits(real) << 48) | addr_bits(client)
+fn outbound_key(protocol: Protocol, real: SocketAddr, client: SocketAddr) -> Key {
+    (protocol, real, client)
 }
 
 /// The connection objects of the director, preallocated for `capacity` connections.
@@ -373,8 +372,8 @@ impl ConnTable {
     pub fn lookup_inbound(
         &self,
         protocol: Protocol,
-        client: SocketAddrV4,
-        virtual_addr: SocketAddrV4,
+        client: SocketAddr,
+        virtual_addr: SocketAddr,
     ) -> Option<ConnId> {
         let key = inbound_key(protocol, client, virtual_addr);
         self.inbound
@@ -388,8 +387,8 @@ impl ConnTable {
     pub fn lookup_outbound(
         &self,
         protocol: Protocol,
-        real: SocketAddrV4,
-        client: SocketAddrV4,
+        real: SocketAddr,
+        client: SocketAddr,
     ) -> Option<ConnId> {
         let key = outbound_key(protocol, real, client);
         self.outbound
@@ -506,7 +505,7 @@ impl ConnTable {
     pub fn retarget(
         &mut self,
         id: ConnId,
-        real: SocketAddrV4,
+        real: SocketAddr,
         real_id: u32,
     ) -> Result<(), InsertError> {
         let old = self.entries[id as usize].conn;
@@ -699,7 +698,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     const SYN: Duration = Duration::from_secs(10);
     const EST: Duration = Duration::from_secs(900);
@@ -720,8 +719,8 @@ mod tests {
         Duration::from_secs(s)
     }
 
-    fn addr(ip: [u8; 4], port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(ip), port)
+    fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)
     }
 
     /// A connection from client port `c` to VIP 192.0.2.1:`v`, given to 10.0.0.1:`r`.
@@ -1074,7 +1073,7 @@ mod tests {
     /// The entry stays compact (see docs for bytes per connection).
     #[test]
     fn entry_is_compact() {
-        const { assert!(ENTRY_SIZE <= 128) };
+        const { assert!(ENTRY_SIZE <= 192) };
         println!(
             "entry {ENTRY_SIZE} bytes, connection {} bytes",
             size_of::<Connection>()

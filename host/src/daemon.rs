@@ -63,10 +63,10 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let outside =
         ifcheck::check(&config.director.outside, offloads).context("outside interface")?;
     let inside = ifcheck::check(&config.director.inside, offloads).context("inside interface")?;
-    if ifcheck::ip_forward_enabled().unwrap_or(false) {
+    for sysctl in ifcheck::forwarding_enabled() {
         tracing::warn!(
-            "net.ipv4.ip_forward=1 in this namespace: the kernel will forward a second copy of every packet; \
-             set it to 0 (sysctl -w net.ipv4.ip_forward=0)"
+            "{sysctl}=1 in this namespace: the kernel will forward a second copy of every packet; \
+             set it to 0 (sysctl -w {sysctl}=0)"
         );
     }
     let l2 = Layer2 {

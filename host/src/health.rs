@@ -10,7 +10,7 @@
 //! [`Checker`] stops and joins its threads when dropped (within one probe timeout).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -101,10 +101,12 @@ pub fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Result<()
     stream
         .set_write_timeout(Some(left("write")?))
         .map_err(|e| format!("write: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: vipd-health\r\n\r\n",
-        addr.ip()
-    );
+    // RFC 3986 §3.2.2: an IPv6 literal in a Host header is bracketed.
+    let host = match addr.ip() {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("[{a}]"),
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: vipd-health\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
@@ -148,7 +150,7 @@ impl Checker {
             let Some(check) = real.check.clone() else {
                 continue;
             };
-            let target = SocketAddr::V4(SocketAddrV4::new(real.address, check.port));
+            let target = SocketAddr::new(real.address, check.port);
             let (name, stop, notify) = (real.name.clone(), Arc::clone(&stop), Arc::clone(&notify));
             let thread = std::thread::Builder::new()
                 .name(format!("vipd-check-{name}"))

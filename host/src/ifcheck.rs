@@ -194,12 +194,22 @@ pub fn disable_offloads(dev: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// True when `/proc/sys/net/ipv4/ip_forward` is 1 in this network namespace: the kernel would forward a
-/// second copy of frames addressed through the director.
-pub fn ip_forward_enabled() -> anyhow::Result<bool> {
-    let path = "/proc/sys/net/ipv4/ip_forward";
-    let v = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    Ok(v.trim() != "0")
+/// The forwarding switches that are on in this network namespace, by sysctl name
+/// (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`): with one on, the kernel would forward a second
+/// copy of the frames of that family addressed through the director. A switch that cannot be read (IPv6
+/// disabled) counts as off.
+pub fn forwarding_enabled() -> Vec<&'static str> {
+    [
+        ("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+        (
+            "net.ipv6.conf.all.forwarding",
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, path)| std::fs::read_to_string(path).is_ok_and(|v| v.trim() != "0"))
+    .map(|(name, _)| name)
+    .collect()
 }
 
 fn parse_mac(s: &str) -> anyhow::Result<MacAddr> {

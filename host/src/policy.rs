@@ -3,7 +3,7 @@
 //! The director asks a [`Selector`] once per new connection, never per packet. Built-in policies live here;
 //! the plugin host puts WebAssembly components behind the same trait.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use crate::wire::Protocol;
 
@@ -43,9 +43,9 @@ impl ServerState {
 /// A new connection waiting for a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NewConnection {
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     /// The virtual address and port the client asked for.
-    pub virtual_addr: SocketAddrV4,
+    pub virtual_addr: SocketAddr,
     pub protocol: Protocol,
     /// Index of the virtual machine in the binding table.
     pub virtual_id: u32,
@@ -57,7 +57,7 @@ pub struct Candidate {
     /// Index of the real server in the binding table.
     pub real_id: u32,
     /// Where the connection would go.
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub weight: u32,
     pub state: ServerState,
     /// Connections open now.
@@ -168,14 +168,14 @@ impl Selector for RoundRobin {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
 
     fn candidate(real_id: u32, weight: u32, state: ServerState) -> Candidate {
         Candidate {
             real_id,
-            target: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, real_id as u8), 80),
+            target: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, real_id as u8)), 80),
             weight,
             state,
             active: 0,
@@ -187,8 +187,8 @@ mod tests {
 
     fn conn() -> NewConnection {
         NewConnection {
-            client: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 40000),
-            virtual_addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80),
+            client: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 40000),
+            virtual_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 80),
             protocol: Protocol::Tcp,
             virtual_id: 0,
         }

@@ -6,7 +6,7 @@
 //! requests, gratuitous ARP) is written too, stamped with the time of the frame that preceded it.
 
 use std::fmt::Write as _;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,9 +47,9 @@ pub struct Event {
 /// A connection a frame opened: who, to which virtual port, and the real server the policy chose.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Opened {
-    pub client: SocketAddrV4,
-    pub virtual_addr: SocketAddrV4,
-    pub real: SocketAddrV4,
+    pub client: SocketAddr,
+    pub virtual_addr: SocketAddr,
+    pub real: SocketAddr,
     /// The real server's name in the config.
     pub real_name: String,
 }
@@ -119,8 +119,8 @@ pub fn replay(
             let (sport, dport) = p.ports()?;
             Some((
                 protocol,
-                SocketAddrV4::new(p.src, sport),
-                SocketAddrV4::new(p.dst, dport),
+                SocketAddr::new(p.src, sport),
+                SocketAddr::new(p.dst, dport),
             ))
         });
         let verdict = director.handle(from, &mut buf, time);
@@ -274,8 +274,8 @@ pub fn describe(frame: &[u8]) -> String {
             let _ = write!(
                 s,
                 "TCP {} > {} [{}]",
-                SocketAddrV4::new(p.src, src_port),
-                SocketAddrV4::new(p.dst, dst_port),
+                SocketAddr::new(p.src, src_port),
+                SocketAddr::new(p.dst, dst_port),
                 f
             );
             s
@@ -283,8 +283,8 @@ pub fn describe(frame: &[u8]) -> String {
         Transport::Udp { src_port, dst_port } => {
             format!(
                 "UDP {} > {}",
-                SocketAddrV4::new(p.src, src_port),
-                SocketAddrV4::new(p.dst, dst_port)
+                SocketAddr::new(p.src, src_port),
+                SocketAddr::new(p.dst, dst_port)
             )
         }
         Transport::Icmp(icmp) => format!("ICMP {} > {} {:?}", p.src, p.dst, icmp),

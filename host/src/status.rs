@@ -3,7 +3,7 @@
 //! Pure: no I/O.
 
 use std::fmt::{self, Write as _};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,7 @@ pub struct Status {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VirtualStatus {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub ports: Vec<PortStatus>,
 }
 
@@ -64,7 +64,7 @@ pub struct BindingStatus {
     /// The real server's name.
     pub real: String,
     /// Where its connections go.
-    pub address: Option<SocketAddrV4>,
+    pub address: Option<SocketAddr>,
     pub port: u16,
     pub active: u32,
     pub total: u64,
@@ -73,7 +73,7 @@ pub struct BindingStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RealStatus {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub state: ServerState,
     pub weight: u32,
     pub active: u32,
@@ -132,7 +132,7 @@ impl Status {
                                 let f = s.flow(port_id, t.real_id as usize);
                                 BindingStatus {
                                     real: real.map_or_else(String::new, |r| r.name.clone()),
-                                    address: real.map(|r| SocketAddrV4::new(r.address, t.port)),
+                                    address: real.map(|r| SocketAddr::new(r.address, t.port)),
                                     port: t.port,
                                     active: f.active,
                                     total: f.total,

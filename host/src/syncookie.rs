@@ -19,8 +19,8 @@
 //! restarted director does not accept the cookies of the one before, whose SYN-ACKs the clients answer
 //! within seconds anyway.
 
-use std::hash::{BuildHasher, Hasher, RandomState};
-use std::net::SocketAddrV4;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::wire::SynOptions;
@@ -50,18 +50,11 @@ impl CookieKey {
         CookieKey(RandomState::new())
     }
 
-    fn hash(
-        &self,
-        client: SocketAddrV4,
-        virt: SocketAddrV4,
-        isn: u32,
-        slot: u64,
-        data: u32,
-    ) -> u32 {
+    fn hash(&self, client: SocketAddr, virt: SocketAddr, isn: u32, slot: u64, data: u32) -> u32 {
         let mut h = self.0.build_hasher();
-        h.write_u32(u32::from(*client.ip()));
+        client.ip().hash(&mut h);
         h.write_u16(client.port());
-        h.write_u32(u32::from(*virt.ip()));
+        virt.ip().hash(&mut h);
         h.write_u16(virt.port());
         h.write_u32(isn);
         h.write_u64(slot);
@@ -73,8 +66,8 @@ impl CookieKey {
     /// `now` (the director's clock).
     pub fn make(
         &self,
-        client: SocketAddrV4,
-        virt: SocketAddrV4,
+        client: SocketAddr,
+        virt: SocketAddr,
         isn: u32,
         options: &SynOptions,
         now: Duration,
@@ -88,8 +81,8 @@ impl CookieKey {
     /// not older than its slot and the next.
     pub fn check(
         &self,
-        client: SocketAddrV4,
-        virt: SocketAddrV4,
+        client: SocketAddr,
+        virt: SocketAddr,
         isn: u32,
         cookie: u32,
         now: Duration,
@@ -128,12 +121,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn addr(ip: [u8; 4], port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(ip.into(), port)
+    fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::new(ip.into(), port)
     }
 
-    const CLIENT: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 51, 100, 7), 40000);
-    const VIRT: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::new(192, 0, 2, 1), 80);
+    const CLIENT: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7)),
+        40000,
+    );
+    const VIRT: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        80,
+    );
 
     #[test]
     /// A cookie is accepted in its slot and the next, and not two slots later.

@@ -406,7 +406,7 @@ mod frames {
         // Neither TCP, UDP nor ICMP.
         v.push((e(&ip(GRE, DF, &[], &[0; 8])), Some("unsupported_protocol")));
         // Not IPv4.
-        v.push((eth(dst.0, src.0, 0x88b5, &[0xab; 46]), Some("not_ipv4")));
+        v.push((eth(dst.0, src.0, 0x88b5, &[0xab; 46]), Some("not_ip")));
         // Random bytes after a real Ethernet header, and random whole frames.
         v.push((e(&noise(7, 60)), None));
         v.push((noise(11, 64), None));
@@ -1041,7 +1041,7 @@ fn syn_proxy_serves_clients_and_spoofed_syns_open_nothing() {
             frame[tcp + 8..tcp + 12].copy_from_slice(&12345u32.to_be_bytes());
             frame[tcp + 16..tcp + 18].fill(0);
             let p = vipd::wire::parse(&frame).unwrap();
-            let pseudo = vipd::wire::checksum::pseudo_header_ipv4(p.src, p.dst, 6, 20);
+            let pseudo = vipd::wire::checksum::pseudo_header(p.src, p.dst, 6, 20).unwrap();
             let sum = vipd::wire::checksum::finish(vipd::wire::checksum::transport(
                 pseudo,
                 &frame[tcp..tcp + 20],

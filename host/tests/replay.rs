@@ -280,7 +280,7 @@ fn stray_and_malformed_frames_are_dropped() {
     assert_eq!(verdicts[2], Verdict::Drop(DropReason::Truncated));
     assert_eq!(verdicts[3], Verdict::Drop(DropReason::Fragment));
     assert_eq!(verdicts[4], Verdict::Drop(DropReason::BadIpHeader));
-    assert_eq!(verdicts[5], Verdict::Drop(DropReason::NotIpv4));
+    assert_eq!(verdicts[5], Verdict::Drop(DropReason::NotIp));
     assert!(matches!(verdicts[6], Verdict::Drop(_)), "random bytes");
     assert_eq!(
         verdicts[7],

@@ -112,7 +112,7 @@ impl Director {
                 .copied()
                 .unwrap_or(u32::MAX);
             conn.port_id = match bindings.lookup(
-                *conn.virtual_addr.ip(),
+                conn.virtual_addr.ip(),
                 conn.protocol,
                 conn.virtual_addr.port(),
             ) {

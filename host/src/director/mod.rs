@@ -17,7 +17,8 @@
 //!   its reason for [`Director::drain_events`]. The rules are in docs/failure-handling.md.
 //! - `synproxy.rs`: the SYN proxy (`[director] syn_proxy`): SYNs answered with cookies, a connection opened
 //!   only by a client's valid ACK, then joined to the server's handshake and translated for its lifetime.
-//! - `neighbours.rs`: Layer 2: ARP answers for virtual addresses, gratuitous ARP, the real servers' MACs.
+//! - `neighbours.rs`: Layer 2: ARP and neighbour discovery answers for virtual addresses, gratuitous ARP and
+//!   unsolicited neighbour advertisements, the real servers' MACs.
 //! - `stats.rs`: counters, drop reasons, and the [`Snapshot`] published for metrics and the admin API.
 //! - `install.rs`: putting a new binding table and its selectors in place (start and reload).
 //!
@@ -25,7 +26,7 @@
 //! this path panics on packet bytes.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +93,8 @@ pub struct Layer2 {
     pub outside_mac: MacAddr,
     pub inside_mac: MacAddr,
     /// Sender address of ARP requests for real servers; `0.0.0.0` (an ARP probe) when the inside has none.
-    pub inside_ip: Ipv4Addr,
+    /// Neighbour solicitations for IPv6 real servers come from the link-local address of `inside_mac`.
+    pub inside_ip: std::net::Ipv4Addr,
 }
 
 /// The packet path. See the module documentation.
@@ -105,7 +107,7 @@ pub struct Director {
     events: VecDeque<StateChange>,
     /// The latest `now` seen, for state changes made without one (a reload).
     now: Duration,
-    neighbours: HashMap<Ipv4Addr, Neighbour>,
+    neighbours: HashMap<IpAddr, Neighbour>,
     table: ConnTable,
     l2: Layer2,
     syn_retries: u8,

@@ -12,7 +12,7 @@
 //! Any other frame is dropped with its [`DropReason`]. No allocation, lock or plugin call happens here
 //! except through [`Director::select`], once per new connection.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::select::Ditch;
@@ -42,6 +42,10 @@ impl Director {
             Ok(p) => p,
             Err(e) => return Verdict::Drop(e.into()),
         };
+        // A solicitation for a virtual address goes to its solicited-node multicast address.
+        if let Transport::Icmp(Icmp::NeighbourSolicitation { target, mac }) = p.transport {
+            return self.solicited_outside(&p, target, mac);
+        }
         if self.bindings.virtual_by_address(p.dst).is_none() {
             return Verdict::Drop(DropReason::NotVirtual);
         }
@@ -68,17 +72,17 @@ impl Director {
             }
             Transport::Icmp(Icmp::Error { embedded, .. }) => {
                 // The error is about a packet the client side saw from us: virtual -> client.
-                let client = SocketAddrV4::new(embedded.dst, embedded.dst_port);
-                let virt = SocketAddrV4::new(embedded.src, embedded.src_port);
+                let client = SocketAddr::new(embedded.dst, embedded.dst_port);
+                let virt = SocketAddr::new(embedded.src, embedded.src_port);
                 let Some(id) = self.table.lookup_inbound(embedded.protocol, client, virt) else {
                     return Verdict::Drop(DropReason::NoConnection);
                 };
                 let conn = self.table.get(id);
                 let (real, proxy) = (conn.real, conn.proxy);
-                let Some(mac) = self.neighbour(*real.ip()) else {
+                let Some(mac) = self.neighbour(real.ip()) else {
                     return Verdict::Drop(DropReason::NoNeighbour);
                 };
-                wire::rewrite_icmp_error_inbound(frame, &p, *real.ip(), real);
+                wire::rewrite_icmp_error_inbound(frame, &p, real.ip(), real);
                 if let Some(px) = proxy {
                     // The quoted segment went out in the cookie's sequence space; the server knows its own.
                     wire::tcp::translate_quoted_seq(frame, &p, px.delta);
@@ -86,7 +90,11 @@ impl Director {
                 wire::set_macs(frame, self.l2.inside_mac, mac);
                 Verdict::Forward(Interface::Inside)
             }
-            Transport::Icmp(Icmp::Other) => Verdict::Drop(DropReason::Ignored),
+            Transport::Icmp(
+                Icmp::Other
+                | Icmp::NeighbourAdvertisement { .. }
+                | Icmp::NeighbourSolicitation { .. },
+            ) => Verdict::Drop(DropReason::Ignored),
         }
     }
 
@@ -101,8 +109,8 @@ impl Director {
         flags: TcpFlags,
         now: Duration,
     ) -> Verdict {
-        let client = SocketAddrV4::new(p.src, src_port);
-        let virt = SocketAddrV4::new(p.dst, dst_port);
+        let client = SocketAddr::new(p.src, src_port);
+        let virt = SocketAddr::new(p.dst, dst_port);
         if protocol == Protocol::Tcp && invalid_flags(flags) {
             return Verdict::Drop(DropReason::BadTcpFlags);
         }
@@ -196,7 +204,7 @@ impl Director {
                         if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), conn) {
                             f.syn_resends += 1;
                         }
-                        let real = *conn.real.ip();
+                        let real = conn.real.ip();
                         self.reask_neighbour(real);
                         id
                     }
@@ -226,10 +234,10 @@ impl Director {
         }
         let conn = self.table.get(id);
         let real = conn.real;
-        let Some(mac) = self.neighbour(*real.ip()) else {
+        let Some(mac) = self.neighbour(real.ip()) else {
             return Verdict::Drop(DropReason::NoNeighbour);
         };
-        wire::rewrite_destination(frame, p, *real.ip(), real.port());
+        wire::rewrite_destination(frame, p, real.ip(), real.port());
         wire::set_macs(frame, self.l2.inside_mac, mac);
         Verdict::Forward(Interface::Inside)
     }
@@ -242,8 +250,8 @@ impl Director {
         frame: &[u8],
         p: &Packet,
         protocol: Protocol,
-        client: SocketAddrV4,
-        virt: SocketAddrV4,
+        client: SocketAddr,
+        virt: SocketAddr,
         proxy: Option<Proxied>,
         now: Duration,
     ) -> Result<ConnId, Verdict> {
@@ -252,7 +260,7 @@ impl Director {
         if !wire::transport_checksum_ok(frame, p) {
             return Err(Verdict::Drop(DropReason::BadChecksum));
         }
-        let port_id = match self.bindings.lookup(*virt.ip(), protocol, virt.port()) {
+        let port_id = match self.bindings.lookup(virt.ip(), protocol, virt.port()) {
             Lookup::Port(id) => id,
             Lookup::UnsupportedPort { virtual_id } => {
                 return Err(self.refuse(
@@ -387,6 +395,12 @@ impl Director {
             Ok(p) => p,
             Err(e) => return Verdict::Drop(e.into()),
         };
+        if let Transport::Icmp(
+            Icmp::NeighbourAdvertisement { .. } | Icmp::NeighbourSolicitation { .. },
+        ) = p.transport
+        {
+            return self.ndp_inside(&p, now);
+        }
         let (protocol, src_port, dst_port, flags) = match p.transport {
             Transport::Tcp {
                 src_port,
@@ -399,14 +413,14 @@ impl Director {
             }
             Transport::Icmp(Icmp::Error { embedded, .. }) => {
                 // About a packet the server got from the client: client -> real.
-                let real = SocketAddrV4::new(embedded.dst, embedded.dst_port);
-                let client = SocketAddrV4::new(embedded.src, embedded.src_port);
+                let real = SocketAddr::new(embedded.dst, embedded.dst_port);
+                let client = SocketAddr::new(embedded.src, embedded.src_port);
                 let Some(id) = self.table.lookup_outbound(embedded.protocol, real, client) else {
                     return Verdict::Drop(DropReason::NoConnection);
                 };
                 let conn = self.table.get(id);
                 let (virt, client_mac) = (conn.virtual_addr, conn.client_mac);
-                let outer_src = (p.src == *real.ip()).then_some(*virt.ip());
+                let outer_src = (p.src == real.ip()).then_some(virt.ip());
                 wire::rewrite_icmp_error_outbound(frame, &p, outer_src, virt);
                 wire::set_macs(frame, self.l2.outside_mac, client_mac);
                 return Verdict::Forward(Interface::Outside);
@@ -416,8 +430,8 @@ impl Director {
         if protocol == Protocol::Tcp && invalid_flags(flags) {
             return Verdict::Drop(DropReason::BadTcpFlags);
         }
-        let real = SocketAddrV4::new(p.src, src_port);
-        let client = SocketAddrV4::new(p.dst, dst_port);
+        let real = SocketAddr::new(p.src, src_port);
+        let client = SocketAddr::new(p.dst, dst_port);
         let Some(id) = self.table.lookup_outbound(protocol, real, client) else {
             return Verdict::Drop(DropReason::NoConnection);
         };
@@ -441,7 +455,7 @@ impl Director {
         }
         let conn = self.table.get(id);
         let (virt, client_mac) = (conn.virtual_addr, conn.client_mac);
-        wire::rewrite_source(frame, &p, *virt.ip(), virt.port());
+        wire::rewrite_source(frame, &p, virt.ip(), virt.port());
         wire::set_macs(frame, self.l2.outside_mac, client_mac);
         Verdict::Forward(Interface::Outside)
     }

@@ -7,7 +7,7 @@
 //! combines them; every change is queued once, with its reason, for [`Director::drain_events`].
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,7 +135,7 @@ impl Health {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RealLive {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub state: ServerState,
     pub weight: u32,
     /// Connection objects in the table (closing ones included).

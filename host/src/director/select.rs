@@ -10,7 +10,7 @@
 //! When the chosen server ditches the connection (no SYN-ACK after `syn_retries` resends, or an RST to the
 //! SYN), [`Director::ditch`] counts it against the server and asks again with that server left out.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::Director;
@@ -40,7 +40,7 @@ impl Director {
         let old = conn.real_id;
         self.count_ditched(old as usize, now);
         let port_id = match self.bindings.lookup(
-            *conn.virtual_addr.ip(),
+            conn.virtual_addr.ip(),
             conn.protocol,
             conn.virtual_addr.port(),
         ) {
@@ -96,12 +96,12 @@ impl Director {
     pub(super) fn select(
         &mut self,
         port_id: u32,
-        client: SocketAddrV4,
-        virt: SocketAddrV4,
+        client: SocketAddr,
+        virt: SocketAddr,
         protocol: Protocol,
         exclude: Option<u32>,
         now: Duration,
-    ) -> Option<(u32, SocketAddrV4)> {
+    ) -> Option<(u32, SocketAddr)> {
         let bindings = &self.bindings;
         let port = bindings.ports.get(port_id as usize)?;
         self.candidates.clear();
@@ -137,7 +137,7 @@ impl Director {
             };
             self.candidates.push(Candidate {
                 real_id,
-                target: SocketAddrV4::new(live.address, target_port),
+                target: SocketAddr::new(live.address, target_port),
                 weight,
                 state: if exclude == Some(real_id) {
                     ServerState::Failed

@@ -23,7 +23,8 @@ pub(super) const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumCount, VariantArray, IntoStaticStr)]
 #[strum(serialize_all = "snake_case")]
 pub enum DropReason {
-    NotIpv4,
+    NotIp,
+    ExtensionHeader,
     Truncated,
     BadIpHeader,
     BadIpChecksum,
@@ -73,11 +74,12 @@ impl DropReason {
 impl From<wire::Error> for DropReason {
     fn from(e: wire::Error) -> DropReason {
         match e {
-            wire::Error::NotIpv4 => DropReason::NotIpv4,
+            wire::Error::NotIp => DropReason::NotIp,
             wire::Error::Truncated => DropReason::Truncated,
             wire::Error::BadIpHeader => DropReason::BadIpHeader,
             wire::Error::BadIpChecksum => DropReason::BadIpChecksum,
             wire::Error::Fragment => DropReason::Fragment,
+            wire::Error::ExtensionHeader => DropReason::ExtensionHeader,
             wire::Error::UnsupportedProtocol => DropReason::UnsupportedProtocol,
             wire::Error::BadTcpHeader => DropReason::BadTcpHeader,
             wire::Error::BadUdpHeader => DropReason::BadUdpHeader,

@@ -29,7 +29,7 @@
 //! `syn_retries` of them, or an RST from the server, the connection is ditched and re-given; when no server
 //! can take it the client gets an RST.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::path::MIN_SYN_RESEND;
@@ -90,8 +90,8 @@ impl Director {
         &mut self,
         frame: &[u8],
         p: &Packet,
-        client: SocketAddrV4,
-        virt: SocketAddrV4,
+        client: SocketAddr,
+        virt: SocketAddr,
         seq: u32,
         now: Duration,
     ) -> Verdict {
@@ -101,7 +101,7 @@ impl Director {
         if !wire::transport_checksum_ok(frame, p) {
             return Verdict::Drop(DropReason::BadChecksum);
         }
-        match self.bindings.lookup(*virt.ip(), Protocol::Tcp, virt.port()) {
+        match self.bindings.lookup(virt.ip(), Protocol::Tcp, virt.port()) {
             Lookup::Port(_) => {}
             Lookup::UnsupportedPort { virtual_id } => {
                 return self.refuse(
@@ -146,8 +146,8 @@ impl Director {
         &mut self,
         frame: &[u8],
         p: &Packet,
-        client: SocketAddrV4,
-        virt: SocketAddrV4,
+        client: SocketAddr,
+        virt: SocketAddr,
         seq: u32,
         ack: u32,
         now: Duration,
@@ -189,7 +189,7 @@ impl Director {
         let Some(px) = conn.proxy else {
             return Verdict::Drop(DropReason::Ignored);
         };
-        let Some(mac) = self.neighbour(*conn.real.ip()) else {
+        let Some(mac) = self.neighbour(conn.real.ip()) else {
             return Verdict::Drop(DropReason::NoNeighbour);
         };
         let syn = Segment {
@@ -210,7 +210,7 @@ impl Director {
 
     /// The ACK that completes the server's handshake: from the client, acknowledging the server's ISN.
     fn ack_to_server(&mut self, conn: &Connection, px: &Proxied, server_isn: u32) -> bool {
-        let Some(mac) = self.neighbour(*conn.real.ip()) else {
+        let Some(mac) = self.neighbour(conn.real.ip()) else {
             return false;
         };
         let t = px.inbound();
@@ -268,10 +268,10 @@ impl Director {
         }
         self.table.touch(id, now);
         self.track_client_flags(id, flags, now);
-        let Some(mac) = self.neighbour(*conn.real.ip()) else {
+        let Some(mac) = self.neighbour(conn.real.ip()) else {
             return Verdict::Drop(DropReason::NoNeighbour);
         };
-        wire::rewrite_destination(frame, p, *conn.real.ip(), conn.real.port());
+        wire::rewrite_destination(frame, p, conn.real.ip(), conn.real.port());
         tcp::translate(frame, p, &px.inbound());
         wire::set_macs(frame, self.l2.inside_mac, mac);
         Verdict::Forward(Interface::Inside)
@@ -303,7 +303,7 @@ impl Director {
         } else {
             let c = self.table.get_mut(id);
             c.syn_resends = c.syn_resends.saturating_add(1);
-            self.reask_neighbour(*conn.real.ip());
+            self.reask_neighbour(conn.real.ip());
         }
         self.table.touch(id, now);
         self.syn_to_server(id)
@@ -345,7 +345,7 @@ impl Director {
             // The SYN-ACK's window is unscaled (RFC 7323 §2.2); the client applies the announced scale.
             let window = tcp::window(frame, p).unwrap_or(0);
             let window = tcp::rescale_window(window, 0, px.announced_wscale);
-            wire::rewrite_source(frame, p, *conn.virtual_addr.ip(), conn.virtual_addr.port());
+            wire::rewrite_source(frame, p, conn.virtual_addr.ip(), conn.virtual_addr.port());
             tcp::synack_to_ack(frame, p, px.cookie.wrapping_add(1), window);
             wire::set_macs(frame, self.l2.outside_mac, conn.client_mac);
             return if self.ack_to_server(&conn, &px, seq) {
@@ -375,7 +375,7 @@ impl Director {
         }
         self.table.touch(id, now);
         self.track_server_flags(id, flags, now);
-        wire::rewrite_source(frame, p, *conn.virtual_addr.ip(), conn.virtual_addr.port());
+        wire::rewrite_source(frame, p, conn.virtual_addr.ip(), conn.virtual_addr.port());
         tcp::translate(frame, p, &px.outbound());
         wire::set_macs(frame, self.l2.outside_mac, conn.client_mac);
         Verdict::Forward(Interface::Outside)
@@ -384,7 +384,15 @@ impl Director {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// The octets of an IPv4 test address.
+    fn v4(a: IpAddr) -> [u8; 4] {
+        match a {
+            IpAddr::V4(a) => a.octets(),
+            IpAddr::V6(_) => panic!("an IPv4 test address"),
+        }
+    }
     use std::path::Path;
 
     use etherparse::{PacketBuilder, TcpOptionElement, TcpSlice};
@@ -402,9 +410,9 @@ mod tests {
     };
     const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
     const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
-    const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40000);
-    const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80);
-    const REAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 8080);
+    const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)), 40000);
+    const VIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 80);
+    const REAL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 8080);
 
     /// The SYN proxy on, and `extra` `[director]` lines.
     fn director(extra: &str) -> Director {
@@ -431,9 +439,9 @@ mod tests {
         payload: &'a [u8],
     }
 
-    fn frame(from: SocketAddrV4, to: SocketAddrV4, macs: ([u8; 6], [u8; 6]), t: Tcp) -> Vec<u8> {
+    fn frame(from: SocketAddr, to: SocketAddr, macs: ([u8; 6], [u8; 6]), t: Tcp) -> Vec<u8> {
         let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
-            .ipv4(from.ip().octets(), to.ip().octets(), 64)
+            .ipv4(v4(from.ip()), v4(to.ip()), 64)
             .tcp(from.port(), to.port(), t.seq, t.window);
         if t.syn {
             b = b.syn();
@@ -456,7 +464,7 @@ mod tests {
     }
 
     /// The parsed TCP header of a frame the director sent; its checksum must verify.
-    fn tcp_of(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4, etherparse::TcpHeader) {
+    fn tcp_of(frame: &[u8]) -> (SocketAddr, SocketAddr, etherparse::TcpHeader) {
         let p = wire::parse(frame).expect("a frame the director sent parses");
         assert!(wire::transport_checksum_ok(frame, &p), "checksum of {p:?}");
         let t = TcpSlice::from_slice(&frame[p.l4..p.end]).unwrap();
@@ -467,8 +475,8 @@ mod tests {
             panic!("not TCP")
         };
         (
-            SocketAddrV4::new(p.src, src_port),
-            SocketAddrV4::new(p.dst, dst_port),
+            SocketAddr::new(p.src, src_port),
+            SocketAddr::new(p.dst, dst_port),
             t.to_header(),
         )
     }
@@ -658,7 +666,7 @@ mod tests {
         let quoted = &data[14..14 + 40];
         let mut icmp = Vec::new();
         PacketBuilder::ethernet2(CLIENT_MAC, L2.outside_mac.0)
-            .ipv4([198, 51, 100, 254], VIP.ip().octets(), 64)
+            .ipv4([198, 51, 100, 254], v4(VIP.ip()), 64)
             .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
                 etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
                     next_hop_mtu: 1280,
@@ -763,7 +771,7 @@ mod tests {
         let now = Duration::from_secs(100);
         let from = |port: u16, seq: u32, ack: Option<u32>| {
             frame(
-                SocketAddrV4::new(*CLIENT.ip(), port),
+                SocketAddr::new(CLIENT.ip(), port),
                 VIP,
                 (CLIENT_MAC, L2.outside_mac.0),
                 Tcp {

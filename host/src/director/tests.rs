@@ -4,7 +4,7 @@ use std::path::Path;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use super::*;
 use crate::conntable::{ConnState, Timeouts};
@@ -83,7 +83,10 @@ fn client(vip: Ipv4Addr, cport: u16, syn: bool, rst: bool) -> Vec<u8> {
 }
 
 /// A TCP frame from a real server port to the client: SYN-ACK, or RST-ACK.
-fn server(real: SocketAddrV4, cport: u16, rst: bool) -> Vec<u8> {
+fn server(real: SocketAddr, cport: u16, rst: bool) -> Vec<u8> {
+    let SocketAddr::V4(real) = real else {
+        panic!("an IPv4 real server");
+    };
     let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 2, 9], L2.inside_mac.0)
         .ipv4(real.ip().octets(), CLIENT.octets(), 64)
         .tcp(real.port(), cport, 5000, 64240)
@@ -95,19 +98,19 @@ fn server(real: SocketAddrV4, cport: u16, rst: bool) -> Vec<u8> {
 }
 
 /// (destination, TCP flags syn/ack/rst) of a frame.
-fn dest(frame: &[u8]) -> (SocketAddrV4, (bool, bool, bool)) {
+fn dest(frame: &[u8]) -> (SocketAddr, (bool, bool, bool)) {
     let p = SlicedPacket::from_ethernet(frame).unwrap();
     let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) = (&p.net, &p.transport) else {
         panic!("not TCP/IPv4");
     };
     (
-        SocketAddrV4::new(ip.header().destination_addr(), t.destination_port()),
+        SocketAddr::from((ip.header().destination_addr(), t.destination_port())),
         (t.syn(), t.ack(), t.rst()),
     )
 }
 
 /// Sends a client SYN; returns the real server it was forwarded to.
-fn syn_to(d: &mut Director, vip: Ipv4Addr, cport: u16, now: Duration) -> SocketAddrV4 {
+fn syn_to(d: &mut Director, vip: Ipv4Addr, cport: u16, now: Duration) -> SocketAddr {
     let mut f = client(vip, cport, true, false);
     assert_eq!(
         d.handle(Interface::Outside, &mut f, now),
@@ -127,8 +130,8 @@ fn events(d: &mut Director) -> Vec<(String, ServerState, ServerState, StateReaso
         .collect()
 }
 
-fn addr(last: u8, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), port)
+fn addr(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, 0, last), port))
 }
 
 /// After `syn_retries` resends without a SYN-ACK, the next SYN goes to another server; the first
@@ -146,7 +149,7 @@ fn binding_weight_overrides_real_weight() {
         });
     }
     let mut d = Director::new(&config, bindings, L2);
-    let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80);
+    let a = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 80));
     for port in 0..8 {
         assert_eq!(
             syn_to(&mut d, WEB, 2000 + port, secs(0)),
@@ -168,7 +171,7 @@ fn ditch_after_syn_retries_reselects() {
     let second = syn_to(&mut d, WEB, 1000, secs(3));
     assert_ne!(second, first, "ditched: re-given to another server");
     assert_eq!((d.counters().ditched, d.counters().reselected), (1, 1));
-    let first_name = d.reals().iter().find(|r| r.address == *first.ip()).unwrap();
+    let first_name = d.reals().iter().find(|r| r.address == first.ip()).unwrap();
     assert_eq!(first_name.ditched, 1);
     assert_eq!(first_name.state, ServerState::Up, "threshold is 2");
     assert_eq!(
@@ -180,7 +183,7 @@ fn ditch_after_syn_retries_reselects() {
         d.handle(Interface::Inside, &mut synack, secs(3)),
         Verdict::Forward(Interface::Outside)
     );
-    assert_eq!(dest(&synack).0, SocketAddrV4::new(CLIENT, 1000));
+    assert_eq!(dest(&synack).0, SocketAddr::from((CLIENT, 1000)));
     // The new server counts one active connection, the old one none.
     let active: u32 = d.reals().iter().map(|r| r.active).sum();
     assert_eq!(active, 1);
@@ -221,7 +224,7 @@ fn synack_resets_ditched() {
     let name = d
         .reals()
         .iter()
-        .find(|r| r.address == *first.ip())
+        .find(|r| r.address == first.ip())
         .unwrap()
         .name
         .clone();
@@ -324,7 +327,7 @@ fn all_failed_refuses_with_rst() {
     let mut d = director(0);
     let first = syn_to(&mut d, WEB, 1000, secs(0));
     for name in ["a", "b", "c"] {
-        if real(&d, name).address != *first.ip() {
+        if real(&d, name).address != first.ip() {
             d.set_real_state(name, ServerState::Failed, secs(0))
                 .unwrap();
         }
@@ -339,7 +342,7 @@ fn all_failed_refuses_with_rst() {
     );
     assert_eq!(
         dest(d.reply()),
-        (SocketAddrV4::new(CLIENT, 1000), (false, true, true))
+        (SocketAddr::from((CLIENT, 1000)), (false, true, true))
     );
     let mut f = client(WEB, 1001, true, false);
     assert_eq!(
@@ -360,7 +363,7 @@ fn drain_keeps_existing_connections() {
     for cport in 1000..1003 {
         let to = syn_to(&mut d, WEB, cport, secs(0));
         d.handle(Interface::Inside, &mut server(to, cport, false), secs(0));
-        if to.ip() == &Ipv4Addr::new(10, 0, 0, 1) {
+        if to.ip() == Ipv4Addr::new(10, 0, 0, 1) {
             to_a = Some((to, cport));
         }
     }
@@ -451,14 +454,14 @@ fn check_results_and_operator() {
     );
     for p in 1000..1010 {
         assert_ne!(
-            *syn_to(&mut d, WEB, p, secs(2)).ip(),
+            syn_to(&mut d, WEB, p, secs(2)).ip(),
             Ipv4Addr::new(10, 0, 0, 2)
         );
     }
     // A trial is for ditched failures only: a check failure waits for the check.
     for p in 1010..1020 {
         assert_ne!(
-            *syn_to(&mut d, WEB, p, secs(60)).ip(),
+            syn_to(&mut d, WEB, p, secs(60)).ip(),
             Ipv4Addr::new(10, 0, 0, 2)
         );
     }
@@ -566,7 +569,7 @@ fn drop_reason_labels() {
     let labels: std::collections::BTreeSet<_> =
         DropReason::VARIANTS.iter().map(|r| r.as_str()).collect();
     assert_eq!(labels.len(), DropReason::VARIANTS.len());
-    assert_eq!(DropReason::NotIpv4.as_str(), "not_ipv4");
+    assert_eq!(DropReason::NotIp.as_str(), "not_ip");
     assert_eq!(DropReason::BadTcpFlags.as_str(), "bad_tcp_flags");
     assert_eq!(Handled::Forwarded.as_str(), "forwarded");
 }
@@ -707,4 +710,247 @@ fn closing_connections_are_not_active() {
     assert_eq!(seen[2][0], 1, "one open, one closing");
     assert_eq!(real(&d, "a").active, 3, "connection objects");
     assert_eq!(real(&d, "a").closing, 1);
+}
+
+// ---------------------------------------------------------------- IPv6
+
+mod ipv6 {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+    use super::*;
+    use crate::wire::{Icmp, Packet, Transport, ndp};
+
+    const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2);
+    const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 1);
+    const REAL_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 1);
+    const REAL_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 2);
+    const MAC_B: MacAddr = MacAddr([2, 0, 0, 0, 2, 0xb]);
+
+    /// An IPv6 virtual machine (TCP 80, UDP 53) on `a` (static MAC) and `b` (resolved by solicitation),
+    /// beside an IPv4 one: one director, one table.
+    fn dual_stack() -> Director {
+        let text = format!(
+            "[director]\noutside = \"o\"\ninside = \"i\"\n\
+             [[real]]\nname = \"a\"\naddress = \"{REAL_A}\"\nmac = \"02:00:00:00:02:0a\"\n\
+             [[real]]\nname = \"b\"\naddress = \"{REAL_B}\"\n\
+             [[real]]\nname = \"v4\"\naddress = \"10.0.0.1\"\nmac = \"02:00:00:00:02:01\"\n\
+             [[virtual]]\nname = \"web6\"\naddress = \"{VIP6}\"\n\
+               [[virtual.port]]\n  port = 80\n  bind = [\"a:8080\", \"b:8080\"]\n\
+               [[virtual.port]]\n  port = 53\n  protocol = \"udp\"\n  bind = [\"a\"]\n\
+             [[virtual]]\nname = \"web4\"\naddress = \"192.0.2.1\"\n\
+               [[virtual.port]]\n  port = 80\n  bind = [\"v4\"]\n"
+        );
+        let config = Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let bindings = BindingTable::from_config(&config);
+        Director::new(&config, bindings, L2)
+    }
+
+    fn frame(src: SocketAddr, dst: SocketAddr, macs: ([u8; 6], [u8; 6]), syn: bool) -> Vec<u8> {
+        let (IpAddr::V6(s), IpAddr::V6(d)) = (src.ip(), dst.ip()) else {
+            panic!("IPv6 test addresses")
+        };
+        let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
+            .ipv6(s.octets(), d.octets(), 64)
+            .tcp(src.port(), dst.port(), 1000, 64240);
+        b = if syn { b.syn() } else { b.ack(1) };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    }
+
+    fn from_client(port: u16, cport: u16, syn: bool) -> Vec<u8> {
+        frame(
+            SocketAddr::new(CLIENT6.into(), cport),
+            SocketAddr::new(VIP6.into(), port),
+            (CLIENT_MAC.0, L2.outside_mac.0),
+            syn,
+        )
+    }
+
+    fn parsed(f: &[u8]) -> Packet {
+        wire::parse(f).unwrap()
+    }
+
+    /// Sent frames of a tick, parsed.
+    fn tick(d: &mut Director, now: Duration) -> Vec<(Interface, Vec<u8>)> {
+        let mut sent = Vec::new();
+        d.tick(now, &mut |to, f| sent.push((to, f.to_vec())));
+        sent
+    }
+
+    /// A SYN to the IPv6 VIP goes to a real server with only the destination rewritten; the server's
+    /// SYN-ACK goes back as the VIP; checksums stay valid both ways.
+    #[test]
+    fn syn_is_translated_both_ways() {
+        let mut d = dual_stack();
+        let mut f = from_client(80, 40000, true);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut f, secs(1)),
+            Verdict::Forward(Interface::Inside)
+        );
+        let p = parsed(&f);
+        assert_eq!(
+            (p.src, p.dst, p.ports()),
+            (CLIENT6.into(), REAL_A.into(), Some((40000, 8080)))
+        );
+        assert!(wire::transport_checksum_ok(&f, &p));
+        assert_eq!(p.dst_mac, MacAddr([2, 0, 0, 0, 2, 0xa]));
+
+        let mut back = frame(
+            SocketAddr::new(REAL_A.into(), 8080),
+            SocketAddr::new(CLIENT6.into(), 40000),
+            ([2, 0, 0, 0, 2, 0xa], L2.inside_mac.0),
+            true,
+        );
+        assert_eq!(
+            d.handle(Interface::Inside, &mut back, secs(1)),
+            Verdict::Forward(Interface::Outside)
+        );
+        let q = parsed(&back);
+        assert_eq!((q.src, q.ports()), (VIP6.into(), Some((80, 40000))));
+        assert_eq!(q.dst_mac, CLIENT_MAC);
+        assert!(wire::transport_checksum_ok(&back, &q));
+        let conn = d.table().iter().next().unwrap().1;
+        assert_eq!(conn.client, SocketAddr::new(CLIENT6.into(), 40000));
+    }
+
+    /// A SYN to a port the IPv6 VIP does not support gets an RST at once; a datagram to an unsupported
+    /// UDP port gets ICMPv6 port unreachable; a ping gets an echo reply.
+    #[test]
+    fn refusals_and_echo() {
+        let mut d = dual_stack();
+        let mut f = from_client(81, 40001, true);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut f, secs(1)),
+            Verdict::Reply(Interface::Outside)
+        );
+        let r = parsed(d.reply());
+        assert_eq!((r.src, r.dst), (VIP6.into(), CLIENT6.into()));
+        assert!(matches!(r.transport, Transport::Tcp { flags, .. } if flags.is_rst()));
+
+        let mut udp = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC.0, L2.outside_mac.0)
+            .ipv6(CLIENT6.octets(), VIP6.octets(), 64)
+            .udp(5353, 54)
+            .write(&mut udp, b"q")
+            .unwrap();
+        assert_eq!(
+            d.handle(Interface::Outside, &mut udp, secs(1)),
+            Verdict::Reply(Interface::Outside)
+        );
+        let u = parsed(d.reply());
+        assert!(matches!(
+            u.transport,
+            Transport::Icmp(Icmp::Error {
+                kind: 1,
+                code: 4,
+                ..
+            })
+        ));
+
+        let mut ping = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC.0, L2.outside_mac.0)
+            .ipv6(CLIENT6.octets(), VIP6.octets(), 64)
+            .icmpv6_echo_request(1, 1)
+            .write(&mut ping, b"ping")
+            .unwrap();
+        assert_eq!(
+            d.handle(Interface::Outside, &mut ping, secs(1)),
+            Verdict::Reply(Interface::Outside)
+        );
+        assert_eq!(parsed(d.reply()).src, IpAddr::V6(VIP6));
+    }
+
+    /// Neighbour discovery: a solicitation for the VIP (to its solicited-node address) is answered with
+    /// the outside MAC; the VIP is announced unsolicited after start; real server `b` (no static MAC) is
+    /// solicited on the inside, and its advertisement makes its connections flow.
+    #[test]
+    fn neighbour_discovery() {
+        let mut d = dual_stack();
+        let client_ll = ndp::link_local(CLIENT_MAC);
+        let mut ns = vec![0u8; 128];
+        let n = wire::build_neighbour_solicitation(CLIENT_MAC, client_ll, VIP6, &mut ns);
+        ns.truncate(n);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut ns, secs(1)),
+            Verdict::Reply(Interface::Outside)
+        );
+        let na = parsed(d.reply());
+        assert_eq!(
+            (na.src, na.dst, na.dst_mac),
+            (VIP6.into(), client_ll.into(), CLIENT_MAC)
+        );
+        assert_eq!(
+            na.transport,
+            Transport::Icmp(Icmp::NeighbourAdvertisement {
+                target: VIP6,
+                mac: Some(L2.outside_mac)
+            })
+        );
+        // Not for a VIP: ignored.
+        let mut other = vec![0u8; 128];
+        let n = wire::build_neighbour_solicitation(CLIENT_MAC, client_ll, CLIENT6, &mut other);
+        other.truncate(n);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut other, secs(1)),
+            Verdict::Drop(DropReason::Ignored)
+        );
+
+        let sent = tick(&mut d, secs(1));
+        let announced = sent.iter().any(|(to, f)| {
+            *to == Interface::Outside
+                && matches!(parsed(f).transport, Transport::Icmp(Icmp::NeighbourAdvertisement { target, .. }) if target == VIP6)
+        });
+        assert!(announced, "unsolicited advertisement for the VIP");
+        let solicited = sent.iter().any(|(to, f)| {
+            *to == Interface::Inside
+                && matches!(parsed(f).transport, Transport::Icmp(Icmp::NeighbourSolicitation { target, .. }) if target == REAL_B)
+        });
+        assert!(solicited, "solicitation for real server b");
+
+        // b answers; a connection placed on b now leaves with b's MAC.
+        let mut adv = vec![0u8; 128];
+        let n = wire::build_neighbour_advertisement(
+            MAC_B,
+            REAL_B,
+            Some((ndp::link_local(L2.inside_mac), L2.inside_mac)),
+            &mut adv,
+        );
+        adv.truncate(n);
+        assert_eq!(
+            d.handle(Interface::Inside, &mut adv, secs(1)),
+            Verdict::Consumed
+        );
+        let mut to_b = None;
+        for cport in 41000..41010 {
+            let mut f = from_client(80, cport, true);
+            if d.handle(Interface::Outside, &mut f, secs(2)) == Verdict::Forward(Interface::Inside)
+                && parsed(&f).dst == IpAddr::V6(REAL_B)
+            {
+                to_b = Some(f);
+                break;
+            }
+        }
+        assert_eq!(parsed(&to_b.expect("a SYN placed on b")).dst_mac, MAC_B);
+    }
+
+    /// Both families in one table: an IPv4 client of the IPv4 VIP and an IPv6 client of the IPv6 VIP are
+    /// served side by side, each to a server of its own family.
+    #[test]
+    fn dual_stack_side_by_side() {
+        let mut d = dual_stack();
+        let mut f6 = from_client(80, 40000, true);
+        let mut f4 = client(Ipv4Addr::new(192, 0, 2, 1), 40000, true, false);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut f6, secs(1)),
+            Verdict::Forward(Interface::Inside)
+        );
+        assert_eq!(
+            d.handle(Interface::Outside, &mut f4, secs(1)),
+            Verdict::Forward(Interface::Inside)
+        );
+        assert!(parsed(&f6).dst.is_ipv6());
+        assert_eq!(parsed(&f4).dst, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(d.table().len(), 2);
+    }
 }

@@ -1,7 +1,7 @@
 //! [`Binder`]: runs a binding plugin when the configuration or the set of real servers changes (never per
 //! connection). Its answer is checked against what it was given before anyone uses it.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -20,7 +20,7 @@ pub struct VirtualInfo {
     /// Its index in the binding table ("the Nth virtual machine").
     pub id: u32,
     pub name: String,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub ports: Vec<(u16, Protocol)>,
 }
 
@@ -30,7 +30,7 @@ pub struct RealInfo {
     /// Its index in the binding table.
     pub id: u32,
     pub name: String,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// The port configured for it, if any.
     pub port: Option<u16>,
     pub weight: u32,
@@ -94,7 +94,7 @@ impl Binder {
         let wit_vm = wit_binding::VirtualMachineInfo {
             id: vm.id,
             name: vm.name.clone(),
-            addr: u32::from(vm.addr),
+            addr: ipv4_bits(vm.addr),
             ports: vm
                 .ports
                 .iter()
@@ -109,7 +109,7 @@ impl Binder {
             .map(|r| wit_binding::RealInfo {
                 id: r.id,
                 name: r.name.clone(),
-                addr: u32::from(r.addr),
+                addr: ipv4_bits(r.addr),
                 port: r.port,
                 weight: r.weight,
             })
@@ -199,4 +199,13 @@ fn instantiate(
         .with_context(|| format!("{file}: init trapped"))?
         .map_err(|e| anyhow!("{file}: init refused the arguments: {}", init_error(&e)))?;
     Ok((store, world))
+}
+
+/// The 0.1.0 interface's address: an IPv4 address as a number. An IPv6 virtual machine never reaches a 0.1.0
+/// plugin (refused at load), so its addresses have no number here.
+fn ipv4_bits(ip: std::net::IpAddr) -> u32 {
+    match ip {
+        std::net::IpAddr::V4(a) => u32::from(a),
+        std::net::IpAddr::V6(_) => 0,
+    }
 }

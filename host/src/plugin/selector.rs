@@ -312,9 +312,9 @@ pub(crate) fn init_error(e: &InitError) -> String {
 
 fn wit_connection(c: &NewConnection) -> WitConnection {
     WitConnection {
-        client_addr: u32::from(*c.client.ip()),
+        client_addr: ipv4_bits(c.client.ip()),
         client_port: c.client.port(),
-        virtual_addr: u32::from(*c.virtual_addr.ip()),
+        virtual_addr: ipv4_bits(c.virtual_addr.ip()),
         virtual_port: c.virtual_addr.port(),
         protocol: match c.protocol {
             Protocol::Tcp => WitProtocol::Tcp,
@@ -336,7 +336,7 @@ fn wit_candidate(index: usize, c: &Candidate) -> WitCandidate {
     WitCandidate {
         index: index as u32,
         real_id: c.real_id,
-        addr: u32::from(*c.target.ip()),
+        addr: ipv4_bits(c.target.ip()),
         port: c.target.port(),
         weight: c.weight,
         state: wit_state(c.state),
@@ -369,6 +369,15 @@ fn thread_cpu_time() -> Duration {
         ts.tv_sec.max(0) as u64,
         ts.tv_nsec.clamp(0, 999_999_999) as u32,
     )
+}
+
+/// The 0.1.0 interface's address: an IPv4 address as a number. An IPv6 virtual machine never reaches a 0.1.0
+/// plugin (refused at load), so its addresses have no number here.
+fn ipv4_bits(ip: std::net::IpAddr) -> u32 {
+    match ip {
+        std::net::IpAddr::V4(a) => u32::from(a),
+        std::net::IpAddr::V6(_) => 0,
+    }
 }
 
 #[cfg(test)]

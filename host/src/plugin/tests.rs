@@ -2,7 +2,7 @@
 //! `make test` does it first). `VIPD_TEST_PLUGINS` overrides the folder.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -68,7 +68,7 @@ fn selector(name: &str, a: &[(&str, &str)]) -> PluginSelector {
 fn candidate(real_id: u32, weight: u32) -> Candidate {
     Candidate {
         real_id,
-        target: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + real_id as u8), 80),
+        target: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1 + real_id as u8), 80)),
         weight,
         state: ServerState::Up,
         active: 0,
@@ -80,8 +80,8 @@ fn candidate(real_id: u32, weight: u32) -> Candidate {
 
 fn conn(client: u32) -> NewConnection {
     NewConnection {
-        client: SocketAddrV4::new(Ipv4Addr::from(0xc633_0000 + client), 40000),
-        virtual_addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80),
+        client: SocketAddr::from((Ipv4Addr::from(0xc633_0000 + client), 40000)),
+        virtual_addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 80)),
         protocol: Protocol::Tcp,
         virtual_id: 0,
     }
@@ -363,14 +363,14 @@ fn port_offset_binder() {
     let vm = VirtualInfo {
         id: 3,
         name: "site3".into(),
-        addr: Ipv4Addr::new(192, 0, 2, 3),
+        addr: Ipv4Addr::new(192, 0, 2, 3).into(),
         ports: vec![(80, Protocol::Tcp)],
     };
     let reals: Vec<_> = (0..2)
         .map(|i| RealInfo {
             id: i,
             name: format!("host{i}"),
-            addr: Ipv4Addr::new(10, 0, 0, 1 + i as u8),
+            addr: Ipv4Addr::new(10, 0, 0, 1 + i as u8).into(),
             port: None,
             weight: 1,
         })

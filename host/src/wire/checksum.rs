@@ -4,10 +4,10 @@
 //! Small free functions on 16-bit one's complement arithmetic, after smoltcp's `wire::ip::checksum`.
 //! Sums are carried in a `u32` accumulator and folded at the end; a checksum field holds the one's
 //! complement (`!`) of the folded sum. A transport checksum covers a pseudo-header too: its folded sum is
-//! an input of [`transport`], so an IPv6 pseudo-header (RFC 8200 §8.1) only needs a function of its own
-//! beside [`pseudo_header_ipv4`]. Every function is total: no panic on any input.
+//! an input of [`transport`], so the IPv6 pseudo-header (RFC 8200 §8.1, [`pseudo_header_ipv6`]) is a
+//! function beside [`pseudo_header_ipv4`]. Every function is total: no panic on any input.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Words summed per block, one accumulator each: independent additions the compiler can vectorize.
 const LANES: usize = 8;
@@ -87,6 +87,33 @@ pub fn pseudo_header_ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u1
     fold(acc + u32::from(protocol) + u32::from(length))
 }
 
+/// The folded sum of the IPv6 pseudo-header of TCP, UDP and ICMPv6 (RFC 8200 §8.1): source, destination,
+/// upper-layer packet length (32 bits), three zero bytes, next header.
+pub fn pseudo_header_ipv6(src: Ipv6Addr, dst: Ipv6Addr, protocol: u8, length: u32) -> u16 {
+    let acc = sum(&src.octets()) + sum(&dst.octets());
+    fold(acc + (length >> 16) + (length & 0xFFFF) + u32::from(protocol))
+}
+
+/// The pseudo-header of the family of `src` and `dst` for a transport `length` bytes long; `None` for
+/// mixed families or a length the family's pseudo-header cannot carry.
+pub fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, length: usize) -> Option<u16> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(pseudo_header_ipv4(
+            s,
+            d,
+            protocol,
+            u16::try_from(length).ok()?,
+        )),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some(pseudo_header_ipv6(
+            s,
+            d,
+            protocol,
+            u32::try_from(length).ok()?,
+        )),
+        _ => None,
+    }
+}
+
 /// The folded sum of a TCP or UDP `segment` (header with its checksum field, and payload) and of the
 /// pseudo-header whose folded sum is `pseudo_header`, not complemented.
 ///
@@ -128,9 +155,19 @@ pub fn delta_u32(old: u32, new: u32) -> u32 {
     delta_u16((old >> 16) as u16, (new >> 16) as u16) + delta_u16(old as u16, new as u16)
 }
 
-/// The difference of an IPv4 address changing from `old` to `new`.
-pub fn delta_addr(old: Ipv4Addr, new: Ipv4Addr) -> u32 {
-    delta_u32(u32::from(old), u32::from(new))
+/// The difference of an address changing from `old` to `new` (both of one family: the bytes of a field
+/// that keeps its length), word by word: two words for IPv4, eight for IPv6. The accumulator holds it:
+/// eight words of at most 0x1FFFE each. Bytes past the shorter of the two are not counted.
+pub fn delta_bytes(old: &[u8], new: &[u8]) -> u32 {
+    old.chunks_exact(2)
+        .zip(new.chunks_exact(2))
+        .map(|(o, n)| {
+            delta_u16(
+                u16::from_be_bytes([o[0], o[1]]),
+                u16::from_be_bytes([n[0], n[1]]),
+            )
+        })
+        .sum()
 }
 
 /// Applies an accumulated difference to a stored checksum.

@@ -5,12 +5,10 @@
 //! Same contract as the rest of `wire`: offsets come from [`parse`](super::parse), every index is checked,
 //! nothing allocates or panics on any bytes; a `Packet` of another frame makes a function do nothing.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
-use etherparse::PacketBuilder;
-
-use super::build::{TTL, pad};
-use super::rewrite::{adjust, write_bytes};
+use super::build::{TTL, ip_frame, pad};
+use super::rewrite::{End, adjust, read_addr, write_bytes};
 use super::{MacAddr, Packet, TcpFlags, Transport, be16, checksum};
 
 const SEQ: usize = 4;
@@ -95,8 +93,9 @@ pub fn syn_options(frame: &[u8], p: &Packet) -> SynOptions {
 pub struct Segment {
     pub src_mac: MacAddr,
     pub dst_mac: MacAddr,
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    /// Both of one family.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     pub seq: u32,
     /// Sent (with the ACK flag) when `Some`.
     pub ack: Option<u32>,
@@ -106,7 +105,7 @@ pub struct Segment {
 }
 
 /// Writes `segment` with `options` (only meaningful on a SYN) into `out`; returns the frame length, 0 if it
-/// does not fit.
+/// does not fit or its addresses are of different families.
 pub fn build_tcp(segment: &Segment, options: &SynOptions, out: &mut [u8]) -> usize {
     // MSS (4) + NOP WS (4) + NOP NOP SACK-permitted (4): a multiple of 4, as the data offset needs.
     let mut raw = [0u8; 12];
@@ -123,14 +122,21 @@ pub fn build_tcp(segment: &Segment, options: &SynOptions, out: &mut [u8]) -> usi
         raw[n..n + 4].copy_from_slice(&[OPT_NOP, OPT_NOP, OPT_SACK_PERMITTED, 2]);
         n += 4;
     }
-    let mut tcp = PacketBuilder::ethernet2(segment.src_mac.0, segment.dst_mac.0)
-        .ipv4(segment.src.ip().octets(), segment.dst.ip().octets(), TTL)
-        .tcp(
-            segment.src.port(),
-            segment.dst.port(),
-            segment.seq,
-            segment.window,
-        );
+    let Some(ip) = ip_frame(
+        segment.src_mac,
+        segment.dst_mac,
+        segment.src.ip(),
+        segment.dst.ip(),
+        TTL,
+    ) else {
+        return 0;
+    };
+    let mut tcp = ip.tcp(
+        segment.src.port(),
+        segment.dst.port(),
+        segment.seq,
+        segment.window,
+    );
     if segment.syn {
         tcp = tcp.syn();
     }
@@ -237,15 +243,11 @@ fn synack_to_ack_inner(frame: &mut [u8], p: &Packet, seq: u32, window: u16) -> O
     *frame.get_mut(p.l4 + FLAGS)? = TcpFlags::ACK.0;
     write_bytes(frame, p.l4 + WINDOW, &window.to_be_bytes())?;
     write_bytes(frame, p.l4 + CHECKSUM, &[0, 0])?;
-    let src = read32(frame, p.ip + 12)?;
-    let dst = read32(frame, p.ip + 16)?;
+    let v6 = p.src.is_ipv6();
+    let src = read_addr(frame, p.ip, End::Source, v6)?;
+    let dst = read_addr(frame, p.ip, End::Destination, v6)?;
     let segment = frame.get(p.l4..p.end)?;
-    let pseudo = checksum::pseudo_header_ipv4(
-        src.into(),
-        dst.into(),
-        super::IP_PROTO_TCP,
-        u16::try_from(segment.len()).ok()?,
-    );
+    let pseudo = checksum::pseudo_header(src, dst, super::IP_PROTO_TCP, segment.len())?;
     let sum = checksum::finish(checksum::transport(pseudo, segment));
     write_bytes(frame, p.l4 + CHECKSUM, &sum.to_be_bytes())
 }

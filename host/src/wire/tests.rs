@@ -1,10 +1,12 @@
 //! Byte-level and property tests of parsing, rewriting and building, on frames built with etherparse.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use etherparse::{
-    Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice,
+    Icmpv4Type, Icmpv6Type, IpHeaders, PacketBuilder, PacketBuilderStep, SlicedPacket,
+    TransportSlice,
     icmpv4::{DestUnreachableHeader, TimeExceededCode},
+    icmpv6,
 };
 use proptest::prelude::*;
 
@@ -15,24 +17,44 @@ use super::*;
 const CLIENT_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xc1]);
 const DIRECTOR_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xd1]);
 const SERVER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x51]);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const REAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 21);
-const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+const REAL: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 21));
+const ROUTER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 254));
+const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 7));
+const VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 10));
+const REAL6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 21));
+const ROUTER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xe, 0, 0, 0, 0, 254));
 
 // ---------------------------------------------------------------- frame makers
 
+/// An Ethernet frame from the client's MAC to the director's with an IP header of the addresses' family.
+fn ip_step(src: IpAddr, dst: IpAddr) -> PacketBuilderStep<IpHeaders> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("test addresses of one family"),
+    }
+}
+
+/// The octets of an IPv4 test address.
+fn v4(a: impl Into<IpAddr>) -> [u8; 4] {
+    match a.into() {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(_) => panic!("an IPv4 test address"),
+    }
+}
+
 fn tcp_frame(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     sport: u16,
     dport: u16,
     flags: TcpFlags,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1000, 64240);
+    let mut b = ip_step(src, dst).tcp(sport, dport, 1000, 64240);
     if flags.contains(TcpFlags::SYN) {
         b = b.syn();
     }
@@ -53,30 +75,35 @@ fn tcp_frame(
     v
 }
 
-fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+fn udp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
-        .ipv4(src.octets(), dst.octets(), 64)
+    ip_step(src, dst)
         .udp(sport, dport)
         .write(&mut v, payload)
         .unwrap();
     v
 }
 
-fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+fn echo_request(src: IpAddr, dst: IpAddr, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .icmpv4_echo_request(id, seq)
-        .write(&mut v, payload)
-        .unwrap();
+    if src.is_ipv6() {
+        ip_step(src, dst)
+            .icmpv6_echo_request(id, seq)
+            .write(&mut v, payload)
+            .unwrap();
+    } else {
+        ip_step(src, dst)
+            .icmpv4_echo_request(id, seq)
+            .write(&mut v, payload)
+            .unwrap();
+    }
     v
 }
 
 /// An ICMP error from `src` to `dst` quoting `quote_len` bytes (None: all) of the IP packet in `inner`.
 fn icmp_error(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     kind: Icmpv4Type,
     inner: &[u8],
     quote_len: Option<usize>,
@@ -87,12 +114,30 @@ fn icmp_error(
         None => ip,
     };
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .icmpv4(kind)
-        .write(&mut v, q)
-        .unwrap();
+    ip_step(src, dst).icmpv4(kind).write(&mut v, q).unwrap();
     v
+}
+
+/// An ICMPv6 error from `src` to `dst` quoting `quote_len` bytes (None: all) of the IPv6 packet in `inner`.
+fn icmpv6_error(
+    src: IpAddr,
+    dst: IpAddr,
+    kind: Icmpv6Type,
+    inner: &[u8],
+    quote_len: Option<usize>,
+) -> Vec<u8> {
+    let ip = &inner[ETHERNET_HEADER_LEN..];
+    let q = match quote_len {
+        Some(n) => &ip[..n.min(ip.len())],
+        None => ip,
+    };
+    let mut v = Vec::new();
+    ip_step(src, dst).icmpv6(kind).write(&mut v, q).unwrap();
+    v
+}
+
+fn packet_too_big() -> Icmpv6Type {
+    Icmpv6Type::PacketTooBig { mtu: 1280 }
 }
 
 fn frag_needed() -> Icmpv4Type {
@@ -124,8 +169,11 @@ fn with_ip_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
 
 // ---------------------------------------------------------------- reference checks
 
-/// The IPv4 header at `ip` verifies (RFC 1071).
+/// The IPv4 header at `ip` verifies (RFC 1071); an IPv6 header has no checksum.
 fn ip_checksum_ok(frame: &[u8], ip: usize) -> bool {
+    if frame[ip] >> 4 == 6 {
+        return true;
+    }
     let ihl = usize::from(frame[ip] & 0x0f) * 4;
     checksum::verify(&frame[ip..ip + ihl])
 }
@@ -133,40 +181,52 @@ fn ip_checksum_ok(frame: &[u8], ip: usize) -> bool {
 /// The stored TCP/UDP checksum of a whole parsed frame equals etherparse's full recompute.
 fn transport_checksum_matches_recompute(frame: &[u8]) -> bool {
     let sliced = SlicedPacket::from_ethernet(frame).unwrap();
-    let Some(etherparse::NetSlice::Ipv4(ip)) = &sliced.net else {
-        panic!("not IPv4")
+    let addrs = match &sliced.net {
+        Some(etherparse::NetSlice::Ipv4(ip)) => {
+            Err((ip.header().source(), ip.header().destination()))
+        }
+        Some(etherparse::NetSlice::Ipv6(ip)) => {
+            Ok((ip.header().source(), ip.header().destination()))
+        }
+        other => panic!("not IP: {other:?}"),
     };
-    let (src, dst) = (ip.header().source(), ip.header().destination());
     match sliced.transport {
         Some(TransportSlice::Tcp(t)) => {
-            let expect = t
-                .to_header()
-                .calc_checksum_ipv4_raw(src, dst, t.payload())
-                .unwrap();
+            let h = t.to_header();
+            let expect = match addrs {
+                Err((s, d)) => h.calc_checksum_ipv4_raw(s, d, t.payload()).unwrap(),
+                Ok((s, d)) => h.calc_checksum_ipv6_raw(s, d, t.payload()).unwrap(),
+            };
             t.checksum() == expect
         }
         Some(TransportSlice::Udp(u)) => {
             if u.checksum() == 0 {
-                return true;
+                return addrs.is_err();
             }
-            let expect = u
-                .to_header()
-                .calc_checksum_ipv4_raw(src, dst, u.payload())
-                .unwrap();
+            let h = u.to_header();
+            let expect = match addrs {
+                Err((s, d)) => h.calc_checksum_ipv4_raw(s, d, u.payload()).unwrap(),
+                Ok((s, d)) => h.calc_checksum_ipv6_raw(s, d, u.payload()).unwrap(),
+            };
             u.checksum() == expect
         }
         other => panic!("not TCP/UDP: {other:?}"),
     }
 }
 
-/// The ICMP message of an (outer) ICMP packet verifies.
+/// The ICMP message of an (outer) ICMP packet verifies; ICMPv6's over its pseudo-header too.
 fn icmp_checksum_ok(frame: &[u8], p: &Packet) -> bool {
-    checksum::verify(&frame[p.l4..p.end])
+    let message = &frame[p.l4..p.end];
+    if p.src.is_ipv6() {
+        segment_checksum_ok(p.src, p.dst, 58, message)
+    } else {
+        checksum::verify(message)
+    }
 }
 
-/// A TCP/UDP segment (quoted in full or not) verifies against its pseudo-header.
-fn segment_checksum_ok(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, seg: &[u8]) -> bool {
-    let ph = checksum::pseudo_header_ipv4(src, dst, proto, seg.len() as u16);
+/// A TCP/UDP/ICMPv6 segment (quoted in full or not) verifies against its pseudo-header.
+fn segment_checksum_ok(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8]) -> bool {
+    let ph = checksum::pseudo_header(src, dst, proto, seg.len()).unwrap();
     checksum::combine(&[ph, checksum::data(seg)]) == 0xFFFF
 }
 
@@ -332,7 +392,7 @@ fn parse_icmp_error_about_icmp() {
 fn parse_icmp_other() {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
-        .ipv4(CLIENT.octets(), VIP.octets(), 64)
+        .ipv4(v4(CLIENT), v4(VIP), 64)
         .icmpv4_echo_reply(1, 1)
         .write(&mut v, &[])
         .unwrap();
@@ -384,13 +444,13 @@ fn error_labels() {
     }
 }
 
-/// IPv6, VLAN-tagged and ARP frames are not IPv4.
+/// VLAN-tagged, ARP and other frames are neither IPv4 nor IPv6.
 #[test]
-fn error_not_ipv4() {
+fn error_not_ip() {
     let mut f = udp_frame(CLIENT, VIP, 1, 2, &[]);
-    for et in [0x86DDu16, 0x8100, ETHERTYPE_ARP] {
+    for et in [0x8100u16, ETHERTYPE_ARP, 0x88b5] {
         f[12..14].copy_from_slice(&et.to_be_bytes());
-        assert_eq!(parse(&f), Err(Error::NotIpv4));
+        assert_eq!(parse(&f), Err(Error::NotIp));
     }
 }
 
@@ -549,8 +609,8 @@ fn rewrite_mismatched_packet_no_panic() {
     let pe = parse(&e).unwrap();
     for n in 0..e.len() {
         let mut cut = e[..n].to_vec();
-        rewrite_icmp_error_inbound(&mut cut, &pe, REAL, SocketAddrV4::new(REAL, 8001));
-        rewrite_icmp_error_outbound(&mut cut, &pe, Some(VIP), SocketAddrV4::new(VIP, 80));
+        rewrite_icmp_error_inbound(&mut cut, &pe, REAL, SocketAddr::new(REAL, 8001));
+        rewrite_icmp_error_outbound(&mut cut, &pe, Some(VIP), SocketAddr::new(VIP, 80));
     }
 }
 
@@ -563,7 +623,11 @@ fn assert_icmp_error_checksums(f: &[u8]) -> (Packet, Embedded) {
     assert!(ip_checksum_ok(f, p.ip), "outer IP");
     assert!(icmp_checksum_ok(f, &p), "ICMP");
     assert!(ip_checksum_ok(f, e.ip), "quoted IP");
-    let quoted_total = usize::from(u16::from_be_bytes([f[e.ip + 2], f[e.ip + 3]]));
+    let quoted_total = if p.src.is_ipv6() {
+        IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([f[e.ip + 4], f[e.ip + 5]]))
+    } else {
+        usize::from(u16::from_be_bytes([f[e.ip + 2], f[e.ip + 3]]))
+    };
     let udp_without_checksum = e.protocol == Protocol::Udp && f[e.l4 + 6..e.l4 + 8] == [0, 0];
     if e.ip + quoted_total == p.end && !udp_without_checksum {
         let proto = match e.protocol {
@@ -586,7 +650,7 @@ fn icmp_error_inbound_frag_needed() {
     for quote in [Some(28), Some(60), None] {
         let mut f = icmp_error(ROUTER, VIP, frag_needed(), &inner, quote);
         let p = parse(&f).unwrap();
-        rewrite_icmp_error_inbound(&mut f, &p, REAL, SocketAddrV4::new(REAL, 8001));
+        rewrite_icmp_error_inbound(&mut f, &p, REAL, SocketAddr::new(REAL, 8001));
         let (q, e) = assert_icmp_error_checksums(&f);
         assert_eq!((q.src, q.dst), (ROUTER, REAL));
         assert_eq!(
@@ -606,7 +670,7 @@ fn icmp_error_outbound_from_server() {
     for quote in [Some(28), None] {
         let mut f = icmp_error(REAL, CLIENT, kind.clone(), &inner, quote);
         let p = parse(&f).unwrap();
-        rewrite_icmp_error_outbound(&mut f, &p, Some(VIP), SocketAddrV4::new(VIP, 53));
+        rewrite_icmp_error_outbound(&mut f, &p, Some(VIP), SocketAddr::new(VIP, 53));
         let (q, e) = assert_icmp_error_checksums(&f);
         assert_eq!((q.src, q.dst), (VIP, CLIENT));
         assert_eq!(
@@ -623,7 +687,7 @@ fn icmp_error_outbound_from_router() {
     let kind = Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit);
     let mut f = icmp_error(ROUTER, CLIENT, kind, &inner, None);
     let p = parse(&f).unwrap();
-    rewrite_icmp_error_outbound(&mut f, &p, None, SocketAddrV4::new(VIP, 80));
+    rewrite_icmp_error_outbound(&mut f, &p, None, SocketAddr::new(VIP, 80));
     let (q, e) = assert_icmp_error_checksums(&f);
     assert_eq!((q.src, q.dst), (ROUTER, CLIENT));
     assert_eq!((e.dst, e.dst_port), (VIP, 80));
@@ -635,8 +699,8 @@ fn icmp_error_rewrite_ignores_other_packets() {
     let f = tcp_frame(CLIENT, VIP, 1, 2, TcpFlags::SYN, &[]);
     let p = parse(&f).unwrap();
     let mut g = f.clone();
-    rewrite_icmp_error_inbound(&mut g, &p, REAL, SocketAddrV4::new(REAL, 1));
-    rewrite_icmp_error_outbound(&mut g, &p, Some(VIP), SocketAddrV4::new(VIP, 1));
+    rewrite_icmp_error_inbound(&mut g, &p, REAL, SocketAddr::new(REAL, 1));
+    rewrite_icmp_error_outbound(&mut g, &p, Some(VIP), SocketAddr::new(VIP, 1));
     assert_eq!(f, g);
 }
 
@@ -795,23 +859,43 @@ fn icmp_echo_reply() {
 
 // ---------------------------------------------------------------- properties
 
-fn arb_addr() -> impl Strategy<Value = Ipv4Addr> {
+fn arb_addr4() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         1 => Just(Ipv4Addr::UNSPECIFIED),
         1 => Just(Ipv4Addr::BROADCAST),
         8 => any::<u32>().prop_map(Ipv4Addr::from),
     ]
+    .prop_map(IpAddr::V4)
+}
+
+fn arb_addr6() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        1 => Just(Ipv6Addr::UNSPECIFIED),
+        1 => Just(Ipv6Addr::from(u128::MAX)),
+        8 => any::<u128>().prop_map(Ipv6Addr::from),
+    ]
+    .prop_map(IpAddr::V6)
+}
+
+/// An address of each family: the property tests pick the one of the frame's family.
+fn arb_addr() -> impl Strategy<Value = (IpAddr, IpAddr)> {
+    (arb_addr4(), arb_addr6())
+}
+
+/// Of `(v4, v6)`, the one of `like`'s family.
+fn same_family(addrs: (IpAddr, IpAddr), like: IpAddr) -> IpAddr {
+    if like.is_ipv6() { addrs.1 } else { addrs.0 }
 }
 
 fn arb_port() -> impl Strategy<Value = u16> {
     prop_oneof![1 => Just(0u16), 1 => Just(u16::MAX), 8 => any::<u16>()]
 }
 
-/// A random TCP or UDP frame: (frame, is_udp).
+/// A random TCP or UDP frame over IPv4 (with random IP options) or IPv6.
 fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
     (
-        arb_addr(),
-        arb_addr(),
+        (arb_addr(), arb_addr(), any::<bool>())
+            .prop_map(|(s, d, v6)| if v6 { (s.1, d.1) } else { (s.0, d.0) }),
         arb_port(),
         arb_port(),
         proptest::collection::vec(any::<u8>(), 0..80),
@@ -822,34 +906,36 @@ fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
         any::<bool>(),
     )
         .prop_map(
-            |(src, dst, sp, dp, payload, kind, flags, seq, options, pad)| {
+            |((src, dst), sp, dp, payload, kind, flags, seq, options, pad)| {
+                let l4 = if src.is_ipv6() { 54 } else { 34 };
                 let mut f = match kind {
                     0 => {
                         let mut v = Vec::new();
-                        PacketBuilder::ethernet2(CLIENT_MAC.0, DIRECTOR_MAC.0)
-                            .ipv4(src.octets(), dst.octets(), 64)
+                        ip_step(src, dst)
                             .tcp(sp, dp, seq, 1024)
                             .write(&mut v, &payload)
                             .unwrap();
-                        v[34 + 13] = flags;
+                        v[l4 + 13] = flags;
                         // Flags are covered by the TCP checksum: recompute it.
-                        v[34 + 16..34 + 18].copy_from_slice(&[0, 0]);
-                        let seg = &v[34..];
+                        v[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+                        let seg = &v[l4..];
                         let c = checksum::finish(checksum::combine(&[
-                            checksum::pseudo_header_ipv4(src, dst, 6, seg.len() as u16),
+                            checksum::pseudo_header(src, dst, 6, seg.len()).unwrap(),
                             checksum::data(seg),
                         ]));
-                        v[34 + 16..34 + 18].copy_from_slice(&c.to_be_bytes());
+                        v[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
                         v
                     }
                     1 => udp_frame(src, dst, sp, dp, &payload),
+                    // A zero UDP checksum ("none") is IPv4 only: an IPv6 one would not parse as valid.
+                    _ if src.is_ipv6() => udp_frame(src, dst, sp, dp, &payload),
                     _ => {
                         let mut v = udp_frame(src, dst, sp, dp, &payload);
                         v[40..42].copy_from_slice(&[0, 0]);
                         v
                     }
                 };
-                if let Some(n) = options {
+                if let Some(n) = options.filter(|_| src.is_ipv4()) {
                     let mut opts = vec![1u8; usize::from(n)];
                     if let Some(last) = opts.last_mut() {
                         *last = 0;
@@ -877,6 +963,15 @@ fn arb_icmp_error() -> impl Strategy<Value = Vec<u8>> {
             let p = parse(&inner).unwrap();
             let inner = &inner[..p.end];
             let quote = if short { Some(p.l4 - p.ip + 8) } else { None };
+            let (src, dst) = (same_family(src, p.src), same_family(dst, p.src));
+            if p.src.is_ipv6() {
+                let kind = if te {
+                    Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded)
+                } else {
+                    packet_too_big()
+                };
+                return icmpv6_error(src, dst, kind, inner, quote);
+            }
             let kind = if te {
                 Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit)
             } else {
@@ -914,11 +1009,13 @@ proptest! {
         let n = cut.index(f.len() + 1);
         f.truncate(n);
         if let Ok(p) = parse(&f) {
+            let (real, vip) = if p.src.is_ipv6() { (REAL6, VIP6) } else { (REAL, VIP) };
             let mut g = f.clone();
-            rewrite_destination(&mut g, &p, REAL, 1);
-            rewrite_source(&mut g, &p, VIP, 2);
-            rewrite_icmp_error_inbound(&mut g, &p, REAL, SocketAddrV4::new(REAL, 3));
-            rewrite_icmp_error_outbound(&mut g, &p, Some(VIP), SocketAddrV4::new(VIP, 4));
+            rewrite_destination(&mut g, &p, real, 1);
+            rewrite_source(&mut g, &p, vip, 2);
+            rewrite_icmp_error_inbound(&mut g, &p, real, SocketAddr::new(real, 3));
+            rewrite_icmp_error_outbound(&mut g, &p, Some(vip), SocketAddr::new(vip, 4));
+            let _ = transport_checksum_ok(&g, &p);
         }
     }
 
@@ -932,6 +1029,7 @@ proptest! {
         source in any::<bool>(),
     ) {
         let p = parse(&f).unwrap();
+        let addr = same_family(addr, p.src);
         let mut g = f.clone();
         if source {
             rewrite_source(&mut g, &p, addr, port);
@@ -968,7 +1066,8 @@ proptest! {
     ) {
         let p = parse(&f).unwrap();
         let Transport::Icmp(Icmp::Error { embedded: e, .. }) = p.transport else { panic!() };
-        let to = SocketAddrV4::new(to.0, to.1);
+        let addr = same_family(addr, p.src);
+        let to = SocketAddr::new(same_family(to.0, p.src), to.1);
         let mut g = f.clone();
         if inbound {
             rewrite_icmp_error_inbound(&mut g, &p, addr, to);
@@ -978,13 +1077,13 @@ proptest! {
         let (q, qe) = assert_icmp_error_checksums(&g);
         if inbound {
             prop_assert_eq!((q.src, q.dst), (p.src, addr));
-            prop_assert_eq!((qe.src, qe.src_port, qe.dst, qe.dst_port), (*to.ip(), to.port(), e.dst, e.dst_port));
-            rewrite_icmp_error_inbound(&mut g, &q, p.dst, SocketAddrV4::new(e.src, e.src_port));
+            prop_assert_eq!((qe.src, qe.src_port, qe.dst, qe.dst_port), (to.ip(), to.port(), e.dst, e.dst_port));
+            rewrite_icmp_error_inbound(&mut g, &q, p.dst, SocketAddr::new(e.src, e.src_port));
         } else {
             let outer_src = if from_server { addr } else { p.src };
             prop_assert_eq!((q.src, q.dst), (outer_src, p.dst));
-            prop_assert_eq!((qe.src, qe.src_port, qe.dst, qe.dst_port), (e.src, e.src_port, *to.ip(), to.port()));
-            rewrite_icmp_error_outbound(&mut g, &q, from_server.then_some(p.src), SocketAddrV4::new(e.dst, e.dst_port));
+            prop_assert_eq!((qe.src, qe.src_port, qe.dst, qe.dst_port), (e.src, e.src_port, to.ip(), to.port()));
+            rewrite_icmp_error_outbound(&mut g, &q, from_server.then_some(p.src), SocketAddr::new(e.dst, e.dst_port));
         }
         prop_assert_eq!(g, f);
     }
@@ -996,7 +1095,7 @@ proptest! {
         let mut out = [0u8; 128];
         let n = build_tcp_rst(&p, DIRECTOR_MAC, &mut out);
         if p.protocol() == Some(Protocol::Tcp) {
-            prop_assert_eq!(n, 60);
+            prop_assert_eq!(n, if p.src.is_ipv6() { 74 } else { 60 });
             let r = parse(&out[..n]).unwrap();
             prop_assert!(ip_checksum_ok(&out, 14));
             prop_assert!(transport_checksum_matches_recompute(&out[..r.end]));
@@ -1020,7 +1119,7 @@ fn rewrite_checksum_zero_edge() {
         g[50..52].copy_from_slice(&[0, 0]);
         let seg = &g[34..];
         let ck = checksum::finish(checksum::combine(&[
-            checksum::pseudo_header_ipv4(CLIENT, VIP, 6, seg.len() as u16),
+            checksum::pseudo_header(CLIENT, VIP, 6, seg.len()).unwrap(),
             checksum::data(seg),
         ]));
         ck == 0
@@ -1228,6 +1327,7 @@ proptest! {
         corrupt in any::<bool>(),
     ) {
         let p = parse(&f).unwrap();
+        let addr = same_family(addr, p.src);
         let mut g = f.clone();
         if corrupt {
             g[p.end - 1] ^= 0x80;
@@ -1265,4 +1365,285 @@ proptest! {
         let _ = transport_checksum_ok(&f, &p);
         let _ = transport_checksum_ok(&f, &Packet { l4, end, ..p });
     }
+}
+
+// ---------------------------------------------------------------- IPv6
+
+/// The bytes of an IPv6 frame with `ext` (raw extension headers, the first of type `first`) between the
+/// fixed header and a TCP SYN from the client to the VIP.
+fn ipv6_with_extensions(first: u8, ext: &[u8]) -> Vec<u8> {
+    let f = tcp_frame(CLIENT6, VIP6, 40000, 80, TcpFlags::SYN, &[]);
+    let mut v = f[..54].to_vec();
+    v.extend_from_slice(ext);
+    v.extend_from_slice(&f[54..]);
+    v[20] = first;
+    let len = u16::from_be_bytes([v[18], v[19]]) + ext.len() as u16;
+    v[18..20].copy_from_slice(&len.to_be_bytes());
+    v
+}
+
+/// A TCP SYN over IPv6 parses with its addresses, ports and offsets (no header checksum to check).
+#[test]
+fn parse_ipv6_tcp_syn() {
+    let f = tcp_frame(CLIENT6, VIP6, 40000, 80, TcpFlags::SYN, &[]);
+    let p = parse(&f).unwrap();
+    assert_eq!((p.ip, p.l4, p.end), (14, 54, 74));
+    assert_eq!(
+        (p.src, p.dst, p.ports()),
+        (CLIENT6, VIP6, Some((40000, 80)))
+    );
+    assert!(transport_checksum_ok(&f, &p));
+}
+
+/// Hop-by-Hop and Destination Options headers are stepped over; routing, fragment, AH and ESP headers,
+/// over-long chains and truncated headers are refused by reason, never parsed as the transport header.
+#[test]
+fn ipv6_extension_headers() {
+    // Hop-by-Hop (8 bytes, PadN) then TCP.
+    let hbh = [6u8, 0, 1, 4, 0, 0, 0, 0];
+    let f = ipv6_with_extensions(0, &hbh);
+    let p = parse(&f).unwrap();
+    assert_eq!(p.l4, 62);
+    assert_eq!(p.ports(), Some((40000, 80)));
+    assert!(transport_checksum_ok(&f, &p));
+    // Hop-by-Hop then Destination Options (16 bytes) then TCP.
+    let mut two = vec![60u8, 0, 1, 4, 0, 0, 0, 0];
+    two.extend_from_slice(&[6, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(parse(&ipv6_with_extensions(0, &two)).unwrap().l4, 54 + 24);
+    // Routing, AH, ESP: refused; a fragment is a fragment.
+    for (kind, expect) in [
+        (43u8, Error::ExtensionHeader),
+        (51, Error::ExtensionHeader),
+        (50, Error::ExtensionHeader),
+        (44, Error::Fragment),
+    ] {
+        let ext = [6u8, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            parse(&ipv6_with_extensions(kind, &ext)),
+            Err(expect),
+            "{kind}"
+        );
+    }
+    // Hop-by-Hop, then a fragment header.
+    let mut frag = vec![44u8, 0, 1, 4, 0, 0, 0, 0];
+    frag.extend_from_slice(&[6, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(parse(&ipv6_with_extensions(0, &frag)), Err(Error::Fragment));
+    // Five Destination Options headers in a row: longer than the director steps over.
+    let mut chain = Vec::new();
+    for i in 0..5 {
+        chain.extend_from_slice(&[if i < 4 { 60 } else { 6 }, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    assert_eq!(
+        parse(&ipv6_with_extensions(60, &chain)),
+        Err(Error::ExtensionHeader)
+    );
+    // A Hop-by-Hop header whose length runs past the packet.
+    let long = [6u8, 200, 1, 4, 0, 0, 0, 0];
+    assert_eq!(
+        parse(&ipv6_with_extensions(0, &long)),
+        Err(Error::Truncated)
+    );
+}
+
+/// A payload length beyond the frame, or zero (a jumbogram), and a version other than 6 are bad headers;
+/// a cut header is truncated.
+#[test]
+fn ipv6_bad_headers() {
+    let f = tcp_frame(CLIENT6, VIP6, 40000, 80, TcpFlags::SYN, &[]);
+    let mut g = f.clone();
+    g[18..20].copy_from_slice(&100u16.to_be_bytes());
+    assert_eq!(parse(&g), Err(Error::BadIpHeader));
+    let mut g = f.clone();
+    g[18..20].copy_from_slice(&[0, 0]);
+    assert_eq!(parse(&g), Err(Error::BadIpHeader));
+    let mut g = f.clone();
+    g[14] = 0x40;
+    assert_eq!(parse(&g), Err(Error::BadIpHeader));
+    assert_eq!(parse(&f[..40]), Err(Error::Truncated));
+}
+
+/// RFC 8200 §8.1: a zero UDP checksum is no checksum over IPv4 but invalid over IPv6.
+#[test]
+fn ipv6_udp_zero_checksum_is_invalid() {
+    let mut f = udp_frame(CLIENT6, VIP6, 5353, 53, b"query");
+    let p = parse(&f).unwrap();
+    assert!(transport_checksum_ok(&f, &p));
+    f[60..62].copy_from_slice(&[0, 0]);
+    assert!(!transport_checksum_ok(&f, &p));
+}
+
+/// An IPv6 rewrite changes 16-byte addresses and the port, and the TCP checksum (over the pseudo-header)
+/// equals a full recompute; there is no IP header checksum to touch.
+#[test]
+fn ipv6_rewrite_destination_and_source() {
+    let mut f = tcp_frame(
+        CLIENT6,
+        VIP6,
+        40000,
+        80,
+        TcpFlags::ACK,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    let p = parse(&f).unwrap();
+    rewrite_destination(&mut f, &p, REAL6, 8001);
+    let q = parse(&f).unwrap();
+    assert_eq!((q.dst, q.ports()), (REAL6, Some((40000, 8001))));
+    assert!(transport_checksum_matches_recompute(&f));
+    rewrite_source(&mut f, &q, VIP6, 81);
+    assert_eq!(parse(&f).unwrap().src, VIP6);
+    assert!(transport_checksum_matches_recompute(&f));
+    // An address of the other family changes nothing.
+    let before = f.clone();
+    rewrite_destination(&mut f, &q, REAL, 1);
+    assert_eq!(f, before);
+}
+
+/// Packet too big from a router about the VIP's reply reaches the real server with the quote translated
+/// back to real:8001, and every checksum (ICMPv6 over its pseudo-header, the quoted TCP) stays valid; the
+/// real server's own error to the client leaves as the VIP. Path MTU discovery through the director.
+#[test]
+fn icmpv6_packet_too_big_both_ways() {
+    let inner = tcp_frame(VIP6, CLIENT6, 80, 40000, TcpFlags::ACK, &[7; 1200]);
+    for quote in [Some(48), Some(200), None] {
+        let mut f = icmpv6_error(ROUTER6, VIP6, packet_too_big(), &inner, quote);
+        let p = parse(&f).unwrap();
+        let Transport::Icmp(Icmp::Error { kind, .. }) = p.transport else {
+            panic!("{p:?}")
+        };
+        assert_eq!(kind, 2);
+        rewrite_icmp_error_inbound(&mut f, &p, REAL6, SocketAddr::new(REAL6, 8001));
+        let (q, e) = assert_icmp_error_checksums(&f);
+        assert_eq!((q.src, q.dst), (ROUTER6, REAL6));
+        assert_eq!(
+            (e.src, e.src_port, e.dst, e.dst_port),
+            (REAL6, 8001, CLIENT6, 40000)
+        );
+    }
+    let inner = tcp_frame(CLIENT6, REAL6, 40000, 8001, TcpFlags::ACK, &[1; 100]);
+    let mut f = icmpv6_error(REAL6, CLIENT6, packet_too_big(), &inner, None);
+    let p = parse(&f).unwrap();
+    rewrite_icmp_error_outbound(&mut f, &p, Some(VIP6), SocketAddr::new(VIP6, 80));
+    let (q, e) = assert_icmp_error_checksums(&f);
+    assert_eq!((q.src, q.dst), (VIP6, CLIENT6));
+    assert_eq!((e.dst, e.dst_port), (VIP6, 80));
+}
+
+/// The frames the director answers IPv6 clients with: RST, port unreachable (quoting at most 1280 bytes
+/// in all), echo reply; each parses back with valid checksums.
+#[test]
+fn ipv6_generated_frames() {
+    let mut out = [0u8; 2048];
+    let syn = tcp_frame(CLIENT6, VIP6, 40000, 81, TcpFlags::SYN, &[]);
+    let n = build_tcp_rst(&parse(&syn).unwrap(), DIRECTOR_MAC, &mut out);
+    let r = parse(&out[..n]).unwrap();
+    assert_eq!(
+        (r.src, r.dst, r.ports()),
+        (VIP6, CLIENT6, Some((81, 40000)))
+    );
+    assert!(transport_checksum_matches_recompute(&out[..n]));
+
+    let big = udp_frame(CLIENT6, VIP6, 5353, 53, &[9; 1400]);
+    let n = build_icmp_port_unreachable(&big, &parse(&big).unwrap(), DIRECTOR_MAC, &mut out);
+    assert_eq!(n, ETHERNET_HEADER_LEN + 1280);
+    let u = parse(&out[..n]).unwrap();
+    assert!(icmp_checksum_ok(&out, &u));
+    let Transport::Icmp(Icmp::Error {
+        kind,
+        code,
+        embedded,
+    }) = u.transport
+    else {
+        panic!("{u:?}")
+    };
+    assert_eq!((kind, code, embedded.dst_port), (1, 4, 53));
+
+    let ping = echo_request(CLIENT6, VIP6, 0x1234, 7, b"ping6");
+    let n = build_icmp_echo_reply(&ping, &parse(&ping).unwrap(), DIRECTOR_MAC, &mut out);
+    let e = parse(&out[..n]).unwrap();
+    assert_eq!((e.src, e.dst), (VIP6, CLIENT6));
+    assert!(icmp_checksum_ok(&out, &e));
+    assert_eq!(&out[e.l4..e.l4 + 2], &[129, 0]);
+}
+
+/// The addresses neighbour discovery is built on, against RFC 4291's and RFC 2464's worked forms.
+#[test]
+fn ndp_addresses() {
+    let a: Ipv6Addr = "2001:db8::12:3456".parse().unwrap();
+    assert_eq!(
+        ndp::solicited_node(a),
+        "ff02::1:ff12:3456".parse::<Ipv6Addr>().unwrap()
+    );
+    assert_eq!(
+        ndp::multicast_mac(ndp::solicited_node(a)),
+        MacAddr([0x33, 0x33, 0xff, 0x12, 0x34, 0x56])
+    );
+    assert_eq!(
+        ndp::link_local(MacAddr([0x00, 0x1b, 0x21, 0x3a, 0x4b, 0x5c])),
+        "fe80::21b:21ff:fe3a:4b5c".parse::<Ipv6Addr>().unwrap()
+    );
+}
+
+/// Solicitations and advertisements we build parse back as valid (hop limit 255, checksum, options);
+/// one forwarded by a router (hop limit 254), with a bad checksum, a multicast target or a zero-length
+/// option is refused as `bad_icmp`.
+#[test]
+fn ndp_frames_and_validity() {
+    let IpAddr::V6(real6) = REAL6 else { panic!() };
+    let IpAddr::V6(vip6) = VIP6 else { panic!() };
+    let ll = ndp::link_local(DIRECTOR_MAC);
+    let mut out = [0u8; 128];
+    let n = build_neighbour_solicitation(DIRECTOR_MAC, ll, real6, &mut out);
+    let ns = out[..n].to_vec();
+    let p = parse(&ns).unwrap();
+    assert_eq!(p.dst, IpAddr::V6(ndp::solicited_node(real6)));
+    assert_eq!(p.dst_mac, ndp::multicast_mac(ndp::solicited_node(real6)));
+    assert_eq!(
+        p.transport,
+        Transport::Icmp(Icmp::NeighbourSolicitation {
+            target: real6,
+            mac: Some(DIRECTOR_MAC)
+        })
+    );
+
+    // The answer for a VIP, to the solicitor, and the unsolicited announcement to all nodes.
+    let n = build_neighbour_advertisement(DIRECTOR_MAC, vip6, Some((ll, CLIENT_MAC)), &mut out);
+    let na = parse(&out[..n]).unwrap();
+    assert_eq!(
+        (na.src, na.dst, na.dst_mac),
+        (VIP6, IpAddr::V6(ll), CLIENT_MAC)
+    );
+    assert_eq!(out[na.l4 + 4], 0x60, "solicited and override");
+    assert_eq!(
+        na.transport,
+        Transport::Icmp(Icmp::NeighbourAdvertisement {
+            target: vip6,
+            mac: Some(DIRECTOR_MAC)
+        })
+    );
+    let n = build_neighbour_advertisement(DIRECTOR_MAC, vip6, None, &mut out);
+    let una = parse(&out[..n]).unwrap();
+    assert_eq!(una.dst, "ff02::1".parse::<IpAddr>().unwrap());
+    assert_eq!(out[una.l4 + 4], 0x20, "override only");
+
+    let bad = |f: Vec<u8>| assert_eq!(parse(&f), Err(Error::BadIcmp));
+    let mut forwarded = ns.clone();
+    forwarded[21] = 254;
+    bad(forwarded);
+    let mut corrupt = ns.clone();
+    corrupt[p.l4 + 10] ^= 1;
+    bad(corrupt);
+    let mut zero_option = ns.clone();
+    zero_option[p.l4 + 25] = 0;
+    bad(zero_option);
+    // A multicast target, with the checksum made right: refused for the target, not the checksum.
+    let mut multicast = ns.clone();
+    multicast[p.l4 + 8] = 0xff;
+    multicast[p.l4 + 2..p.l4 + 4].copy_from_slice(&[0, 0]);
+    let ph = checksum::pseudo_header(p.src, p.dst, 58, p.end - p.l4).unwrap();
+    let c = checksum::finish(checksum::combine(&[
+        ph,
+        checksum::data(&multicast[p.l4..p.end]),
+    ]));
+    multicast[p.l4 + 2..p.l4 + 4].copy_from_slice(&c.to_be_bytes());
+    bad(multicast);
 }
