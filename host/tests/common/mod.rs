@@ -145,6 +145,24 @@ impl Netns {
         ns
     }
 
+    /// A new namespace with IPv6 on and duplicate address detection off (addresses usable at once),
+    /// for the IPv6 tests. Call before adding its interfaces.
+    pub fn new_v6(role: &str) -> Netns {
+        let ns = Netns::new(role);
+        for key in ["all", "default"] {
+            ns.sysctl(&format!("net.ipv6.conf.{key}.disable_ipv6"), "0");
+            ns.sysctl(&format!("net.ipv6.conf.{key}.accept_dad"), "0");
+        }
+        ns.sysctl("net.ipv6.conf.lo.disable_ipv6", "0");
+        ns
+    }
+
+    /// Adds the IPv6 `cidr` to `dev` without duplicate address detection, and brings `dev` up.
+    pub fn addr6(&self, dev: &str, cidr: &str) {
+        self.ip(&["-6", "addr", "add", cidr, "dev", dev, "nodad"]);
+        self.ip(&["link", "set", dev, "up"]);
+    }
+
     /// `ip -n NAME ARGS...`
     pub fn ip(&self, args: &[&str]) -> Output {
         let mut a = vec!["-n", &self.name];
@@ -509,8 +527,17 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx in `ns` answering `body` on each `(port, body)` and waits until every port is open.
     pub fn start(ns: &Netns, sites: &[(u16, &str)]) -> Nginx {
+        Nginx::start_in(ns, sites, false)
+    }
+
+    /// [`Nginx::start`] listening on IPv6 too (the namespace must have IPv6 on: [`Netns::new_v6`]).
+    pub fn start_dual(ns: &Netns, sites: &[(u16, &str)]) -> Nginx {
+        Nginx::start_in(ns, sites, true)
+    }
+
+    fn start_in(ns: &Netns, sites: &[(u16, &str)], ipv6: bool) -> Nginx {
         let dir = TempDir::new("vipd-nginx");
-        let conf = nginx_conf(&dir.0, sites);
+        let conf = nginx_conf_in(&dir.0, sites, ipv6);
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let proc = ns.spawn(
             &dir,
@@ -542,6 +569,12 @@ impl Nginx {
 
 /// An nginx config answering `body` (plus a newline) on each port, and files under `DIR/files/` at `/files/`.
 pub fn nginx_conf(dir: &Path, sites: &[(u16, &str)]) -> String {
+    nginx_conf_in(dir, sites, false)
+}
+
+/// [`nginx_conf`], listening on `[::]` too when `ipv6`. Request bodies of any size are read and
+/// discarded (uploads answer 200).
+pub fn nginx_conf_in(dir: &Path, sites: &[(u16, &str)], ipv6: bool) -> String {
     let d = dir.display();
     let mut c = format!(
         "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
@@ -550,9 +583,15 @@ pub fn nginx_conf(dir: &Path, sites: &[(u16, &str)]) -> String {
          uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  keepalive_requests 1000000;\n"
     );
     for (port, body) in sites {
+        let v6 = if ipv6 {
+            format!("listen [::]:{port} reuseport backlog=4096; ")
+        } else {
+            String::new()
+        };
         c += &format!(
-            "  server {{ listen {port} reuseport backlog=4096; location / {{ default_type text/plain; \
-             return 200 \"{body}\\n\"; }} location /files/ {{ root {d}; }} }}\n"
+            "  server {{ listen {port} reuseport backlog=4096; {v6}client_max_body_size 0; \
+             location / {{ default_type text/plain; return 200 \"{body}\\n\"; }} \
+             location /files/ {{ root {d}; }} }}\n"
         );
     }
     c += "}\n";
