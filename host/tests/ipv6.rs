@@ -30,6 +30,7 @@ const VIP_WHOLE: &str = "2001:db8:f::1";
 const VIP_ONE_PORT: &str = "2001:db8:f::2";
 const VIP_PORTS: &str = "2001:db8:f::3";
 const VIP_C: &str = "2001:db8:f::4";
+const VIP_FAILOVER: &str = "2001:db8:f::5";
 const FAR: &str = "2001:db8:e::2";
 const CLIENT6: &str = "2001:db8:c::2";
 
@@ -163,14 +164,30 @@ impl Topology {
             r#"[director]
 outside = "vipd-out"
 inside = "vipd-in"
+syn_retries = 0
 
 [[real]]
 name = "a"
 address = "2001:db8:1::10"
+check = {{ kind = "http", port = 80, path = "/", interval = "200ms", rise = 1, fall = 1 }}
 
 [[real]]
 name = "b"
 address = "2001:db8:1::11"
+check = {{ kind = "tcp", port = 9001, interval = "200ms", rise = 1, fall = 1 }}
+
+[[real]]
+name = "gone"
+address = "2001:db8:1::99"
+mac = "02:00:00:00:09:99"
+backup = "b"
+failure_threshold = 1
+retry_after = "1h"
+
+[[real]]
+name = "unchecked"
+address = "2001:db8:1::98"
+check = {{ kind = "tcp", port = 80, interval = "200ms", timeout = "100ms", rise = 1, fall = 1 }}
 
 [[real]]
 name = "c"
@@ -209,6 +226,20 @@ address = "{VIP_PORTS}"
 name = "far-server"
 address = "{VIP_C}"
 bind = ["c"]
+  [[virtual.port]]
+  port = 80
+
+[[virtual]]
+name = "failover"
+address = "{VIP_FAILOVER}"
+bind = ["gone:9001"]
+  [[virtual.port]]
+  port = 80
+
+[[virtual]]
+name = "checked"
+address = "2001:db8:f::6"
+bind = ["unchecked"]
   [[virtual.port]]
   port = 80
 
@@ -320,6 +351,58 @@ fn ipv6_end_to_end() {
         .client
         .curl(&format!("http://[{VIP_WHOLE}]:81/"), Duration::from_secs(5));
     assert_eq!(refused.exit, 7, "connection refused: {refused:?}");
+
+    // Health checks over IPv6: a (HTTP) and b (TCP) are up, nothing answers at "unchecked"'s address.
+    wait_for("the checks' verdicts", Duration::from_secs(10), || {
+        let status: serde_json::Value =
+            serde_json::from_str(&admin_get(&t.director, "/status")).unwrap_or_default();
+        let state = |name: &str| {
+            status["reals"]
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["name"] == name))
+                .map(|r| r["state"].as_str().unwrap_or_default().to_owned())
+        };
+        state("unchecked").as_deref() == Some("failed")
+            && state("a").as_deref() == Some("up")
+            && state("b").as_deref() == Some("up")
+    });
+    // Failure handling: "gone" never answers the SYN; it is ditched and failed, and the client's
+    // retransmitted SYN goes to its backup b (port 9001 as bound).
+    assert_eq!(
+        get(&t.client, &vipd, &format!("http://[{VIP_FAILOVER}]/")),
+        "port 80 on B"
+    );
+
+    // The admin API and metrics name IPv6 addresses as such.
+    let status = admin_get(&t.director, "/status");
+    assert!(
+        status.contains(&format!("\"address\": \"{VIP_WHOLE}\"")),
+        "{status}"
+    );
+    assert!(
+        status.contains("\"address\": \"[2001:db8:1::11]:9001\""),
+        "{status}"
+    );
+    let held = t.client.spawn(
+        &dir,
+        "held",
+        "curl",
+        &[
+            "-sS",
+            "--limit-rate",
+            "64k",
+            "-o",
+            "/dev/null",
+            &format!("http://[{VIP_WHOLE}]/files/big"),
+        ],
+    );
+    wait_for("a connection listed", Duration::from_secs(10), || {
+        admin_get(&t.director, "/connections").contains(&format!("[{CLIENT6}]:"))
+    });
+    let conns = admin_get(&t.director, "/connections");
+    assert!(conns.contains(&format!("[{VIP_WHOLE}]:80")), "{conns}");
+    assert!(conns.contains("[2001:db8:1::10]:80"), "{conns}");
+    drop(held);
 
     // IPv4 and IPv6 clients side by side, many requests each, concurrently.
     let (v4, v6) = std::thread::scope(|s| {
