@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The patent's FIG. 3 on one machine: a client, vipd, and servers A, B, C in network namespaces.
+# The patent's FIG. 3 on one machine: a client, vipd, and servers A, B, C in network namespaces, dual stack.
 #
 #   client 198.51.100.2 --eth0==vipd-out-- [director: vipd] --vipd-in 10.20.0.1-- bridge --+-- A 10.20.0.10
-#   (192.0.2.0/24 on-link: the client ARPs for each VIP, vipd answers)                     +-- B 10.20.0.11
-#                                                                                          +-- C 10.20.0.12
+#          2001:db8:c::2                                    2001:db8:1::1               |   2001:db8:1::10
+#   (192.0.2.0/24 and 2001:db8:f::/64 on-link: the client                               +-- B 10.20.0.11
+#    ARPs and solicits for each VIP, vipd answers)                                       +-- C 10.20.0.12
+#                                                                                            2001:db8:1::12
 # Server A serves sites 1-3 on 8001-8003, B site 1 on 80, C sites 1-3 on 9001-9003; one nginx per site
 # answering "site N on host X". vipd runs with examples/fig3.toml; the client curls every VIP, is refused at
 # once on an unsupported port, and pings a VIP. Everything created is removed on exit, also on Ctrl-C.
@@ -53,7 +55,8 @@ netns() {
     ip netns add "$1"
     CREATED+=("$1")
     ip -n "$1" link set lo up
-    in_ns "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    # IPv6 on, without duplicate address detection (addresses usable at once).
+    in_ns "$1" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
 }
 # veth NS_A DEV_A NS_B DEV_B: a cable with offloads off on both ends (vipd refuses offloads on).
 veth() {
@@ -95,13 +98,16 @@ for ns in "${NS_SERVERS[@]}"; do netns "$ns"; done
 veth "$NS_CLIENT" eth0 "$NS_DIR" vipd-out
 ip -n "$NS_CLIENT" addr add 198.51.100.2/24 dev eth0
 ip -n "$NS_CLIENT" route add 192.0.2.0/24 dev eth0          # VIPs on-link: proxy ARP by vipd
+ip -n "$NS_CLIENT" addr add 2001:db8:c::2/64 dev eth0 nodad
+ip -n "$NS_CLIENT" route add 2001:db8:f::/64 dev eth0        # IPv6 VIPs on-link: vipd answers solicitations
 
 ip -n "$NS_LAN" link add br0 type bridge
 ip -n "$NS_LAN" link set br0 up
 veth "$NS_DIR" vipd-in "$NS_LAN" port-d
 ip -n "$NS_LAN" link set port-d master br0
 ip -n "$NS_DIR" addr add 10.20.0.1/24 dev vipd-in               # the servers' gateway
-in_ns "$NS_DIR" sysctl -qw net.ipv4.ip_forward=0 net.ipv4.conf.all.arp_ignore=1
+ip -n "$NS_DIR" addr add 2001:db8:1::1/64 dev vipd-in nodad
+in_ns "$NS_DIR" sysctl -qw net.ipv4.ip_forward=0 net.ipv4.conf.all.arp_ignore=1 net.ipv6.conf.all.forwarding=0
 
 for i in 0 1 2; do
     ns=${NS_SERVERS[$i]} port=port-${HOSTS[$i],,}
@@ -109,6 +115,8 @@ for i in 0 1 2; do
     ip -n "$NS_LAN" link set "$port" master br0
     ip -n "$ns" addr add "${SERVER_IPS[$i]}/24" dev eth0
     ip -n "$ns" route add default via 10.20.0.1
+    ip -n "$ns" addr add "2001:db8:1::1$i/64" dev eth0 nodad
+    ip -n "$ns" route add default via 2001:db8:1::1
 done
 
 # --- one nginx per site --------------------------------------------------------------------------------
@@ -126,7 +134,7 @@ http {
     access_log off;
     client_body_temp_path $dir/body; proxy_temp_path $dir/proxy; fastcgi_temp_path $dir/fastcgi;
     uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
-    server { listen $port; location / { default_type text/plain; return 200 "site $n on host ${HOSTS[$i]}\n"; } }
+    server { listen $port; listen [::]:$port; location / { default_type text/plain; return 200 "site $n on host ${HOSTS[$i]}\n"; } }
 }
 EOF
     in_ns "${NS_SERVERS[$i]}" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/out.log" 2>&1 &
@@ -191,12 +199,14 @@ if ! wait_until 15 serving; then
     exit 1
 fi
 
-echo "== from the client (198.51.100.2): every VIP, 4 times"
+# url VIP PORT: an IPv6 address goes in brackets.
+url() { if [[ $1 == *:* ]]; then echo "http://[$1]:$2/"; else echo "http://$1:$2/"; fi; }
+echo "== from the client (198.51.100.2, 2001:db8:c::2): every VIP, 4 times"
 for vp in "${VPORTS[@]}"; do
     read -r vip port <<<"$vp"
     for _ in 1 2 3 4; do
-        body=$(in_ns "$NS_CLIENT" curl -sS --max-time 2 "http://$vip:$port/" 2>&1) || true
-        printf '   %-16s -> %s\n' "$vip:$port" "$body"
+        body=$(in_ns "$NS_CLIENT" curl -sS --max-time 2 "$(url "$vip" "$port")" 2>&1) || true
+        printf '   %-22s -> %s\n' "$(url "$vip" "$port")" "$body"
     done
 done
 
@@ -208,6 +218,14 @@ printf '   curl exit %d after %d ms: %s\n' "$rc" $(((end - start) / 1000000)) "$
 
 echo "== ping $vip0"
 in_ns "$NS_CLIENT" ping -c 3 -i 0.2 -W 2 "$vip0" | sed 's/^/   /' || true
+for vp in "${VPORTS[@]}"; do
+    read -r vip _ <<<"$vp"
+    if [[ $vip == *:* ]]; then
+        echo "== ping -6 $vip"
+        in_ns "$NS_CLIENT" ping -6 -c 3 -i 0.2 -W 2 "$vip" | sed 's/^/   /' || true
+        break
+    fi
+done
 
 echo "== stopping vipd"
 kill -TERM "$VIPD_PID" 2>/dev/null || true

@@ -76,10 +76,9 @@ impl fmt::Display for PolicyUse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} {}:{}/{}: policy {}",
+            "{} {}/{}: policy {}",
             self.virtual_name,
-            self.address,
-            self.port,
+            std::net::SocketAddr::new(self.address, self.port),
             self.protocol.as_str(),
             self.policy
         )?;

@@ -218,7 +218,7 @@ impl fmt::Display for Status {
         for vm in &self.virtual_machines {
             for p in &vm.ports {
                 addr.clear();
-                let _ = write!(addr, "{}:{}", vm.address, p.port);
+                let _ = write!(addr, "{}", SocketAddr::new(vm.address, p.port));
                 writeln!(
                     out,
                     "{:<4} {:<25} {:<14} {:<15} {:>10} {:>10}",

@@ -29,7 +29,7 @@ fn good_config_exits_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("ok: 3 virtual machines, 4 ports, 4 real servers"),
+        stdout.contains("ok: 4 virtual machines, 5 ports, 6 real servers"),
         "{stdout}"
     );
 }
