@@ -3,18 +3,24 @@
 //!
 //! Run: `cargo run -p vipd --example make_fixtures -- tests/fixtures`. Deterministic: the same bytes every run.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use etherparse::PacketBuilder;
+use etherparse::{Ethernet2Header, Icmpv6Type, IpHeaders, PacketBuilder, PacketBuilderStep};
 use pcap::{Capture, Linktype, Packet, PacketHeader};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 const OUTSIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const INSIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const HOST_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x0a];
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const HOST_A: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 10);
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2));
+const HOST_A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 20, 0, 10));
+const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2));
+/// host-a6: host-a's IPv6 address (same MAC).
+const HOST_A6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0x10));
+/// IPv6 next-header values of the extension headers the `ipv6` scenario sends (RFC 8200 §4).
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
 
 #[derive(Clone, Copy)]
 enum Side {
@@ -71,8 +77,8 @@ impl Scenario {
         &mut self,
         ms: u64,
         side: Side,
-        src: (Ipv4Addr, u16),
-        dst: (Ipv4Addr, u16),
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
         flags: Flags,
         seq: u32,
         ack: u32,
@@ -82,9 +88,8 @@ impl Scenario {
             Side::Outside => (CLIENT_MAC, OUTSIDE_MAC),
             Side::Inside => (HOST_A_MAC, INSIDE_MAC),
         };
-        let mut b = PacketBuilder::ethernet2(smac, dmac)
-            .ipv4(src.0.octets(), dst.0.octets(), 64)
-            .tcp(src.1, dst.1, seq, 64240);
+        let mut b =
+            ip(PacketBuilder::ethernet2(smac, dmac), src.0, dst.0).tcp(src.1, dst.1, seq, 64240);
         if flags.syn {
             b = b.syn();
         }
@@ -102,26 +107,28 @@ impl Scenario {
         self.push(ms, side, v);
     }
 
-    fn udp(&mut self, ms: u64, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) {
+    fn udp(&mut self, ms: u64, src: (IpAddr, u16), dst: (IpAddr, u16), payload: &[u8]) {
         let mut v = Vec::new();
-        PacketBuilder::ethernet2(CLIENT_MAC, OUTSIDE_MAC)
-            .ipv4(src.0.octets(), dst.0.octets(), 64)
-            .udp(src.1, dst.1)
-            .write(&mut v, payload)
-            .expect("build udp");
+        ip(
+            PacketBuilder::ethernet2(CLIENT_MAC, OUTSIDE_MAC),
+            src.0,
+            dst.0,
+        )
+        .udp(src.1, dst.1)
+        .write(&mut v, payload)
+        .expect("build udp");
         self.push(ms, Side::Outside, v);
     }
 
-    /// A whole HTTP/1.0 exchange between a client port and a virtual port, answered by `real`.
+    /// A whole HTTP/1.0 exchange between a client and a virtual port, answered by `real`.
     fn exchange(
         &mut self,
         start: u64,
-        cport: u16,
-        vip: (Ipv4Addr, u16),
-        real: (Ipv4Addr, u16),
+        c: (IpAddr, u16),
+        vip: (IpAddr, u16),
+        real: (IpAddr, u16),
         body: &[u8],
     ) {
-        let c = (CLIENT, cport);
         let o = Side::Outside;
         let i = Side::Inside;
         let req = b"GET / HTTP/1.0\r\n\r\n";
@@ -190,8 +197,25 @@ impl Scenario {
     }
 }
 
-fn vip(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, n)
+/// The IP header of either family (TTL or hop limit 64) after an Ethernet header.
+fn ip(
+    eth: PacketBuilderStep<Ethernet2Header>,
+    src: IpAddr,
+    dst: IpAddr,
+) -> PacketBuilderStep<IpHeaders> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("{src} > {dst}: one frame, one family"),
+    }
+}
+
+fn vip(n: u8) -> IpAddr {
+    Ipv4Addr::new(192, 0, 2, n).into()
+}
+
+fn vip6(n: u16) -> IpAddr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, n).into()
 }
 
 fn main() {
@@ -208,7 +232,7 @@ fn main() {
         let body = format!("site{n}\n");
         s.exchange(
             u64::from(n) * 100,
-            40000 + u16::from(n),
+            (CLIENT, 40000 + u16::from(n)),
             (vip(n), 80),
             (HOST_A, 8000 + u16::from(n)),
             body.as_bytes(),
@@ -257,19 +281,22 @@ fn main() {
         1,
         o,
         (CLIENT, 40301),
-        (Ipv4Addr::new(203, 0, 113, 9), 80),
+        (Ipv4Addr::new(203, 0, 113, 9).into(), 80),
         SYN,
         1,
         0,
         &[],
     );
     let mut good = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, OUTSIDE_MAC)
-        .ipv4(CLIENT.octets(), vip(1).octets(), 64)
-        .tcp(40302, 80, 1, 64240)
-        .syn()
-        .write(&mut good, &[])
-        .unwrap();
+    ip(
+        PacketBuilder::ethernet2(CLIENT_MAC, OUTSIDE_MAC),
+        CLIENT,
+        vip(1),
+    )
+    .tcp(40302, 80, 1, 64240)
+    .syn()
+    .write(&mut good, &[])
+    .unwrap();
     s.push(2, o, good[..30].to_vec()); // truncated inside the IPv4 header
     let mut frag = good.clone();
     frag[14 + 6] = 0x20; // more fragments
@@ -381,6 +408,54 @@ fn main() {
     s.tcp(7, Side::Outside, cl(40602), (vip(1), 80), ACK, 2, 2, &[]);
     s.tcp(8, Side::Outside, cl(40603), (vip(1), 80), SYN, 1, 0, &[]);
     s.write(&dir, "table-full");
+
+    // IPv6 (ipv6.toml): the patent's exchanges with two virtual machines, the refusals, neighbour discovery,
+    // a ping, and frames the director must not parse past.
+    let mut s = Scenario::default();
+    for n in 1..=2u16 {
+        let body = format!("site{n}\n");
+        s.exchange(
+            u64::from(n) * 100,
+            (CLIENT6, 40000 + n),
+            (vip6(n), 80),
+            (HOST_A6, 8000 + n),
+            body.as_bytes(),
+        );
+    }
+    let o = Side::Outside;
+    s.tcp(300, o, (CLIENT6, 40200), (vip6(1), 81), SYN, 1234, 0, &[]);
+    s.udp(301, (CLIENT6, 40201), (vip6(1), 5353), b"query");
+    s.push(400, o, neighbour_solicitation(CLIENT6, vip6(1)));
+    let mut ping = Vec::new();
+    ip(
+        PacketBuilder::ethernet2(CLIENT_MAC, OUTSIDE_MAC),
+        CLIENT6,
+        vip6(1),
+    )
+    .icmpv6_echo_request(1, 1)
+    .write(&mut ping, b"ping")
+    .unwrap();
+    s.push(401, o, ping);
+    let mut syn = Vec::new();
+    ip(
+        PacketBuilder::ethernet2(CLIENT_MAC, OUTSIDE_MAC),
+        CLIENT6,
+        vip6(1),
+    )
+    .tcp(40300, 80, 1, 64240)
+    .syn()
+    .write(&mut syn, &[])
+    .unwrap();
+    // Type 0 routing, no segments left: the destination stays; the director still must not step over it.
+    s.push(500, o, with_ipv6_extension(&syn, IPV6_ROUTING, [0; 6]));
+    // The first fragment (offset 0, more fragments) of a datagram, identification 1.
+    s.push(
+        501,
+        o,
+        with_ipv6_extension(&syn, IPV6_FRAGMENT, [0, 1, 0, 0, 0, 1]),
+    );
+    s.tcp(502, o, (CLIENT6, 40301), (vip6(1), 80), ACK, 1, 1, b"stray");
+    s.write(&dir, "ipv6");
 }
 
 fn fix_ip_checksum(frame: &mut [u8]) {
@@ -417,5 +492,49 @@ fn with_ip_options(frame: &[u8]) -> Vec<u8> {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     v[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    v
+}
+
+/// A neighbour solicitation from the client for `target`, to its solicited-node multicast address (RFC 4861
+/// §7.2.2: hop limit 255, the client's link-layer address as an option).
+fn neighbour_solicitation(src: IpAddr, target: IpAddr) -> Vec<u8> {
+    let (IpAddr::V6(src), IpAddr::V6(target)) = (src, target) else {
+        panic!("neighbour discovery is IPv6");
+    };
+    let t = target.octets();
+    let dst = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    let d = dst.octets();
+    let mut body = t.to_vec();
+    body.extend_from_slice(&[1, 1]); // source link-layer address, 8 bytes
+    body.extend_from_slice(&CLIENT_MAC);
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, [0x33, 0x33, d[12], d[13], d[14], d[15]])
+        .ipv6(src.octets(), d, 255)
+        .icmpv6(Icmpv6Type::NeighborSolicitation)
+        .write(&mut v, &body)
+        .unwrap();
+    v
+}
+
+/// The same IPv6 frame with an 8-byte extension header of type `kind` (its last six bytes `rest`) between
+/// the IPv6 header and the transport header.
+fn with_ipv6_extension(frame: &[u8], kind: u8, rest: [u8; 6]) -> Vec<u8> {
+    let (eth, ip) = (14, 14 + 40);
+    let mut v = frame[..ip].to_vec();
+    v.extend_from_slice(&[frame[eth + 6], 0]); // next header: the transport; length: 8 bytes
+    v.extend_from_slice(&rest);
+    v.extend_from_slice(&frame[ip..]);
+    v[eth + 6] = kind;
+    let len = u16::from_be_bytes([v[eth + 4], v[eth + 5]]) + 8;
+    v[eth + 4..eth + 6].copy_from_slice(&len.to_be_bytes());
     v
 }

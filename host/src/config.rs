@@ -1117,7 +1117,8 @@ impl Checker<'_> {
                             span,
                             format!("{pkey}.port"),
                             format!(
-                                "{address}:{number}/{} is already defined by {key}.port[{first}]",
+                                "{}/{} is already defined by {key}.port[{first}]",
+                                SocketAddr::new(address, number),
                                 protocol.as_str()
                             ),
                         );

@@ -410,10 +410,9 @@ fn check(path: &std::path::Path) -> ExitCode {
             for shadow in &assembly.shadows {
                 if let Some(used) = assembly.policies.get(shadow.port_id as usize) {
                     println!(
-                        "  {} {}:{}/{}: shadow policy {} (asked too, never applied)",
+                        "  {} {}/{}: shadow policy {} (asked too, never applied)",
                         used.virtual_name,
-                        used.address,
-                        used.port,
+                        std::net::SocketAddr::new(used.address, used.port),
                         used.protocol.as_str(),
                         shadow.name
                     );

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -22,15 +22,22 @@ const L2: Layer2 = Layer2 {
     inside_mac: MacAddr([0x02, 0, 0, 0, 0, 0x02]),
     inside_ip: Ipv4Addr::UNSPECIFIED,
 };
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const HOST_A: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 10);
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2));
+const HOST_A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 20, 0, 10));
+const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2));
+/// host-a6 in ipv6.toml: host-a's IPv6 address, same MAC.
+const HOST_A6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0x10));
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
-fn vip(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, n)
+fn vip(n: u8) -> IpAddr {
+    Ipv4Addr::new(192, 0, 2, n).into()
+}
+
+fn vip6(n: u16) -> IpAddr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, n).into()
 }
 
 /// A frame the director sent, decoded.
@@ -38,12 +45,16 @@ fn vip(n: u8) -> Ipv4Addr {
 struct Sent {
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+    /// IPv4 TTL or IPv6 hop limit.
+    hop_limit: u8,
     /// syn, ack, fin, rst
     tcp_flags: Option<(bool, bool, bool, bool)>,
     tcp_ack: u32,
+    /// ICMP or ICMPv6 type and code.
     icmp: Option<(u8, u8)>,
+    /// The TCP payload, or the ICMP message after its first 8 bytes.
     data: Vec<u8>,
 }
 
@@ -75,7 +86,8 @@ fn run(scenario: &str, config: &str) -> Run {
     }
 }
 
-/// Reads back a capture the director wrote; checks every IPv4, TCP, UDP and ICMP checksum on the way.
+/// Reads back a capture the director wrote; checks every IPv4, TCP, UDP, ICMP and ICMPv6 checksum on the way
+/// (over the pseudo-header of the frame's family). ARP and other non-IP frames are skipped.
 fn read_sent(path: &Path) -> Vec<Sent> {
     let mut capture = pcap::Capture::from_file(path).unwrap();
     let mut out = Vec::new();
@@ -83,23 +95,35 @@ fn read_sent(path: &Path) -> Vec<Sent> {
         let Ok(sliced) = SlicedPacket::from_ethernet(packet.data) else {
             continue;
         };
-        let Some(NetSlice::Ipv4(ip)) = &sliced.net else {
-            continue;
-        };
-        let h = ip.header().to_header();
-        assert_eq!(
-            h.calc_header_checksum(),
-            h.header_checksum,
-            "IPv4 header checksum of a sent frame"
-        );
         let Some(etherparse::LinkSlice::Ethernet2(eth)) = &sliced.link else {
             continue;
+        };
+        let (src, dst, hop_limit) = match &sliced.net {
+            Some(NetSlice::Ipv4(ip)) => {
+                let h = ip.header().to_header();
+                assert_eq!(
+                    h.calc_header_checksum(),
+                    h.header_checksum,
+                    "IPv4 header checksum of a sent frame"
+                );
+                (h.source.into(), h.destination.into(), h.time_to_live)
+            }
+            Some(NetSlice::Ipv6(ip)) => {
+                let h = ip.header();
+                (
+                    h.source_addr().into(),
+                    h.destination_addr().into(),
+                    h.hop_limit(),
+                )
+            }
+            _ => continue,
         };
         let mut sent = Sent {
             src_mac: eth.source(),
             dst_mac: eth.destination(),
-            src: (ip.header().source_addr(), 0),
-            dst: (ip.header().destination_addr(), 0),
+            src: (src, 0),
+            dst: (dst, 0),
+            hop_limit,
             tcp_flags: None,
             tcp_ack: 0,
             icmp: None,
@@ -108,10 +132,16 @@ fn read_sent(path: &Path) -> Vec<Sent> {
         match &sliced.transport {
             Some(TransportSlice::Tcp(t)) => {
                 let th = t.to_header();
-                let sum = th
-                    .calc_checksum_ipv4_raw(h.source, h.destination, t.payload())
-                    .unwrap();
-                assert_eq!(sum, th.checksum, "TCP checksum of a sent frame");
+                let sum = match (src, dst) {
+                    (IpAddr::V4(s), IpAddr::V4(d)) => {
+                        th.calc_checksum_ipv4_raw(s.octets(), d.octets(), t.payload())
+                    }
+                    (IpAddr::V6(s), IpAddr::V6(d)) => {
+                        th.calc_checksum_ipv6_raw(s.octets(), d.octets(), t.payload())
+                    }
+                    _ => unreachable!("one header, one family"),
+                };
+                assert_eq!(sum.unwrap(), th.checksum, "TCP checksum of a sent frame");
                 sent.src.1 = th.source_port;
                 sent.dst.1 = th.destination_port;
                 sent.tcp_flags = Some((th.syn, th.ack, th.fin, th.rst));
@@ -122,17 +152,38 @@ fn read_sent(path: &Path) -> Vec<Sent> {
                 let uh = u.to_header();
                 sent.src.1 = uh.source_port;
                 sent.dst.1 = uh.destination_port;
-                if uh.checksum != 0 {
-                    let sum = uh
-                        .calc_checksum_ipv4_raw(h.source, h.destination, u.payload())
-                        .unwrap();
-                    assert_eq!(sum, uh.checksum, "UDP checksum of a sent frame");
+                let sum = match (src, dst) {
+                    (IpAddr::V4(_), _) if uh.checksum == 0 => None,
+                    (IpAddr::V4(s), IpAddr::V4(d)) => {
+                        Some(uh.calc_checksum_ipv4_raw(s.octets(), d.octets(), u.payload()))
+                    }
+                    // RFC 8200 §8.1: over IPv6 the UDP checksum is not optional.
+                    (IpAddr::V6(s), IpAddr::V6(d)) => {
+                        Some(uh.calc_checksum_ipv6_raw(s.octets(), d.octets(), u.payload()))
+                    }
+                    _ => unreachable!("one header, one family"),
+                };
+                if let Some(sum) = sum {
+                    assert_eq!(sum.unwrap(), uh.checksum, "UDP checksum of a sent frame");
                 }
             }
             Some(TransportSlice::Icmpv4(i)) => {
                 let bytes = i.slice();
                 assert_eq!(internet_checksum(bytes), 0, "ICMP checksum of a sent frame");
                 sent.icmp = Some((bytes[0], bytes[1]));
+                sent.data = i.payload().to_vec();
+            }
+            Some(TransportSlice::Icmpv6(i)) => {
+                let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+                    panic!("ICMPv6 over IPv4 in a sent frame");
+                };
+                let sum = i
+                    .icmp_type()
+                    .calc_checksum(s.octets(), d.octets(), i.payload())
+                    .unwrap();
+                assert_eq!(sum, i.checksum(), "ICMPv6 checksum of a sent frame");
+                sent.icmp = Some((i.type_u8(), i.code_u8()));
+                sent.data = i.payload().to_vec();
             }
             _ => {}
         }
@@ -298,10 +349,10 @@ fn stray_and_malformed_frames_are_dropped() {
 fn binding_modes() {
     let r = run("binding-modes", "binding-modes.toml");
     let targets: Vec<_> = r.inside.iter().map(|s| s.dst).collect();
-    let (a, b, c) = (
+    let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
         HOST_A,
-        Ipv4Addr::new(10, 20, 0, 11),
-        Ipv4Addr::new(10, 20, 0, 12),
+        Ipv4Addr::new(10, 20, 0, 11).into(),
+        Ipv4Addr::new(10, 20, 0, 12).into(),
     );
     assert_eq!(
         targets,
@@ -366,6 +417,120 @@ fn full_table_evicts_half_open_then_refuses() {
     assert_eq!(rst.tcp_flags.map(|f| f.3), Some(true));
 }
 
+/// IPv6: the patent's exchanges to two virtual machines pass translated both ways; unsupported ports get an
+/// RST and ICMPv6 port unreachable, a solicitation for a VIP a neighbour advertisement, a ping an echo
+/// reply; a routing header, a fragment and a segment of no connection are dropped and counted by reason.
+#[test]
+fn ipv6_round_trip() {
+    let r = run("ipv6", "ipv6.toml");
+    assert_eq!(
+        r.inside.len(),
+        6,
+        "three segments per connection reach the server"
+    );
+    for s in &r.inside {
+        let n = s.src.1 - 40000;
+        assert_eq!(s.src, (CLIENT6, 40000 + n));
+        assert_eq!(s.dst, (HOST_A6, 8000 + n), "site{n} goes to port 800{n}");
+        assert_eq!(s.dst_mac, HOST_A_MAC, "host-a6's static MAC");
+        assert_eq!(s.src_mac, L2.inside_mac.0);
+    }
+
+    let all_nodes = IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1));
+    let (to_client, unsolicited): (Vec<&Sent>, Vec<&Sent>) =
+        r.outside.iter().partition(|s| s.dst.0 == CLIENT6);
+    assert!(
+        unsolicited
+            .iter()
+            .all(|s| s.dst.0 == all_nodes && s.icmp == Some((136, 0))),
+        "besides the client's frames, only unsolicited advertisements of the VIPs: {unsolicited:#?}"
+    );
+    for s in &to_client {
+        assert_eq!(
+            s.dst_mac, CLIENT_MAC,
+            "back to the MAC the client's frames came from"
+        );
+        assert_eq!(s.src_mac, L2.outside_mac.0);
+    }
+    assert_eq!(to_client.len(), 10, "{to_client:#?}");
+    let (exchanges, generated) = to_client.split_at(6);
+    for s in exchanges {
+        let n = s.dst.1 - 40000;
+        assert_eq!(
+            s.src,
+            (vip6(n), 80),
+            "the answer comes from the virtual machine"
+        );
+        assert_eq!(s.dst, (CLIENT6, 40000 + n));
+    }
+    let bodies: Vec<_> = exchanges
+        .iter()
+        .filter(|s| !s.data.is_empty())
+        .map(|s| s.data.clone())
+        .collect();
+    assert_eq!(bodies, [b"site1\n".to_vec(), b"site2\n".to_vec()]);
+
+    let [rst, unreachable, advertisement, echo] = generated else {
+        panic!("{generated:#?}");
+    };
+    assert_eq!(rst.tcp_flags, Some((false, true, false, true)), "RST+ACK");
+    assert_eq!(rst.tcp_ack, 1235);
+    assert_eq!(rst.src, (vip6(1), 81));
+    assert_eq!(rst.dst, (CLIENT6, 40200));
+    assert_eq!(
+        unreachable.icmp,
+        Some((1, 4)),
+        "destination unreachable, port unreachable"
+    );
+    assert_eq!(unreachable.src.0, vip6(1));
+    assert_eq!(
+        advertisement.icmp,
+        Some((136, 0)),
+        "neighbour advertisement"
+    );
+    assert_eq!(advertisement.src.0, vip6(1));
+    assert_eq!(advertisement.hop_limit, 255, "RFC 4861 §7.1.2");
+    let IpAddr::V6(target) = vip6(1) else {
+        unreachable!()
+    };
+    assert_eq!(advertisement.data[..16], target.octets(), "target: the VIP");
+    assert_eq!(
+        advertisement.data[16..18],
+        [2, 1],
+        "a target link-layer address option, 8 bytes"
+    );
+    assert_eq!(
+        advertisement.data[18..24],
+        L2.outside_mac.0,
+        "at the outside MAC"
+    );
+    assert_eq!(echo.icmp, Some((129, 0)), "echo reply");
+    assert_eq!(echo.src.0, vip6(1));
+    assert_eq!(echo.data, b"ping");
+
+    assert_eq!(r.summary.counters.connections_created, 2);
+    assert_eq!(
+        r.summary.counters.refused[DropReason::UnsupportedPort as usize],
+        2
+    );
+    let verdicts: Vec<_> = r.events.iter().map(|e| e.verdict).collect();
+    assert_eq!(
+        verdicts[verdicts.len() - 3..],
+        [
+            Verdict::Drop(DropReason::ExtensionHeader),
+            Verdict::Drop(DropReason::Fragment),
+            Verdict::Drop(DropReason::NoConnection),
+        ]
+    );
+    assert_eq!(drops(&r, DropReason::ExtensionHeader), 1, "routing header");
+    assert_eq!(drops(&r, DropReason::Fragment), 1);
+    assert_eq!(
+        drops(&r, DropReason::NoConnection),
+        1,
+        "ACK without a connection"
+    );
+}
+
 /// `vipd replay` on the command line prints one line per frame and writes both captures.
 #[test]
 fn replay_command_line() {
@@ -399,16 +564,49 @@ fn replay_command_line() {
     assert_eq!(read_sent(&dir.path().join("o.pcap")).len(), 9);
 }
 
+/// `vipd replay` of the IPv6 fixture prints socket addresses bracketed, the port outside the brackets.
+#[test]
+fn replay_command_line_ipv6() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipd"))
+        .arg("replay")
+        .arg("--config")
+        .arg(fixtures().join("ipv6.toml"))
+        .arg("--outside")
+        .arg(fixtures().join("ipv6.outside.pcap"))
+        .arg("--inside")
+        .arg(fixtures().join("ipv6.inside.pcap"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("site1 [2001:db8:f::1]:80/tcp: policy round-robin"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[2001:db8:c::2]:40001 > [2001:db8:f::1]:80 [S]  -> inside  TCP [2001:db8:c::2]:40001 > [2001:db8:1::10]:8001 [S]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("drop extension_header"), "{stdout}");
+}
+
 // ------------------------------------------------------------ replay with the configured policies
 
 /// A capture of `n` SYNs from one client (ports 40000..) to 192.0.2.1:80, 10 ms apart.
 fn write_syns(path: &Path, n: u16) {
     let dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).unwrap();
     let mut out = dead.savefile(path).unwrap();
+    let (IpAddr::V4(client), IpAddr::V4(vip)) = (CLIENT, vip(1)) else {
+        unreachable!("IPv4 addresses");
+    };
     for i in 0..n {
         let mut frame = Vec::new();
         etherparse::PacketBuilder::ethernet2(CLIENT_MAC, L2.outside_mac.0)
-            .ipv4(CLIENT.octets(), vip(1).octets(), 64)
+            .ipv4(client.octets(), vip.octets(), 64)
             .tcp(40000 + i, 80, 1000, 64240)
             .syn()
             .write(&mut frame, &[])
