@@ -2225,7 +2225,7 @@ bind = ["ghost"]
             Path::new("examples/fig3.toml"),
         )
         .unwrap();
-        assert_eq!((c.virtuals.len(), c.reals.len()), (3, 4));
+        assert_eq!((c.virtuals.len(), c.reals.len()), (4, 6));
         assert_eq!(
             (c.director.outside.as_str(), c.director.inside.as_str()),
             ("vipd-out", "vipd-in")

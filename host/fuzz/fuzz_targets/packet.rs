@@ -1,5 +1,7 @@
 //! Arbitrary frames into the packet path, from either side, with time moving forward: nothing may panic,
-//! and every frame the director sends must parse as the frame it claims to be.
+//! and every frame the director sends must parse as the frame it claims to be. The config serves IPv4 and
+//! IPv6 virtual machines (one IPv6 real server resolved by neighbour discovery, one static), so IPv6 frames,
+//! neighbour discovery and ICMPv6 reach the same paths.
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -14,7 +16,29 @@ use vipd::config::Config;
 use vipd::director::{Layer2, Verdict};
 use vipd::wire::MacAddr;
 
-const CONFIG: &str = include_str!("../../../tests/fixtures/binding-modes.toml");
+const CONFIG: &str = concat!(
+    include_str!("../../../tests/fixtures/binding-modes.toml"),
+    r#"
+[[real]]
+name = "host-a6"
+address = "2001:db8:1::10"
+mac = "02:00:00:00:02:0a"
+
+[[real]]
+name = "host-b6"
+address = "2001:db8:1::11"
+
+[[virtual]]
+name = "v6"
+address = "2001:db8:f::1"
+bind = ["host-a6:8001", "host-b6"]
+  [[virtual.port]]
+  port = 80
+  [[virtual.port]]
+  port = 53
+  protocol = "udp"
+"#
+);
 
 fn config() -> &'static Config {
     static CONFIG_ONCE: OnceLock<Config> = OnceLock::new();
