@@ -18,9 +18,9 @@ fn connection(i: u32) -> Connection {
     let client = SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 1024 + (i % 50_000) as u16));
     Connection {
         protocol: Protocol::Tcp,
-        client,
-        virtual_addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1 + (i % 4) as u8), 80)),
-        real: SocketAddr::from((Ipv4Addr::new(10, 20, 0, 10 + (i % 8) as u8), 8001)),
+        client: client.into(),
+        virtual_addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1 + (i % 4) as u8), 80)).into(),
+        real: SocketAddr::from((Ipv4Addr::new(10, 20, 0, 10 + (i % 8) as u8), 8001)).into(),
         client_mac: vipd::wire::MacAddr([2, 0, 0, 0, 0, 1]),
         real_id: i % 8,
         port_id: i % 4,
@@ -87,7 +87,7 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|&i| {
             let mut c = connection(i);
-            c.client = SocketAddr::from((Ipv4Addr::from(0x0b00_0000 + i), c.client.port()));
+            c.client = SocketAddr::from((Ipv4Addr::from(0x0b00_0000 + i), c.client.port())).into();
             c
         })
         .collect();

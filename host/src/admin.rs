@@ -231,11 +231,11 @@ fn connections(director: &Director, query: &ConnectionQuery, now: Duration) -> V
         .take(query.limit.min(MAX_LIMIT))
         .map(|c| ConnectionInfo {
             protocol: c.protocol,
-            client: c.client,
+            client: c.client.into(),
             virtual_name: virtual_name(c).to_owned(),
-            virtual_addr: c.virtual_addr,
+            virtual_addr: c.virtual_addr.into(),
             real: real_name(c).to_owned(),
-            real_addr: c.real,
+            real_addr: c.real.into(),
             state: c.state.as_str(),
             age: now.saturating_sub(c.created),
             idle: now.saturating_sub(c.last_seen),

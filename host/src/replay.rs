@@ -127,9 +127,11 @@ pub fn replay(
         let opened = key
             .filter(|_| director.counters().connections_created > created)
             .and_then(|(protocol, client, virtual_addr)| {
-                let id = director
-                    .table()
-                    .lookup_inbound(protocol, client, virtual_addr)?;
+                let id = director.table().lookup_inbound(
+                    protocol,
+                    client.into(),
+                    virtual_addr.into(),
+                )?;
                 let conn = director.table().get(id);
                 let real_name = director
                     .bindings()
@@ -140,7 +142,7 @@ pub fn replay(
                 Some(Opened {
                     client,
                     virtual_addr,
-                    real: conn.real,
+                    real: conn.real.into(),
                     real_name,
                 })
             });

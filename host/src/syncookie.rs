@@ -19,8 +19,8 @@
 //! restarted director does not accept the cookies of the one before, whose SYN-ACKs the clients answer
 //! within seconds anyway.
 
+use crate::conntable::Endpoint;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::wire::SynOptions;
@@ -50,7 +50,7 @@ impl CookieKey {
         CookieKey(RandomState::new())
     }
 
-    fn hash(&self, client: SocketAddr, virt: SocketAddr, isn: u32, slot: u64, data: u32) -> u32 {
+    fn hash(&self, client: Endpoint, virt: Endpoint, isn: u32, slot: u64, data: u32) -> u32 {
         let mut h = self.0.build_hasher();
         client.ip().hash(&mut h);
         h.write_u16(client.port());
@@ -66,8 +66,8 @@ impl CookieKey {
     /// `now` (the director's clock).
     pub fn make(
         &self,
-        client: SocketAddr,
-        virt: SocketAddr,
+        client: Endpoint,
+        virt: Endpoint,
         isn: u32,
         options: &SynOptions,
         now: Duration,
@@ -81,8 +81,8 @@ impl CookieKey {
     /// not older than its slot and the next.
     pub fn check(
         &self,
-        client: SocketAddr,
-        virt: SocketAddr,
+        client: Endpoint,
+        virt: Endpoint,
         isn: u32,
         cookie: u32,
         now: Duration,
@@ -121,15 +121,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
-        SocketAddr::new(ip.into(), port)
+    fn addr(ip: [u8; 4], port: u16) -> Endpoint {
+        Endpoint::new(ip.into(), port)
     }
 
-    const CLIENT: SocketAddr = SocketAddr::new(
+    const CLIENT: Endpoint = Endpoint::new(
         std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7)),
         40000,
     );
-    const VIRT: SocketAddr = SocketAddr::new(
+    const VIRT: Endpoint = Endpoint::new(
         std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
         80,
     );

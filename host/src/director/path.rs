@@ -12,7 +12,6 @@
 //! Any other frame is dropped with its [`DropReason`]. No allocation, lock or plugin call happens here
 //! except through [`Director::select`], once per new connection.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::select::Ditch;
@@ -20,7 +19,7 @@ use super::stats::{flow_mut, release};
 use super::{Director, DropReason, Verdict};
 use crate::Interface;
 use crate::binding::Lookup;
-use crate::conntable::{ConnId, ConnState, Connection, InsertError, Proxied};
+use crate::conntable::{ConnId, ConnState, Connection, Endpoint, InsertError, Proxied};
 use crate::wire::{self, Icmp, Packet, Protocol, TcpFlags, Transport};
 
 /// `Connection::syn_resends` of a connection re-given after an RST, until the client's next SYN: that SYN is
@@ -72,8 +71,8 @@ impl Director {
             }
             Transport::Icmp(Icmp::Error { embedded, .. }) => {
                 // The error is about a packet the client side saw from us: virtual -> client.
-                let client = SocketAddr::new(embedded.dst, embedded.dst_port);
-                let virt = SocketAddr::new(embedded.src, embedded.src_port);
+                let client = Endpoint::new(embedded.dst, embedded.dst_port);
+                let virt = Endpoint::new(embedded.src, embedded.src_port);
                 let Some(id) = self.table.lookup_inbound(embedded.protocol, client, virt) else {
                     return Verdict::Drop(DropReason::NoConnection);
                 };
@@ -82,7 +81,7 @@ impl Director {
                 let Some(mac) = self.neighbour(real.ip()) else {
                     return Verdict::Drop(DropReason::NoNeighbour);
                 };
-                wire::rewrite_icmp_error_inbound(frame, &p, real.ip(), real);
+                wire::rewrite_icmp_error_inbound(frame, &p, real.ip(), real.into());
                 if let Some(px) = proxy {
                     // The quoted segment went out in the cookie's sequence space; the server knows its own.
                     wire::tcp::translate_quoted_seq(frame, &p, px.delta);
@@ -109,8 +108,8 @@ impl Director {
         flags: TcpFlags,
         now: Duration,
     ) -> Verdict {
-        let client = SocketAddr::new(p.src, src_port);
-        let virt = SocketAddr::new(p.dst, dst_port);
+        let client = Endpoint::new(p.src, src_port);
+        let virt = Endpoint::new(p.dst, dst_port);
         if protocol == Protocol::Tcp && invalid_flags(flags) {
             return Verdict::Drop(DropReason::BadTcpFlags);
         }
@@ -250,8 +249,8 @@ impl Director {
         frame: &[u8],
         p: &Packet,
         protocol: Protocol,
-        client: SocketAddr,
-        virt: SocketAddr,
+        client: Endpoint,
+        virt: Endpoint,
         proxy: Option<Proxied>,
         now: Duration,
     ) -> Result<ConnId, Verdict> {
@@ -413,15 +412,15 @@ impl Director {
             }
             Transport::Icmp(Icmp::Error { embedded, .. }) => {
                 // About a packet the server got from the client: client -> real.
-                let real = SocketAddr::new(embedded.dst, embedded.dst_port);
-                let client = SocketAddr::new(embedded.src, embedded.src_port);
+                let real = Endpoint::new(embedded.dst, embedded.dst_port);
+                let client = Endpoint::new(embedded.src, embedded.src_port);
                 let Some(id) = self.table.lookup_outbound(embedded.protocol, real, client) else {
                     return Verdict::Drop(DropReason::NoConnection);
                 };
                 let conn = self.table.get(id);
                 let (virt, client_mac) = (conn.virtual_addr, conn.client_mac);
                 let outer_src = (p.src == real.ip()).then_some(virt.ip());
-                wire::rewrite_icmp_error_outbound(frame, &p, outer_src, virt);
+                wire::rewrite_icmp_error_outbound(frame, &p, outer_src, virt.into());
                 wire::set_macs(frame, self.l2.outside_mac, client_mac);
                 return Verdict::Forward(Interface::Outside);
             }
@@ -430,8 +429,8 @@ impl Director {
         if protocol == Protocol::Tcp && invalid_flags(flags) {
             return Verdict::Drop(DropReason::BadTcpFlags);
         }
-        let real = SocketAddr::new(p.src, src_port);
-        let client = SocketAddr::new(p.dst, dst_port);
+        let real = Endpoint::new(p.src, src_port);
+        let client = Endpoint::new(p.dst, dst_port);
         let Some(id) = self.table.lookup_outbound(protocol, real, client) else {
             return Verdict::Drop(DropReason::NoConnection);
         };

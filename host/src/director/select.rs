@@ -10,13 +10,12 @@
 //! When the chosen server ditches the connection (no SYN-ACK after `syn_retries` resends, or an RST to the
 //! SYN), [`Director::ditch`] counts it against the server and asks again with that server left out.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::Director;
 use super::stats::{flow_mut, release};
 use crate::binding::Lookup;
-use crate::conntable::ConnId;
+use crate::conntable::{ConnId, Endpoint};
 use crate::policy::{Candidate, NewConnection, Selection, ServerState};
 use crate::shadow::{Job, MAX_CANDIDATES};
 use crate::wire::Protocol;
@@ -96,12 +95,12 @@ impl Director {
     pub(super) fn select(
         &mut self,
         port_id: u32,
-        client: SocketAddr,
-        virt: SocketAddr,
+        client: Endpoint,
+        virt: Endpoint,
         protocol: Protocol,
         exclude: Option<u32>,
         now: Duration,
-    ) -> Option<(u32, SocketAddr)> {
+    ) -> Option<(u32, Endpoint)> {
         let bindings = &self.bindings;
         let port = bindings.ports.get(port_id as usize)?;
         self.candidates.clear();
@@ -137,7 +136,7 @@ impl Director {
             };
             self.candidates.push(Candidate {
                 real_id,
-                target: SocketAddr::new(live.address, target_port),
+                target: std::net::SocketAddr::new(live.address, target_port),
                 weight,
                 state: if exclude == Some(real_id) {
                     ServerState::Failed
@@ -156,11 +155,11 @@ impl Director {
             let h = self.health.get_mut(c.real_id as usize)?;
             h.retry_at = now + h.retry_after;
             self.counters.trials += 1;
-            return Some((c.real_id, c.target));
+            return Some((c.real_id, c.target.into()));
         }
         let new = NewConnection {
-            client,
-            virtual_addr: virt,
+            client: client.into(),
+            virtual_addr: virt.into(),
             protocol,
             virtual_id: port.virtual_id,
         };
@@ -170,7 +169,7 @@ impl Director {
                 .candidates
                 .get(i)
                 .filter(|c| c.eligible())
-                .map(|c| (c.real_id, c.target)),
+                .map(|c| (c.real_id, c.target.into())),
             Selection::Reject => None,
         };
         if exclude.is_none() {

@@ -29,7 +29,6 @@
 //! `syn_retries` of them, or an RST from the server, the connection is ditched and re-given; when no server
 //! can take it the client gets an RST.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::path::MIN_SYN_RESEND;
@@ -38,7 +37,7 @@ use super::stats::flow_mut;
 use super::{Director, DropReason, Verdict};
 use crate::Interface;
 use crate::binding::Lookup;
-use crate::conntable::{ConnId, ConnState, Connection, Proxied};
+use crate::conntable::{ConnId, ConnState, Connection, Endpoint, Proxied};
 use crate::wire::tcp::{self, Segment};
 use crate::wire::{self, Packet, Protocol, SynOptions, TcpFlags, Translation};
 
@@ -90,8 +89,8 @@ impl Director {
         &mut self,
         frame: &[u8],
         p: &Packet,
-        client: SocketAddr,
-        virt: SocketAddr,
+        client: Endpoint,
+        virt: Endpoint,
         seq: u32,
         now: Duration,
     ) -> Verdict {
@@ -124,8 +123,8 @@ impl Director {
         let synack = Segment {
             src_mac: self.l2.outside_mac,
             dst_mac: p.src_mac,
-            src: virt,
-            dst: client,
+            src: virt.into(),
+            dst: client.into(),
             seq: cookie,
             ack: Some(seq.wrapping_add(1)),
             syn: true,
@@ -146,8 +145,8 @@ impl Director {
         &mut self,
         frame: &[u8],
         p: &Packet,
-        client: SocketAddr,
-        virt: SocketAddr,
+        client: Endpoint,
+        virt: Endpoint,
         seq: u32,
         ack: u32,
         now: Duration,
@@ -195,8 +194,8 @@ impl Director {
         let syn = Segment {
             src_mac: self.l2.inside_mac,
             dst_mac: mac,
-            src: conn.client,
-            dst: conn.real,
+            src: conn.client.into(),
+            dst: conn.real.into(),
             seq: px.client_isn,
             ack: None,
             syn: true,
@@ -217,8 +216,8 @@ impl Director {
         let ack = Segment {
             src_mac: self.l2.inside_mac,
             dst_mac: mac,
-            src: conn.client,
-            dst: conn.real,
+            src: conn.client.into(),
+            dst: conn.real.into(),
             seq: px.client_isn.wrapping_add(1),
             ack: Some(server_isn.wrapping_add(1)),
             syn: false,
@@ -234,8 +233,8 @@ impl Director {
         let rst = Segment {
             src_mac: self.l2.outside_mac,
             dst_mac: conn.client_mac,
-            src: conn.virtual_addr,
-            dst: conn.client,
+            src: conn.virtual_addr.into(),
+            dst: conn.client.into(),
             seq: px.cookie.wrapping_add(1),
             ack: Some(px.client_isn.wrapping_add(1)),
             syn: false,
@@ -384,7 +383,7 @@ impl Director {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     /// The octets of an IPv4 test address.
     fn v4(a: IpAddr) -> [u8; 4] {

@@ -811,7 +811,10 @@ mod ipv6 {
         assert_eq!(q.dst_mac, CLIENT_MAC);
         assert!(wire::transport_checksum_ok(&back, &q));
         let conn = d.table().iter().next().unwrap().1;
-        assert_eq!(conn.client, SocketAddr::new(CLIENT6.into(), 40000));
+        assert_eq!(
+            SocketAddr::from(conn.client),
+            SocketAddr::new(CLIENT6.into(), 40000)
+        );
     }
 
     /// A SYN to a port the IPv6 VIP does not support gets an RST at once; a datagram to an unsupported
