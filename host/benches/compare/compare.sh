@@ -20,6 +20,9 @@
 #   vipd-wasm vipd with the round-robin Wasm plugin (only when target/plugins/round-robin.wasm exists)
 #   vipd-maglev vipd with the maglev plugin (only when target/plugins/maglev.wasm exists)
 #   vipd-shadow vipd-wasm with the same plugin asked again as a shadow policy (on demand)
+#   none6, dnat6, vipd6: the same over IPv6, in the default list (beside the IPv4 ones, same run): the
+#             client 2001:db8:c::2, VIP 2001:db8:f::1 on-link, servers 2001:db8:1::10/11, DNAT by ip6tables.
+#             When one is asked for, every namespace has IPv6 on (duplicate address detection off).
 # Rounds alternate the contenders (round 1: all, round 2: all, ...); the table gives medians over rounds.
 #
 # Figures per contender: new connections/s (wrk, `Connection: close`), keep-alive requests/s (wrk),
@@ -96,6 +99,11 @@ done
 P="vb$$"
 NS_CLIENT="$P-client" NS_DIR="$P-dir" NS_LAN="$P-lan" NS_A="$P-a" NS_B="$P-b" NS_SINK="$P-sink"
 VIP=192.0.2.1 A=10.20.0.10 B=10.20.0.11 SINK=10.20.0.20
+VIP6=2001:db8:f::1 A6=2001:db8:1::10 B6=2001:db8:1::11 SINK6=2001:db8:1::20
+# IPv6 on in every namespace only when an IPv6 contender runs (the IPv4 figures stay comparable).
+V6=0
+for c in "${CONTENDERS[@]}"; do [[ $c == *6 ]] && V6=1; done
+[[ ${#CONTENDERS[@]} -eq 0 ]] && V6=1   # the default list has them
 TMP=$(mktemp -d /tmp/vipd-compare.XXXXXX)
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
@@ -131,7 +139,11 @@ netns() {
     ip netns add "$1"
     CREATED+=("$1")
     ip -n "$1" link set lo up
-    in_ns "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    if [[ $V6 == 1 ]]; then
+        in_ns "$1" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+    else
+        in_ns "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    fi
 }
 offloads_off() { in_ns "$1" ethtool -K "$2" gro off gso off tso off rx off tx off >/dev/null 2>&1 || true; }
 veth() {
@@ -159,12 +171,16 @@ ip -n "$NS_LAN" link set br0 up
 for k in iptables ip6tables arptables; do
     in_ns "$NS_LAN" sysctl -qw "net.bridge.bridge-nf-call-$k=0" 2>/dev/null || true
 done
-for pair in "$NS_A:$A:a" "$NS_B:$B:b" "$NS_SINK:$SINK:sink"; do
-    IFS=: read -r ns addr name <<<"$pair"
+for quad in "$NS_A $A $A6 a" "$NS_B $B $B6 b" "$NS_SINK $SINK $SINK6 sink"; do
+    read -r ns addr addr6 name <<<"$quad"
     veth "$ns" eth0 "$NS_LAN" "port-$name"
     ip -n "$NS_LAN" link set "port-$name" master br0
     ip -n "$ns" addr add "$addr/24" dev eth0
     ip -n "$ns" route add default via 10.20.0.1
+    if [[ $V6 == 1 ]]; then
+        ip -n "$ns" addr add "$addr6/64" dev eth0 nodad
+        ip -n "$ns" route add default via 2001:db8:1::1
+    fi
     # tcp_max_tw_buckets: the servers close first (Connection: close), and a contender that keeps the
     # client's address and ports (none, dnat, vipd) would otherwise meet the previous contender's TIME_WAIT
     # sockets on every port and wait for SYN retransmissions.
@@ -190,7 +206,7 @@ http {
     keepalive_requests 1000000;
     client_body_temp_path $dir/body; proxy_temp_path $dir/proxy; fastcgi_temp_path $dir/fastcgi;
     uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
-    server { listen 80 backlog=65535 reuseport; root $dir/www; }
+    server { listen 80 backlog=65535 reuseport; $LISTEN6 root $dir/www; }
 }
 EOF
     in_ns "$ns" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/out.log" 2>&1 &
@@ -198,6 +214,8 @@ EOF
     in_ns "$ns" iperf3 -s -p 5201 >"$dir/iperf3.log" 2>&1 &
     PIDS+=($!)
 }
+LISTEN6=""
+[[ $V6 == 1 ]] && LISTEN6="listen [::]:80 backlog=65535 reuseport;"
 server "$NS_A" a
 server "$NS_B" b
 
@@ -215,6 +233,20 @@ director_ns() {
     ip -n "$NS_CLIENT" addr add 198.51.100.2/24 dev eth0
     ip -n "$NS_CLIENT" route add 192.0.2.0/24 dev eth0          # the VIP is on-link: the director answers ARP
     ip -n "$NS_CLIENT" route add 10.20.0.0/24 via 198.51.100.1  # only used by `none`
+    if [[ $V6 == 1 ]]; then
+        ip -n "$NS_DIR" addr add 2001:db8:c::1/64 dev vipd-out nodad
+        ip -n "$NS_DIR" addr add 2001:db8:1::1/64 dev vipd-in nodad
+        in_ns "$NS_DIR" sysctl -qw net.ipv6.conf.all.forwarding=0
+        ip -n "$NS_CLIENT" addr add 2001:db8:c::2/64 dev eth0 nodad
+        ip -n "$NS_CLIENT" route add 2001:db8:f::/64 dev eth0               # the VIP on-link: solicitations
+        ip -n "$NS_CLIENT" route add 2001:db8:1::/64 via 2001:db8:c::1     # only used by `none6`
+        # The previous contender's director had other MACs for the servers' gateway and the VIP, which the
+        # neighbour caches keep using while reachable (up to 45 s): no IPv6 kernel announces an address it
+        # adds without duplicate address detection. (IPv4 gets away with it: the new director's own ARP
+        # requests update the servers' entries for its address.)
+        local ns
+        for ns in "$NS_CLIENT" "$NS_A" "$NS_B" "$NS_SINK"; do ip -n "$ns" -6 neigh flush all; done
+    fi
 }
 director_ns_del() {
     kill_pids ${DPID:+"$DPID"} "${DIR_PIDS[@]}"
@@ -224,6 +256,37 @@ director_ns_del() {
     ip netns del "$NS_DIR" 2>/dev/null || true
     # the client's eth0 went with its peer; wait until the name is free again
     wait_until 5 bash -c "! ip -n $NS_CLIENT link show eth0" || true
+}
+
+vipd6_config() {   # > the IPv6 twin of vipd's config
+    cat <<EOF
+[director]
+outside = "vipd-out"
+inside = "vipd-in"
+max_connections = $((IDLE + 400000))
+listen = "127.0.0.1:9469"
+
+[[real]]
+name = "a"
+address = "$A6"
+
+[[real]]
+name = "b"
+address = "$B6"
+
+[[virtual]]
+name = "bench"
+address = "$VIP6"
+policy = "round-robin"
+
+  [[virtual.port]]
+  port = 80
+  bind = ["a", "b"]
+
+  [[virtual.port]]
+  port = 5201
+  bind = ["a"]
+EOF
 }
 
 vipd_config() {   # POLICY PLUGINS_DIR(or empty) > config
@@ -280,6 +343,7 @@ VIPD=$(realpath "$VIPD")
 [[ -n ${VIPD_BASE:-} ]] && VIPD_BASE=$(realpath "$VIPD_BASE")
 PLUGIN_ABS=$(realpath -m "$PLUGIN_DIR")
 vipd_config round-robin "" >"$TMP/vipd.toml"
+vipd6_config >"$TMP/vipd6.toml"
 # vipd-x1..x3: vipd with the [director] lines of X1..X3 added (e.g. X1='send_threads = "none"'), to measure
 # a setting against the default in the same run.
 for x in 1 2 3; do
@@ -310,7 +374,7 @@ plugin_ok() {   # NAME PLUGIN: copies PLUGIN_DIR/PLUGIN.wasm to a folder of its 
 if [[ ${#CONTENDERS[@]} -eq 0 ]]; then
     CONTENDERS=(none dnat haproxy)
     [[ -n $STREAM_MODULE ]] && CONTENDERS+=(nginx) || NOTES+=("nginx skipped: ngx_stream_module.so not found (Debian: libnginx-mod-stream)")
-    CONTENDERS+=(vipd vipd-200k)
+    CONTENDERS+=(vipd vipd-200k none6 dnat6 vipd6)
     [[ -n ${VIPD_BASE:-} ]] && CONTENDERS+=(vipd-base)
     plugin_ok vipd-wasm "$WASM_PLUGIN" && CONTENDERS+=(vipd-wasm)
     plugin_ok vipd-maglev "$MAGLEV_PLUGIN" && CONTENDERS+=(vipd-maglev)
@@ -344,6 +408,19 @@ start_dnat() {
     in_ns "$NS_DIR" iptables -t nat -A PREROUTING -d "$VIP" -p tcp --dport 80 -j DNAT --to-destination "$B:80"
     in_ns "$NS_DIR" iptables -t nat -A PREROUTING -d "$VIP" -p tcp --dport 5201 -j DNAT --to-destination "$A:5201"
     TARGET=$VIP
+}
+start_none6() {
+    in_ns "$NS_DIR" sysctl -qw net.ipv6.conf.all.forwarding=1
+    TARGET=$A6 TARGET2=$B6
+}
+start_dnat6() {
+    in_ns "$NS_DIR" sysctl -qw net.ipv6.conf.all.forwarding=1
+    ip -n "$NS_DIR" addr add "$VIP6/128" dev vipd-out nodad
+    in_ns "$NS_DIR" ip6tables -t nat -A PREROUTING -d "$VIP6" -p tcp --dport 80 \
+        -m statistic --mode nth --every 2 --packet 0 -j DNAT --to-destination "[$A6]:80"
+    in_ns "$NS_DIR" ip6tables -t nat -A PREROUTING -d "$VIP6" -p tcp --dport 80 -j DNAT --to-destination "[$B6]:80"
+    in_ns "$NS_DIR" ip6tables -t nat -A PREROUTING -d "$VIP6" -p tcp --dport 5201 -j DNAT --to-destination "[$A6]:5201"
+    TARGET=$VIP6
 }
 start_haproxy() {
     ip -n "$NS_DIR" addr add "$VIP/32" dev vipd-out
@@ -400,10 +477,18 @@ start_vipd_with() {   # CONFIG [BINARY]
     if [[ $VIPD_KERNEL_DROP == 1 ]]; then
         # vipd's packet sockets see each frame before the netdev ingress hook; the kernel's IP stack need
         # not (it would only drop them, ip_forward=0, after a route lookup). ARP still passes.
+        # IPv6: the same, but neighbour discovery passes (the servers solicit their gateway, the director's
+        # inside address, which the kernel answers).
         in_ns "$NS_DIR" nft -f - <<EOF
 table netdev vipd_bench {
-    chain outside { type filter hook ingress device "vipd-out" priority 0; meta protocol ip drop; }
-    chain inside { type filter hook ingress device "vipd-in" priority 0; meta protocol ip drop; }
+    chain outside {
+        type filter hook ingress device "vipd-out" priority 0; meta protocol ip drop;
+        meta protocol ip6 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept; meta protocol ip6 drop;
+    }
+    chain inside {
+        type filter hook ingress device "vipd-in" priority 0; meta protocol ip drop;
+        meta protocol ip6 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept; meta protocol ip6 drop;
+    }
 }
 EOF
     fi
@@ -411,6 +496,7 @@ EOF
     TARGET=$VIP
 }
 start_vipd() { start_vipd_with "$TMP/vipd.toml"; }
+start_vipd6() { start_vipd_with "$TMP/vipd6.toml"; TARGET=$VIP6; }
 start_vipd-200k() { start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-rt() { start_vipd_with "$TMP/vipd.toml"; chrt -f -p 50 "$DPID"; }
 start_vipd-kstack() { VIPD_KERNEL_DROP=0 start_vipd_with "$TMP/vipd.toml"; }
@@ -425,8 +511,9 @@ start_vipd-x3() { start_vipd_with "$TMP/vipd-x3.toml"; }
 
 serving() {
     if [[ -n $DPID ]] && ! kill -0 "$DPID" 2>/dev/null; then return 2; fi
-    in_ns "$NS_CLIENT" curl -sf --max-time 1 -o /dev/null "http://$TARGET/"
+    in_ns "$NS_CLIENT" curl -sf --max-time 1 -o /dev/null "http://$(url_host "$TARGET")/"
 }
+url_host() { if [[ $1 == *:* ]]; then echo "[$1]"; else echo "$1"; fi; }   # ADDRESS -> as in a URL
 
 # spawn_dir LOG CMD...: runs CMD in the director namespace; DPID = CMD's own pid (not `ip netns exec`'s).
 spawn_dir() {
@@ -472,15 +559,15 @@ load() {
     if [[ -n $TARGET2 ]]; then
         local half_t=$(((WRK_THREADS + 1) / 2)) half_c=$((WRK_CONNS / 2))
         timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" wrk -t"$half_t" -c"$half_c" -d"${DURATION}s" "$@" \
-            "http://$TARGET/" >"$f.1" 2>&1 &
+            "http://$(url_host "$TARGET")/" >"$f.1" 2>&1 &
         timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" wrk -t"$half_t" -c"$half_c" -d"${DURATION}s" "$@" \
-            "http://$TARGET2/" >"$f.2" 2>&1 || true
+            "http://$(url_host "$TARGET2")/" >"$f.2" 2>&1 || true
         wait $! || true
         cat "$f.1" "$f.2" >"$f"
         paste -d' ' <(wrk_parse "$f.1") <(wrk_parse "$f.2") | awk '{ print $1 + $6, $2 + $7, $5 + $10 }'
     else
         timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" \
-            "$@" "http://$TARGET/" >"$f" 2>&1 || true
+            "$@" "http://$(url_host "$TARGET")/" >"$f" 2>&1 || true
         wrk_parse "$f" | awk '{ print $1, $2, $5 }'
     fi
 }
@@ -504,7 +591,7 @@ perf_around() {
 }
 
 plugin_calls() {   # "sum_seconds count" of vipd_plugin_call_duration_seconds (all plugins), 0 0 without
-    in_ns "$NS_DIR" curl -s --max-time 2 http://127.0.0.1:9469/metrics 2>/dev/null | awk '
+    { in_ns "$NS_DIR" curl -s --max-time 2 http://127.0.0.1:9469/metrics 2>/dev/null || true; } | awk '
         /^vipd_plugin_call_duration_seconds_sum/ { s += $NF }
         /^vipd_plugin_call_duration_seconds_count/ { n += $NF }
         END { printf "%.9f %d\n", s, n }'
@@ -531,7 +618,7 @@ measure() {   # ROUND CONTENDER
     calls0=$(plugin_calls)
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         sleep 0.3
-        in_ns "$NS_CLIENT" curl -s -o /dev/null --max-time 2 "http://$TARGET/" || true
+        in_ns "$NS_CLIENT" curl -s -o /dev/null --max-time 2 "http://$(url_host "$TARGET")/" || true
     done
     calls1=$(plugin_calls)
     record "$r" "$c" idle_call_us "$(call_us "$calls0" "$calls1")"
@@ -553,7 +640,7 @@ measure() {   # ROUND CONTENDER
     # latency at moderate load: LAT_CONNS connections, each pausing between requests
     printf 'function delay() return %s end\n' "$LAT_DELAY_MS" >"$TMP/delay.lua"
     timeout $((DURATION + 20)) ip netns exec "$NS_CLIENT" wrk -t1 -c"$LAT_CONNS" -d"${DURATION}s" --latency \
-        -s "$TMP/delay.lua" "http://$TARGET/" >"$out.lat" 2>&1 || true
+        -s "$TMP/delay.lua" "http://$(url_host "$TARGET")/" >"$out.lat" 2>&1 || true
     read -r rps err p50 p99 req < <(wrk_parse "$out.lat")
     record "$r" "$c" lat_rps "$rps"; record "$r" "$c" p50_us "$p50"; record "$r" "$c" p99_us "$p99"
     record "$r" "$c" lat_err "$err"

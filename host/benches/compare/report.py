@@ -10,13 +10,16 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-200k", "vipd-wasm", "vipd-wasm-base", "vipd-shadow", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
+ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "none6", "dnat6", "vipd6", "vipd-200k", "vipd-wasm", "vipd-wasm-base", "vipd-shadow", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
 NAMES = {
     "none": "no director (ceiling)",
     "dnat": "iptables DNAT + conntrack",
     "haproxy": "HAProxy mode tcp, 1 thread",
     "nginx": "nginx stream, 1 worker",
     "vipd": "vipd, built-in round-robin",
+    "none6": "IPv6: no director (ceiling)",
+    "dnat6": "IPv6: ip6tables DNAT + conntrack",
+    "vipd6": "IPv6: vipd, built-in round-robin",
     "vipd-200k": "vipd, 200k idle connections held",
     "vipd-wasm": "vipd, round-robin Wasm plugin",
     "vipd-shadow": "vipd, round-robin Wasm plugin + the same as shadow policy",
@@ -107,6 +110,7 @@ def main() -> None:
         out.append("| ratio | " + " | ".join(c[1] for c in cols) + " | p99 added |")
         out.append("|---|" + "---:|" * (len(cols) + 1))
         pairs = [("vipd", p) for p in ("none", "dnat", "haproxy", "nginx")]
+        pairs += [("vipd6", "none6"), ("vipd6", "dnat6"), ("vipd6", "vipd")]
         pairs += [("vipd-200k", "vipd"), ("vipd-wasm", "vipd"), ("vipd-maglev", "vipd"), ("vipd", "vipd-base"), ("vipd", "vipd-kstack"), ("vipd-rt", "vipd")]
         for a, b in pairs:
             if a not in who_all or b not in who_all:
@@ -115,7 +119,7 @@ def main() -> None:
             for metric, _, _, _ in cols:
                 x, y = med(a, metric), med(b, metric)
                 cells.append("n/a" if x is None or y in (None, 0) else f"{x / y:.2f}")
-            p_a, p_none = med(a, "p99_us"), med("none", "p99_us")
+            p_a, p_none = med(a, "p99_us"), med("none6" if a.endswith("6") else "none", "p99_us")
             added = "n/a" if p_a is None or p_none is None else f"{p_a - p_none:+.0f} µs"
             out.append(f"| {a} / {b} | " + " | ".join(cells) + f" | {added} |")
         out.append("")
