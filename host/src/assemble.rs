@@ -9,7 +9,7 @@
 //! the name. Nothing here touches an interface.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -168,7 +168,7 @@ fn bind_by_plugins(
         .map(|(id, r)| RealInfo {
             id: id as u32,
             name: r.name.clone(),
-            addr: r.address,
+            addr: r.address.into(),
             port: r.port,
             weight: r.weight,
         })
@@ -196,7 +196,7 @@ fn bind_by_plugins(
         let info = VirtualInfo {
             id: virtual_id as u32,
             name: vm.name.clone(),
-            addr: vm.address,
+            addr: vm.address.into(),
             ports: vm
                 .ports
                 .iter()
@@ -301,7 +301,8 @@ fn selector(
     Ok(match plugin {
         Some((p, handle)) => {
             let args: Vec<(String, String)> = args.clone().into_iter().collect();
-            let selector = p.host.selector(&handle, &args).with_context(|| {
+            let serves = IpAddr::from(vm.address);
+            let selector = p.host.selector(&handle, &args, serves).with_context(|| {
                 format!(
                     "{}: virtual machine {:?} port {}: {key} {name:?}",
                     path.display(),

@@ -147,6 +147,9 @@ pub struct Connection {
     pub last_seen: Duration,
     /// Set when the director completed the client's handshake itself (`[director] syn_proxy`).
     pub proxy: Option<Proxied>,
+    /// The policy instance that picked `real_id` itself and wants to hear when the connection ends there
+    /// (`Selector::instance`); `None` when a fallback, a trial or a policy that wants no notices chose it.
+    pub placed_by: Option<crate::policy::InstanceId>,
 }
 
 /// What a connection opened by the SYN proxy needs: the two handshakes it joins and how to translate
@@ -744,6 +747,7 @@ mod tests {
             created: now,
             last_seen: now,
             proxy: None,
+            placed_by: None,
         }
     }
 
@@ -1142,6 +1146,7 @@ mod tests {
             created: now,
             last_seen: now,
             proxy: None,
+            placed_by: None,
         }
     }
 

@@ -275,7 +275,7 @@ mod tests {
     fn candidate(real_id: u32) -> Candidate {
         Candidate {
             real_id,
-            target: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, real_id as u8 + 1), 80),
+            target: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, real_id as u8 + 1), 80).into(),
             weight: 1,
             state: ServerState::Up,
             active: 0,
@@ -335,8 +335,8 @@ mod tests {
         candidates[0] = Some(candidate(0));
         candidates[1] = Some(candidate(1));
         let conn = NewConnection {
-            client: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 1),
-            virtual_addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80),
+            client: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 1).into(),
+            virtual_addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80).into(),
             protocol: crate::wire::Protocol::Tcp,
             virtual_id: 0,
         };

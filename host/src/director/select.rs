@@ -8,16 +8,18 @@
 //! [`crate::assemble`]) picks one, once per connection; its choice is stored in the connection object.
 //!
 //! When the chosen server ditches the connection (no SYN-ACK after `syn_retries` resends, or an RST to the
-//! SYN), [`Director::ditch`] counts it against the server and asks again with that server left out.
+//! SYN), [`Director::ditch`] counts it against the server, ends the policy's placement ([`super::notify`])
+//! and asks again with that server left out.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use super::Director;
+use super::notify::Ended;
 use super::stats::{flow_mut, release};
 use crate::binding::Lookup;
 use crate::conntable::ConnId;
-use crate::policy::{Candidate, NewConnection, Selection, ServerState};
+use crate::policy::{Candidate, InstanceId, NewConnection, Outcome, Selection, ServerState};
 use crate::shadow::{Job, MAX_CANDIDATES};
 use crate::wire::Protocol;
 
@@ -39,6 +41,8 @@ impl Director {
         let conn = *self.table.get(id);
         let old = conn.real_id;
         self.count_ditched(old as usize, now);
+        self.notices.push(Ended::Ditched, &conn, &mut self.counters);
+        self.table.get_mut(id).placed_by = None;
         let port_id = match self.bindings.lookup(
             *conn.virtual_addr.ip(),
             conn.protocol,
@@ -58,7 +62,7 @@ impl Director {
             )
             .map(|picked| (port_id, picked))
         });
-        if let Some((port_id, (real_id, target))) = picked
+        if let Some((port_id, (real_id, target, placed_by))) = picked
             && self.table.retarget(id, target, real_id).is_ok()
         {
             self.counters.reselected += 1;
@@ -69,6 +73,7 @@ impl Director {
             }
             let moved = self.table.get_mut(id);
             moved.port_id = port_id;
+            moved.placed_by = placed_by;
             if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), moved) {
                 f.active += 1;
                 f.total += 1;
@@ -93,6 +98,8 @@ impl Director {
     /// Asks the virtual port's policy for a server among its bound targets, with live state. A failed
     /// server's backup stands in for it (following the chain); `exclude` (a server that just ditched this
     /// connection) is offered as failed. A failed server whose trial is due gets the connection outright.
+    /// Returns the server, and the policy instance to tell when the connection ends there if the policy
+    /// picked it itself and asks for notices.
     pub(super) fn select(
         &mut self,
         port_id: u32,
@@ -101,7 +108,7 @@ impl Director {
         protocol: Protocol,
         exclude: Option<u32>,
         now: Duration,
-    ) -> Option<(u32, SocketAddrV4)> {
+    ) -> Option<(u32, SocketAddrV4, Option<InstanceId>)> {
         let bindings = &self.bindings;
         let port = bindings.ports.get(port_id as usize)?;
         self.candidates.clear();
@@ -137,7 +144,7 @@ impl Director {
             };
             self.candidates.push(Candidate {
                 real_id,
-                target: SocketAddrV4::new(live.address, target_port),
+                target: SocketAddrV4::new(live.address, target_port).into(),
                 weight,
                 state: if exclude == Some(real_id) {
                     ServerState::Failed
@@ -156,21 +163,26 @@ impl Director {
             let h = self.health.get_mut(c.real_id as usize)?;
             h.retry_at = now + h.retry_after;
             self.counters.trials += 1;
-            return Some((c.real_id, c.target));
+            return Some((c.real_id, ipv4(c.target)?, None));
         }
         let new = NewConnection {
-            client,
-            virtual_addr: virt,
+            client: client.into(),
+            virtual_addr: virt.into(),
             protocol,
             virtual_id: port.virtual_id,
         };
         let selector = self.selectors.get_mut(port_id as usize)?;
-        let chosen = match selector.select(&new, &self.candidates) {
+        let (selection, outcome) = selector.select_outcome(&new, &self.candidates);
+        let placed_by = match outcome {
+            Outcome::Picked => selector.instance(),
+            _ => None,
+        };
+        let chosen = match selection {
             Selection::Pick(i) => self
                 .candidates
                 .get(i)
                 .filter(|c| c.eligible())
-                .map(|c| (c.real_id, c.target)),
+                .and_then(|c| Some((c.real_id, ipv4(c.target)?, placed_by))),
             Selection::Reject => None,
         };
         if exclude.is_none() {
@@ -211,5 +223,14 @@ impl Director {
         if !sender.send(job) {
             self.counters.shadow_dropped += 1;
         }
+    }
+}
+
+/// A candidate's target as the connection table holds it (IPv4 until it holds either family; candidates are
+/// built from its addresses, so never `None` now).
+fn ipv4(target: SocketAddr) -> Option<SocketAddrV4> {
+    match target {
+        SocketAddr::V4(t) => Some(t),
+        SocketAddr::V6(_) => None,
     }
 }
