@@ -243,10 +243,10 @@ impl PluginSelector {
         self.quarantined
     }
 
-    /// Moves to the plugin's current version if it is newer and can serve this virtual machine.
+    /// Moves to the plugin's current version if it is another one and can serve this virtual machine.
     fn follow(&mut self, current: &Arc<Version>) {
         let number = current.version.load(Ordering::Relaxed);
-        if number == self.running.version.load(Ordering::Relaxed) || number == self.refused {
+        if Arc::ptr_eq(current, &self.running) || number == self.refused {
             return;
         }
         let interface = current.selector.as_ref().map(SelectorPre::interface);
