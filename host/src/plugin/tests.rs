@@ -596,8 +596,8 @@ fn v0_2_plugins_serve_ipv6() {
 }
 
 /// A 0.2.0 plugin is told, on the instance that placed a connection, how it ended: the `notices` test plugin
-/// counts the calls with `counter-add`, and the IPv6 ones apart. 0.1.0 instances and quarantined ones ask
-/// for none.
+/// counts the calls with `counter-add`, and the IPv6 ones apart. A new version answers with a new instance
+/// (whose id the notices of the old one do not match).
 #[test]
 fn notices_reach_the_placing_instance() {
     let metric = |s: &PluginSelector, name: &str| {
