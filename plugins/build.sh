@@ -30,4 +30,7 @@ done
 if [ "$testing" = "--testing" ]; then
     mkdir -p "$out/testing"
     build misbehave "$out/testing/misbehave.wasm"
+    build notices "$out/testing/notices.wasm"
+    # Built against vipd:policy@0.1.0 without the SDK: proves old plugins still load.
+    build v0-1 "$out/testing/v0-1.wasm"
 fi

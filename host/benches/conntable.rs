@@ -30,6 +30,7 @@ fn connection(i: u32) -> Connection {
         created: Duration::ZERO,
         last_seen: Duration::ZERO,
         proxy: None,
+        placed_by: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! and 64 candidates, next to the built-in native round-robin. Needs the components built:
 //! `plugins/build.sh target/plugins`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
 use strum::VariantArray;
@@ -16,7 +16,7 @@ fn candidates(n: u32) -> Vec<Candidate> {
     (0..n)
         .map(|i| Candidate {
             real_id: i,
-            target: SocketAddr::from((Ipv4Addr::from(0x0a00_0001 + i), 80)),
+            target: SocketAddrV4::new(Ipv4Addr::from(0x0a00_0001 + i), 80).into(),
             weight: 1 + i % 3,
             state: ServerState::Up,
             active: i * 7 % 13,
@@ -29,8 +29,8 @@ fn candidates(n: u32) -> Vec<Candidate> {
 
 fn conn(i: u32) -> NewConnection {
     NewConnection {
-        client: SocketAddr::from((Ipv4Addr::from(0xc633_0000 + (i & 0xffff)), 40000)),
-        virtual_addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 80)),
+        client: SocketAddrV4::new(Ipv4Addr::from(0xc633_0000 + (i & 0xffff)), 40000).into(),
+        virtual_addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80).into(),
         protocol: Protocol::Tcp,
         virtual_id: 0,
     }
@@ -72,7 +72,9 @@ fn bench(c: &mut Criterion) {
         ] {
             let plugin = host.load_file(&dir.join(format!("{name}.wasm"))).unwrap();
             let handle = PluginHandle::new(plugin);
-            let mut s = host.selector(&handle, &[]).unwrap();
+            let mut s = host
+                .selector(&handle, &[], Ipv4Addr::new(192, 0, 2, 1).into())
+                .unwrap();
             for w in 0..500 {
                 s.select(&conn(w), &cands); // maglev builds its table over the first calls
             }

@@ -202,14 +202,8 @@ fn bind_by_plugins(
                 .map(|port| (port.port, port.protocol))
                 .collect(),
         };
-        // A binder sees the real servers of the virtual address's family only: a binding cannot mix
-        // families, and the host refuses a layout naming a server it was not given.
-        let same_family: Vec<RealInfo> = reals
-            .iter()
-            .filter(|r| r.addr.is_ipv6() == vm.address.is_ipv6())
-            .cloned()
-            .collect();
-        let out = binder.bind(&info, &same_family).with_context(where_)?;
+        // The binder offers the plugin the servers of the virtual address's family only.
+        let out = binder.bind(&info, &reals).with_context(where_)?;
         let vm_ports = bindings.virtuals[virtual_id].ports.clone();
         for port_id in vm_ports {
             let port = &mut bindings.ports[port_id as usize];
@@ -307,7 +301,8 @@ fn selector(
     Ok(match plugin {
         Some((p, handle)) => {
             let args: Vec<(String, String)> = args.clone().into_iter().collect();
-            let selector = p.host.selector(&handle, &args).with_context(|| {
+            let serves = vm.address;
+            let selector = p.host.selector(&handle, &args, serves).with_context(|| {
                 format!(
                     "{}: virtual machine {:?} port {}: {key} {name:?}",
                     path.display(),

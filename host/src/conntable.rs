@@ -189,6 +189,9 @@ pub struct Connection {
     pub last_seen: Duration,
     /// Set when the director completed the client's handshake itself (`[director] syn_proxy`).
     pub proxy: Option<Proxied>,
+    /// The policy instance that picked `real_id` itself and wants to hear when the connection ends there
+    /// (`Selector::instance`); `None` when a fallback, a trial or a policy that wants no notices chose it.
+    pub placed_by: Option<crate::policy::InstanceId>,
 }
 
 /// What a connection opened by the SYN proxy needs: the two handshakes it joins and how to translate
@@ -785,6 +788,7 @@ mod tests {
             created: now,
             last_seen: now,
             proxy: None,
+            placed_by: None,
         }
     }
 
@@ -1115,7 +1119,7 @@ mod tests {
     /// The entry stays compact (see docs for bytes per connection).
     #[test]
     fn entry_is_compact() {
-        const { assert!(ENTRY_SIZE <= 160) };
+        const { assert!(ENTRY_SIZE <= 168) };
         println!(
             "entry {ENTRY_SIZE} bytes, connection {} bytes",
             size_of::<Connection>()
@@ -1183,6 +1187,7 @@ mod tests {
             created: now,
             last_seen: now,
             proxy: None,
+            placed_by: None,
         }
     }
 

@@ -17,7 +17,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use crate::Interface;
 use crate::capture::CaptureStats;
-use crate::director::{DropReason, Handled, Snapshot};
+use crate::director::{DropReason, Handled, NoticeResult, Snapshot};
 use crate::policy::ServerState;
 use crate::shadow::{ShadowOutcome, ShadowSnapshot};
 use crate::wire::Protocol;
@@ -46,6 +46,7 @@ pub const NAMES: &[&str] = &[
     "vipd_plugin_reloads_total",
     "vipd_plugin_metric",
     "vipd_plugin_counter_total",
+    "vipd_plugin_notices_total",
     "vipd_shadow_decisions_total",
     "vipd_shadow_picks_total",
     "vipd_shadow_dropped_total",
@@ -434,6 +435,11 @@ fn describe() {
         "Frames the data path did not send, by interface: error (the kernel refused the send) and shed (the \
          interface's sender thread had no room left in its ring)."
     );
+    describe_counter!(
+        "vipd_plugin_notices_total",
+        "Notices to policies about the connections they placed (closed, ditched): delivered, or dropped \
+         (queue_full, stale: the policy instance that placed the connection no longer serves its port)."
+    );
     describe_gauge!(
         "vipd_build_info",
         "Always 1; the version label says which vipd runs."
@@ -594,6 +600,13 @@ fn record(s: &Snapshot, capture: Option<&CaptureStats>) {
             vec![label("reason", reason)],
         )
         .absolute(v);
+    }
+    for r in NoticeResult::VARIANTS {
+        counter(
+            "vipd_plugin_notices_total",
+            vec![label("result", r.as_str())],
+        )
+        .absolute(c.notices[*r as usize]);
     }
     gauge(
         "vipd_build_info",

@@ -1,9 +1,14 @@
 //! Session distribution: the seam between the packet path and whoever picks a real server.
 //!
 //! The director asks a [`Selector`] once per new connection, never per packet. Built-in policies live here;
-//! the plugin host puts WebAssembly components behind the same trait.
+//! the plugin host puts WebAssembly components behind the same trait. A selector that wants to hear how the
+//! connections it placed end names its instance ([`Selector::instance`]); the director then queues a notice
+//! when one closes or is ditched and calls [`Selector::connection_closed`] or
+//! [`Selector::connection_ditched`] between packet batches, never on the packet path.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::wire::Protocol;
 
@@ -99,6 +104,20 @@ pub enum Outcome {
     Failed,
 }
 
+/// One instance of a policy, as the connections it placed remember it: unique in the process and never
+/// reused, so a notice reaches only the instance that placed its connection (not a successor that never
+/// saw it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InstanceId(NonZeroU64);
+
+impl InstanceId {
+    /// A number no other instance has had (a 64-bit count never wraps).
+    pub fn next() -> InstanceId {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        InstanceId(NonZeroU64::MIN.saturating_add(NEXT.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
 /// Picks a real server for each new connection (the patent's session distribution scheme).
 pub trait Selector: Send {
     /// Called once per new connection with the candidates bound to its virtual port.
@@ -121,6 +140,23 @@ pub trait Selector: Send {
 
     /// A real server's state changed (by its index in the binding table). Optional.
     fn server_state_changed(&mut self, _real_id: u32, _state: ServerState) {}
+
+    /// The instance that the connections placed by the last [`Selector::select_outcome`] belong to, if
+    /// it wants [`Selector::connection_closed`] and [`Selector::connection_ditched`] for them; `None` (the
+    /// default): no notices are queued for this policy.
+    fn instance(&self) -> Option<InstanceId> {
+        None
+    }
+
+    /// A connection this policy placed on `real_id` (its own [`Outcome::Picked`]) ended there: closed
+    /// after a FIN or RST, expired idle, or evicted. Called between packet batches, only while
+    /// [`Selector::instance`] is still the instance that placed it. Optional.
+    fn connection_closed(&mut self, _conn: &NewConnection, _real_id: u32) {}
+
+    /// A connection this policy placed on `real_id` was ditched by that server (SYN unanswered, or refused
+    /// with an RST); no [`Selector::connection_closed`] follows for that placement. Called like
+    /// [`Selector::connection_closed`]. Optional.
+    fn connection_ditched(&mut self, _conn: &NewConnection, _real_id: u32) {}
 }
 
 /// Smooth weighted round-robin (the nginx algorithm): over any window of `sum(weight)` picks every eligible
@@ -168,14 +204,14 @@ impl Selector for RoundRobin {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::{Ipv4Addr, SocketAddrV4};
 
     use super::*;
 
     fn candidate(real_id: u32, weight: u32, state: ServerState) -> Candidate {
         Candidate {
             real_id,
-            target: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, real_id as u8)), 80),
+            target: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, real_id as u8), 80).into(),
             weight,
             state,
             active: 0,
@@ -187,8 +223,8 @@ mod tests {
 
     fn conn() -> NewConnection {
         NewConnection {
-            client: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 40000),
-            virtual_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 80),
+            client: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 40000).into(),
+            virtual_addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80).into(),
             protocol: Protocol::Tcp,
             virtual_id: 0,
         }

@@ -1,4 +1,6 @@
-//! Write vipd policies as WebAssembly components.
+//! Write vipd policies as WebAssembly components, against the policy interface `vipd:policy@0.2.0` (`wit/`):
+//! addresses of either family ([`IpAddress`], which converts to and from `std::net::IpAddr`), and the
+//! notices [`Selector::connection_closed`] and [`Selector::connection_ditched`] delivered.
 //!
 //! A selector plugin is a type implementing [`Selector`] and one [`export_selector!`]:
 //!
@@ -48,7 +50,7 @@ pub mod selector_bindings {
         export_macro_name: "__export_selector_world",
         default_bindings_module: "::vipd_plugin_sdk::selector_bindings",
         runtime_path: "::vipd_plugin_sdk::__private::wit_bindgen::rt",
-        additional_derives: [PartialEq],
+        additional_derives: [PartialEq, Eq, Hash],
     });
 }
 
@@ -63,7 +65,7 @@ pub mod binder_bindings {
         export_macro_name: "__export_binder_world",
         default_bindings_module: "::vipd_plugin_sdk::binder_bindings",
         runtime_path: "::vipd_plugin_sdk::__private::wit_bindgen::rt",
-        additional_derives: [PartialEq],
+        additional_derives: [PartialEq, Eq, Hash],
     });
 }
 
@@ -79,10 +81,10 @@ pub mod binder_bindings {
         export_macro_name: "__export_binder_world",
         default_bindings_module: "::vipd_plugin_sdk::binder_bindings",
         runtime_path: "::vipd_plugin_sdk::__private::wit_bindgen::rt",
-        additional_derives: [PartialEq],
+        additional_derives: [PartialEq, Eq, Hash],
         with: {
-            "vipd:policy/types@0.1.0": crate::selector_bindings::vipd::policy::types,
-            "vipd:policy/host@0.1.0": crate::selector_bindings::vipd::policy::host,
+            "vipd:policy/types@0.2.0": crate::selector_bindings::vipd::policy::types,
+            "vipd:policy/host@0.2.0": crate::selector_bindings::vipd::policy::host,
         },
     });
 }
@@ -93,7 +95,7 @@ use selector_bindings::vipd::policy as wit;
 #[cfg(all(feature = "binder", not(feature = "selector")))]
 use binder_bindings::vipd::policy as wit;
 
-pub use wit::types::{Candidate, Connection, InitError, Protocol, ServerState};
+pub use wit::types::{Candidate, Connection, InitError, IpAddress, Protocol, ServerState};
 
 #[cfg(feature = "selector")]
 pub use selector_bindings::exports::vipd::policy::selection::SelectError;
@@ -114,6 +116,41 @@ pub mod __private {
     pub use crate::selector_bindings::exports::vipd::policy::selection::Guest as SelectionGuest;
 }
 
+impl From<IpAddress> for std::net::IpAddr {
+    fn from(addr: IpAddress) -> std::net::IpAddr {
+        match addr {
+            IpAddress::Ipv4(a) => std::net::Ipv4Addr::from_bits(a).into(),
+            IpAddress::Ipv6((high, low)) => {
+                std::net::Ipv6Addr::from_bits(u128::from(high) << 64 | u128::from(low)).into()
+            }
+        }
+    }
+}
+
+impl From<std::net::IpAddr> for IpAddress {
+    fn from(addr: std::net::IpAddr) -> IpAddress {
+        match addr {
+            std::net::IpAddr::V4(a) => IpAddress::Ipv4(a.to_bits()),
+            std::net::IpAddr::V6(a) => {
+                let bits = a.to_bits();
+                IpAddress::Ipv6(((bits >> 64) as u64, bits as u64))
+            }
+        }
+    }
+}
+
+impl From<std::net::Ipv4Addr> for IpAddress {
+    fn from(addr: std::net::Ipv4Addr) -> IpAddress {
+        IpAddress::Ipv4(addr.to_bits())
+    }
+}
+
+impl From<std::net::Ipv6Addr> for IpAddress {
+    fn from(addr: std::net::Ipv6Addr) -> IpAddress {
+        std::net::IpAddr::from(addr).into()
+    }
+}
+
 impl Candidate {
     /// Whether the host accepts this candidate as an answer: `up` with a weight above 0.
     pub fn eligible(&self) -> bool {
@@ -121,25 +158,25 @@ impl Candidate {
     }
 
     /// The real server's address.
-    pub fn ip(&self) -> std::net::Ipv4Addr {
-        std::net::Ipv4Addr::from(self.addr)
+    pub fn ip(&self) -> std::net::IpAddr {
+        self.addr.into()
     }
 
     /// Where the connection would go.
-    pub fn target(&self) -> std::net::SocketAddrV4 {
-        std::net::SocketAddrV4::new(self.ip(), self.port)
+    pub fn target(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.ip(), self.port)
     }
 }
 
 impl Connection {
     /// The client's address and port.
-    pub fn client(&self) -> std::net::SocketAddrV4 {
-        std::net::SocketAddrV4::new(self.client_addr.into(), self.client_port)
+    pub fn client(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.client_addr.into(), self.client_port)
     }
 
     /// The virtual address and port the client asked for.
-    pub fn virtual_addr(&self) -> std::net::SocketAddrV4 {
-        std::net::SocketAddrV4::new(self.virtual_addr.into(), self.virtual_port)
+    pub fn virtual_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.virtual_addr.into(), self.virtual_port)
     }
 }
 
@@ -153,12 +190,16 @@ pub trait Selector: Sized + 'static {
     /// Picks the `index` of one eligible candidate (see [`Candidate::eligible`]).
     fn select(&mut self, conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError>;
 
-    /// A connection placed on `real_id` closed. Default: ignored. Reserved: vipd 0.1 does not call it yet;
-    /// [`Candidate`]'s `active` and `total` counts carry the same information at the next `select`.
+    /// A connection this instance placed on `real_id` (its own `select` answer) ended there: closed after
+    /// a FIN or RST, expired idle, or evicted. Called between the host's packet batches, so a little after
+    /// the fact; not called when the instance was replaced in between (new version, reload, trap) or the
+    /// host's queue of notices was full, so do not count on it for exact bookkeeping ([`Candidate`]'s
+    /// `active` and `total` are exact at every `select`). Default: ignored.
     fn connection_closed(&mut self, _conn: &Connection, _real_id: u32) {}
 
-    /// A connection placed on `real_id` was ditched (its SYN went unanswered). Default: ignored. Reserved:
-    /// vipd 0.1 does not call it yet; see [`Candidate`]'s `ditched` count and `state`.
+    /// A connection this instance placed on `real_id` was ditched by it: the SYN went unanswered
+    /// `syn_retries` times or was refused with an RST. Ends the placement: no `connection_closed` follows
+    /// for it. Delivered like [`Selector::connection_closed`]. Default: ignored.
     fn connection_ditched(&mut self, _conn: &Connection, _real_id: u32) {}
 
     /// Real server `real_id` changed state. Default: ignored.
@@ -314,14 +355,14 @@ pub mod host {
 
 /// Builders for native unit tests of decision logic.
 pub mod testing {
-    use crate::{Candidate, Connection, Protocol, ServerState};
+    use crate::{Candidate, Connection, IpAddress, Protocol, ServerState};
 
     /// Candidate at position `index` (also its real id), 10.0.0.(index+1):80, nothing open, not measured.
     pub fn candidate(index: u32, weight: u32, state: ServerState) -> Candidate {
         Candidate {
             index,
             real_id: index,
-            addr: u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)) + index,
+            addr: IpAddress::Ipv4(u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)) + index),
             port: 80,
             weight,
             state,
@@ -332,15 +373,41 @@ pub mod testing {
         }
     }
 
-    /// A TCP connection from `client` (an address as u32) port 40000 to 192.0.2.1:80.
-    pub fn connection(client: u32) -> Connection {
+    /// A TCP connection from `client` port 40000 to 192.0.2.1:80.
+    pub fn connection(client: impl Into<std::net::IpAddr>) -> Connection {
         Connection {
-            client_addr: client,
+            client_addr: client.into().into(),
             client_port: 40000,
-            virtual_addr: u32::from(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+            virtual_addr: std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
             virtual_port: 80,
             protocol: Protocol::Tcp,
             virtual_id: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    /// Both families convert to the WIT address in host order (IPv6 as high and low halves) and back.
+    #[test]
+    fn addresses_convert_both_ways() {
+        assert_eq!(
+            IpAddress::from(Ipv4Addr::new(192, 0, 2, 1)),
+            IpAddress::Ipv4(0xc000_0201)
+        );
+        let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+        assert_eq!(
+            IpAddress::from(v6),
+            IpAddress::Ipv6((0x2001_0db8_0000_0000, 1))
+        );
+        for a in [IpAddr::from(Ipv4Addr::new(10, 0, 0, 1)), IpAddr::from(v6)] {
+            assert_eq!(IpAddr::from(IpAddress::from(a)), a);
+        }
+        let c = testing::connection(v6);
+        assert_eq!(c.client(), "[2001:db8::1]:40000".parse().unwrap());
     }
 }

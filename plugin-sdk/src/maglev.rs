@@ -6,6 +6,8 @@
 //! N backends moves only about 1/N of the slots. Weights: in each round a backend earns its weight in credit
 //! and claims one slot per `max_weight` of credit, so slot shares follow the weights.
 
+use std::net::IpAddr;
+
 /// The table size the paper recommends for up to a few hundred backends: a prime well above 100 x N.
 pub const DEFAULT_SIZE: usize = 65537;
 
@@ -120,14 +122,29 @@ impl Builder {
     }
 }
 
-/// A well-mixed 64-bit hash of an IPv4 address (as the `u32` the host passes), for [`Table::lookup`].
-pub fn hash_ipv4(addr: u32) -> u64 {
-    mix(u64::from(addr) ^ 0x7669_7064_6970_7634)
+/// A well-mixed 64-bit hash of a client address, for [`Table::lookup`]. Takes the `addr` fields of
+/// [`crate::Connection`] as they are (or a `std::net::IpAddr`). An IPv4 address hashes as it did in the
+/// 0.1.0 SDK, so upgrading a plugin moves no client.
+pub fn hash_ip(addr: impl Into<IpAddr>) -> u64 {
+    match addr.into() {
+        IpAddr::V4(a) => mix(u64::from(a.to_bits()) ^ 0x7669_7064_6970_7634),
+        IpAddr::V6(a) => {
+            let bits = a.to_bits();
+            mix(mix((bits >> 64) as u64 ^ 0x7669_7064_6970_7636) ^ bits as u64)
+        }
+    }
 }
 
-/// A stable key for a backend from its address and port, for [`Table::new`].
-pub fn backend_key(addr: u32, port: u16) -> u64 {
-    mix((u64::from(addr) << 16) | u64::from(port))
+/// A stable key for a backend from its address and port, for [`Table::new`]. An IPv4 backend's key is the
+/// one of the 0.1.0 SDK.
+pub fn backend_key(addr: impl Into<IpAddr>, port: u16) -> u64 {
+    match addr.into() {
+        IpAddr::V4(a) => mix((u64::from(a.to_bits()) << 16) | u64::from(port)),
+        IpAddr::V6(a) => {
+            let bits = a.to_bits();
+            mix(mix((bits >> 64) as u64 ^ u64::from(port)) ^ bits as u64)
+        }
+    }
 }
 
 /// The splitmix64 finalizer: every input bit affects every output bit.
@@ -161,11 +178,13 @@ fn is_prime(n: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
 
     fn backends(n: u32) -> Vec<(u64, u32)> {
         (0..n)
-            .map(|i| (backend_key(0x0a00_0001 + i, 80), 1))
+            .map(|i| (backend_key(Ipv4Addr::from(0x0a00_0001 + i), 80), 1))
             .collect()
     }
 
@@ -186,7 +205,10 @@ mod tests {
     /// Weights 3:1 give slot shares 3:1.
     #[test]
     fn weights_shape_shares() {
-        let b = [(backend_key(1, 80), 3), (backend_key(2, 80), 1)];
+        let b = [
+            (backend_key(Ipv4Addr::from(1), 80), 3),
+            (backend_key(Ipv4Addr::from(2), 80), 1),
+        ];
         let t = Table::new(&b, DEFAULT_SIZE).unwrap();
         let heavy = t.slots.iter().filter(|&&s| s == 0).count() as f64;
         let share = heavy / DEFAULT_SIZE as f64;
@@ -205,13 +227,39 @@ mod tests {
         let clients = 100_000u32;
         let moved = (0..clients)
             .filter(|&c| {
-                let h = hash_ipv4(0xc633_0000 + c);
+                let h = hash_ip(Ipv4Addr::from(0xc633_0000 + c));
                 all[t1.lookup(h)].0 != fewer[t2.lookup(h)].0
             })
             .count();
         let frac = moved as f64 / f64::from(clients);
         // 1/N must move; Maglev moves a little more than that, never much more.
         assert!((0.09..0.13).contains(&frac), "moved {frac}");
+    }
+
+    /// IPv4 keeps the 0.1.0 SDK's hashes (upgrading moves no client); IPv6 addresses that differ in either
+    /// half hash apart.
+    #[test]
+    fn hashes_of_both_families() {
+        assert_eq!(
+            hash_ip(Ipv4Addr::new(198, 51, 100, 7)),
+            mix(0xc633_6407 ^ 0x7669_7064_6970_7634)
+        );
+        assert_eq!(
+            backend_key(Ipv4Addr::new(10, 0, 0, 1), 80),
+            mix(0x0a00_0001 << 16 | 80)
+        );
+        let v6 = |high: u16, low: u16| Ipv6Addr::new(0x2001, 0xdb8, high, 0, 0, 0, 0, low);
+        let hashes = [
+            hash_ip(v6(0, 1)),
+            hash_ip(v6(1, 1)),
+            hash_ip(v6(0, 2)),
+            hash_ip(Ipv4Addr::new(0, 0, 0, 1)),
+        ];
+        for (i, a) in hashes.iter().enumerate() {
+            assert!(hashes[i + 1..].iter().all(|b| a != b), "{hashes:x?}");
+        }
+        assert_ne!(backend_key(v6(0, 1), 80), backend_key(v6(0, 1), 81));
+        assert_ne!(backend_key(v6(0, 1), 80), backend_key(v6(1, 1), 80));
     }
 
     /// No weight, no table; sizes round up to a prime.
@@ -230,7 +278,12 @@ mod timing {
     fn build_time() {
         for n in [2u32, 16, 64] {
             let b: Vec<_> = (0..n)
-                .map(|i| (super::backend_key(i, 80), 1 + i % 3))
+                .map(|i| {
+                    (
+                        super::backend_key(std::net::Ipv4Addr::from(i), 80),
+                        1 + i % 3,
+                    )
+                })
                 .collect();
             let t = std::time::Instant::now();
             let _ = super::Table::new(&b, super::DEFAULT_SIZE);
@@ -241,12 +294,16 @@ mod timing {
 
 #[cfg(test)]
 mod builder_tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     /// Building in slices gives exactly the table built at once.
     #[test]
     fn sliced_build_is_identical() {
-        let b: Vec<_> = (0..7u32).map(|i| (backend_key(i, 80), 1 + i % 3)).collect();
+        let b: Vec<_> = (0..7u32)
+            .map(|i| (backend_key(Ipv4Addr::from(i), 80), 1 + i % 3))
+            .collect();
         let whole = Table::new(&b, 1009).unwrap();
         let mut builder = Builder::new(&b, 1009).unwrap();
         let mut slices = 0;

@@ -53,6 +53,12 @@ impl Selector for TwoChoices {
         }
         Ok(candidates[i].index)
     }
+
+    /// A server this policy chose left the connection's SYN unanswered (or refused it): count it. The host
+    /// also calls `connection_closed` when a connection it placed ends; both have no-op defaults.
+    fn connection_ditched(&mut self, _conn: &Connection, _real_id: u32) {
+        host::counter_add("ditched", 1);
+    }
 }
 
 export_selector!(TwoChoices);

@@ -20,8 +20,11 @@ use crate::policy::Selector;
 
 impl Director {
     /// Puts a new binding table in place (config reload). Connections in progress keep their servers: they
-    /// carry the real address and port, and the live state of a real server follows it by name.
+    /// carry the real address and port, and the live state of a real server follows it by name. The new
+    /// selectors are new instances: the connections the old ones placed end without notices (stale).
     pub fn install(&mut self, bindings: BindingTable, selectors: Vec<Box<dyn Selector>>) {
+        // The selectors about to be replaced hear first about the connections they placed.
+        self.deliver_notices();
         let mut reals = Vec::with_capacity(bindings.reals.len());
         let mut health = Vec::with_capacity(bindings.reals.len());
         for r in &bindings.reals {

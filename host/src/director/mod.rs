@@ -12,6 +12,8 @@
 //!   address and it leaves on the outside. ICMP errors about a connection are translated both ways.
 //! - `select.rs`: how a SYN picks a server: the bound targets with live state, backups standing in for failed
 //!   servers, trial connections, the port's policy, and re-selection when a server ditches a connection.
+//! - `notify.rs`: telling a policy how the connections it placed ended (closed, ditched): queued on the
+//!   packet path, delivered to the policy between packet batches.
 //! - `reals.rs`: the real servers' live state (patent FIG. 6B: state, ditched connections, failure threshold,
 //!   backup), fed by ditched connections, active health checks and the operator; every change is queued with
 //!   its reason for [`Director::drain_events`]. The rules are in docs/failure-handling.md.
@@ -44,6 +46,7 @@ use crate::wire::MacAddr;
 
 mod install;
 mod neighbours;
+mod notify;
 mod path;
 mod reals;
 mod select;
@@ -52,10 +55,12 @@ mod synproxy;
 #[cfg(test)]
 mod tests;
 
+pub use notify::{NOTICE_CAPACITY, NoticeResult};
 pub use reals::{RealLive, StateChange, StateReason, UnknownReal};
 pub use stats::{Counters, DropReason, FlowCount, Handled, PerReason, Published, Snapshot};
 
 use neighbours::Neighbour;
+use notify::{Ended, Notices};
 use reals::{EVENT_CAPACITY, Health};
 use stats::release;
 use synproxy::SynProxy;
@@ -105,6 +110,8 @@ pub struct Director {
     /// Parallel to `reals`.
     health: Vec<Health>,
     events: VecDeque<StateChange>,
+    /// How the connections policies placed ended, until the policies are told between batches.
+    notices: Notices,
     /// The latest `now` seen, for state changes made without one (a reload).
     now: Duration,
     neighbours: HashMap<IpAddr, Neighbour>,
@@ -174,6 +181,7 @@ impl Director {
             reals: Vec::new(),
             health: Vec::new(),
             events: VecDeque::with_capacity(EVENT_CAPACITY),
+            notices: Notices::new(),
             now: Duration::ZERO,
             neighbours: HashMap::new(),
             table: ConnTable::new(config.director.max_connections as usize, config.timeouts),
@@ -283,7 +291,9 @@ impl Director {
     /// first datagrams, ACKs that complete a cookie handshake); the rest are dropped as
     /// [`DropReason::Shed`], so frames of existing connections keep flowing when new-connection work alone
     /// could fill the wake-up. The SYN proxy's cookie answers are stateless and never shed.
+    /// Policies are told here how the connections they placed ended since the last wake-up or tick.
     pub fn wakeup(&mut self, behind: bool) {
+        self.deliver_notices();
         self.behind_streak = if behind {
             self.behind_streak.saturating_add(1)
         } else {
@@ -305,11 +315,13 @@ impl Director {
         true
     }
 
-    /// Periodic work: expires idle connections (bounded), refreshes neighbours, announces virtual
-    /// addresses, and publishes a [`Snapshot`]. Frames to send go through `send`.
+    /// Periodic work: expires idle connections (bounded), tells policies how the connections they placed
+    /// ended, refreshes neighbours, announces virtual addresses, and publishes a [`Snapshot`]. Frames to
+    /// send go through `send`.
     pub fn tick(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8])) {
         self.now = now;
         self.expire(now, EXPIRE_BUDGET);
+        self.deliver_notices();
         self.resolve_neighbours(now, send);
         self.announce(now, send);
         self.publish_if_due(now);
@@ -322,11 +334,13 @@ impl Director {
             reals,
             counters,
             flows,
+            notices,
             ..
         } = self;
         table.expire(now, budget, |conn| {
             counters.expired += 1;
             release(reals, flows, conn);
+            notices.push(Ended::Closed, conn, counters);
         });
     }
 }

@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use super::notify::Ended;
 use super::select::Ditch;
 use super::stats::{flow_mut, release};
 use super::{Director, DropReason, Verdict};
@@ -277,7 +278,8 @@ impl Director {
             .ports
             .get(port_id as usize)
             .map_or(u32::MAX, |port| port.virtual_id);
-        let Some((real_id, target)) = self.select(port_id, client, virt, protocol, None, now)
+        let Some((real_id, target, placed_by)) =
+            self.select(port_id, client, virt, protocol, None, now)
         else {
             return Err(self.refuse(frame, p, protocol, virtual_id, DropReason::NoServer));
         };
@@ -299,6 +301,7 @@ impl Director {
             created: now,
             last_seen: now,
             proxy,
+            placed_by,
         };
         match self.table.insert(conn) {
             Ok(inserted) => {
@@ -308,6 +311,8 @@ impl Director {
                         _ => self.counters.evicted_half_open += 1,
                     }
                     release(&mut self.reals, &mut self.flows, &evicted);
+                    self.notices
+                        .push(Ended::Closed, &evicted, &mut self.counters);
                 }
                 self.counters.connections_created += 1;
                 if let Some(r) = self.reals.get_mut(real_id as usize) {
@@ -510,6 +515,7 @@ impl Director {
     pub(super) fn close(&mut self, id: ConnId) {
         let conn = self.table.remove(id);
         release(&mut self.reals, &mut self.flows, &conn);
+        self.notices.push(Ended::Closed, &conn, &mut self.counters);
     }
 }
 

@@ -8,15 +8,17 @@
 //! [`crate::assemble`]) picks one, once per connection; its choice is stored in the connection object.
 //!
 //! When the chosen server ditches the connection (no SYN-ACK after `syn_retries` resends, or an RST to the
-//! SYN), [`Director::ditch`] counts it against the server and asks again with that server left out.
+//! SYN), [`Director::ditch`] counts it against the server, ends the policy's placement ([`super::notify`])
+//! and asks again with that server left out.
 
 use std::time::Duration;
 
 use super::Director;
+use super::notify::Ended;
 use super::stats::{flow_mut, release};
 use crate::binding::Lookup;
 use crate::conntable::{ConnId, Endpoint};
-use crate::policy::{Candidate, NewConnection, Selection, ServerState};
+use crate::policy::{Candidate, InstanceId, NewConnection, Outcome, Selection, ServerState};
 use crate::shadow::{Job, MAX_CANDIDATES};
 use crate::wire::Protocol;
 
@@ -38,6 +40,8 @@ impl Director {
         let conn = *self.table.get(id);
         let old = conn.real_id;
         self.count_ditched(old as usize, now);
+        self.notices.push(Ended::Ditched, &conn, &mut self.counters);
+        self.table.get_mut(id).placed_by = None;
         let port_id = match self.bindings.lookup(
             conn.virtual_addr.ip(),
             conn.protocol,
@@ -57,7 +61,7 @@ impl Director {
             )
             .map(|picked| (port_id, picked))
         });
-        if let Some((port_id, (real_id, target))) = picked
+        if let Some((port_id, (real_id, target, placed_by))) = picked
             && self.table.retarget(id, target, real_id).is_ok()
         {
             self.counters.reselected += 1;
@@ -68,6 +72,7 @@ impl Director {
             }
             let moved = self.table.get_mut(id);
             moved.port_id = port_id;
+            moved.placed_by = placed_by;
             if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), moved) {
                 f.active += 1;
                 f.total += 1;
@@ -92,6 +97,8 @@ impl Director {
     /// Asks the virtual port's policy for a server among its bound targets, with live state. A failed
     /// server's backup stands in for it (following the chain); `exclude` (a server that just ditched this
     /// connection) is offered as failed. A failed server whose trial is due gets the connection outright.
+    /// Returns the server, and the policy instance to tell when the connection ends there if the policy
+    /// picked it itself and asks for notices.
     pub(super) fn select(
         &mut self,
         port_id: u32,
@@ -100,7 +107,7 @@ impl Director {
         protocol: Protocol,
         exclude: Option<u32>,
         now: Duration,
-    ) -> Option<(u32, Endpoint)> {
+    ) -> Option<(u32, Endpoint, Option<InstanceId>)> {
         let bindings = &self.bindings;
         let port = bindings.ports.get(port_id as usize)?;
         self.candidates.clear();
@@ -155,7 +162,7 @@ impl Director {
             let h = self.health.get_mut(c.real_id as usize)?;
             h.retry_at = now + h.retry_after;
             self.counters.trials += 1;
-            return Some((c.real_id, c.target.into()));
+            return Some((c.real_id, c.target.into(), None));
         }
         let new = NewConnection {
             client: client.into(),
@@ -164,12 +171,17 @@ impl Director {
             virtual_id: port.virtual_id,
         };
         let selector = self.selectors.get_mut(port_id as usize)?;
-        let chosen = match selector.select(&new, &self.candidates) {
+        let (selection, outcome) = selector.select_outcome(&new, &self.candidates);
+        let placed_by = match outcome {
+            Outcome::Picked => selector.instance(),
+            _ => None,
+        };
+        let chosen = match selection {
             Selection::Pick(i) => self
                 .candidates
                 .get(i)
                 .filter(|c| c.eligible())
-                .map(|c| (c.real_id, c.target.into())),
+                .map(|c| (c.real_id, c.target.into(), placed_by)),
             Selection::Reject => None,
         };
         if exclude.is_none() {

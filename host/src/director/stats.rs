@@ -11,7 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use strum::{EnumCount, IntoStaticStr, VariantArray};
 
-use super::{Director, RealLive};
+use super::{Director, NoticeResult, RealLive};
 use crate::binding::BindingTable;
 use crate::conntable::Connection;
 use crate::{Sides, wire};
@@ -131,6 +131,8 @@ pub struct Counters {
     /// Real server state changes, and those dropped from a full event queue before anyone drained them.
     pub state_changes: u64,
     pub events_lost: u64,
+    /// Notices to policies about the connections they placed, by what became of them ([`NoticeResult`]).
+    pub notices: [u64; NoticeResult::COUNT],
 }
 
 impl Counters {

@@ -12,17 +12,17 @@ use crate::policy::{RoundRobin, ServerState};
 use crate::wire::{self, MacAddr, TcpFlags};
 
 const CLIENT_MAC: MacAddr = MacAddr([2, 0, 0, 0, 1, 1]);
-const L2: Layer2 = Layer2 {
+pub(super) const L2: Layer2 = Layer2 {
     outside_mac: MacAddr([2, 0, 0, 0, 0, 1]),
     inside_mac: MacAddr([2, 0, 0, 0, 0, 2]),
     inside_ip: Ipv4Addr::UNSPECIFIED,
 };
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const WEB: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub(super) const WEB: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const SOLO: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
 /// Servers a, b, c behind `web`; `primary` with backup `spare` behind `solo`. Static MACs: no ARP.
-fn config(syn_retries: u32, weight_a: u32, with_a: bool, checks: bool) -> Config {
+pub(super) fn config(syn_retries: u32, weight_a: u32, with_a: bool, checks: bool) -> Config {
     let check = if checks {
         "check = { kind = \"tcp\", port = 80 }\n"
     } else {
@@ -60,12 +60,12 @@ fn director(syn_retries: u32) -> Director {
     Director::new(&config, bindings, L2)
 }
 
-fn secs(s: u64) -> Duration {
+pub(super) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
 /// A TCP frame from the client to `vip`:80.
-fn client(vip: Ipv4Addr, cport: u16, syn: bool, rst: bool) -> Vec<u8> {
+pub(super) fn client(vip: Ipv4Addr, cport: u16, syn: bool, rst: bool) -> Vec<u8> {
     let mut b = PacketBuilder::ethernet2(CLIENT_MAC.0, L2.outside_mac.0)
         .ipv4(CLIENT.octets(), vip.octets(), 64)
         .tcp(cport, 80, 1000, 64240);
@@ -83,7 +83,7 @@ fn client(vip: Ipv4Addr, cport: u16, syn: bool, rst: bool) -> Vec<u8> {
 }
 
 /// A TCP frame from a real server port to the client: SYN-ACK, or RST-ACK.
-fn server(real: SocketAddr, cport: u16, rst: bool) -> Vec<u8> {
+pub(super) fn server(real: SocketAddr, cport: u16, rst: bool) -> Vec<u8> {
     let SocketAddr::V4(real) = real else {
         panic!("an IPv4 real server");
     };
@@ -110,7 +110,7 @@ fn dest(frame: &[u8]) -> (SocketAddr, (bool, bool, bool)) {
 }
 
 /// Sends a client SYN; returns the real server it was forwarded to.
-fn syn_to(d: &mut Director, vip: Ipv4Addr, cport: u16, now: Duration) -> SocketAddr {
+pub(super) fn syn_to(d: &mut Director, vip: Ipv4Addr, cport: u16, now: Duration) -> SocketAddr {
     let mut f = client(vip, cport, true, false);
     assert_eq!(
         d.handle(Interface::Outside, &mut f, now),
@@ -120,7 +120,7 @@ fn syn_to(d: &mut Director, vip: Ipv4Addr, cport: u16, now: Duration) -> SocketA
     dest(&f).0
 }
 
-fn real(d: &Director, name: &str) -> RealLive {
+pub(super) fn real(d: &Director, name: &str) -> RealLive {
     d.reals().iter().find(|r| r.name == name).unwrap().clone()
 }
 

@@ -1,10 +1,12 @@
 //! The plugin host: server-selection and binding policies as sandboxed WebAssembly components (`wit/`,
-//! package `vipd:policy@0.1.0`).
+//! package `vipd:policy@0.2.0`; components of `vipd:policy@0.1.0`, `wit/0.1.0/`, still load).
 //!
 //! Owns the wasmtime [`Engine`] and its epoch ticker ([`PluginHost`]); compiles plugin files off the packet
-//! path and validates them against the worlds ([`PluginHost::load_file`], [`PluginHost::check_file`]); runs
-//! them behind the [`crate::policy::Selector`] seam ([`PluginSelector`]) and as binders ([`Binder`]); and
-//! swaps new versions in from a watched folder ([`PluginDir`]).
+//! path and validates them against the worlds of both interface versions ([`PluginHost::load_file`],
+//! [`PluginHost::check_file`]); runs them behind the [`crate::policy::Selector`] seam ([`PluginSelector`])
+//! and as binders ([`Binder`]); and swaps new versions in from a watched folder ([`PluginDir`]). Which
+//! interface version may serve which virtual machine is decided in one place, [`supports`]: a 0.1.0
+//! component carries IPv4 addresses only and is refused, with the file named, for an IPv6 one.
 //!
 //! Sandbox: a plugin gets the host functions of `wit/host.wit` and nothing else: WASI imports resolve but
 //! grant no files, environment, arguments or network, and blocking traps. Each instance has a memory limit
@@ -21,6 +23,7 @@ mod selector;
 mod stats;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,8 +40,9 @@ pub use dir::{PluginDir, SETTLE};
 pub use selector::{PluginSelector, QUARANTINE_AFTER};
 pub use stats::{CallResult, DURATION_BUCKETS, MetricKind, PluginMetric, PluginStats};
 
-use bindings::{BinderPre, SelectorPre};
+use binder::BinderPre;
 use sandbox::PluginState;
+use selector::SelectorPre;
 
 /// The sandbox limits every plugin instance runs under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +67,58 @@ pub const SLOW_CALL_FACTOR: u32 = 50;
 
 /// Epoch ticks per deadline: a call is interrupted between 1 and 1.5 deadlines after it starts.
 const TICKS_PER_DEADLINE: u32 = 2;
+
+/// The versions of the policy interface the host loads, oldest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InterfaceVersion {
+    /// `vipd:policy@0.1.0` (`wit/0.1.0/`): IPv4 addresses only, as `u32`; `connection-closed` and
+    /// `connection-ditched` are never called.
+    V0_1,
+    /// `vipd:policy@0.2.0` (`wit/`): addresses of either family; the notices delivered.
+    V0_2,
+}
+
+impl InterfaceVersion {
+    /// The version the SDK, the shipped plugins and the template build against.
+    pub const CURRENT: InterfaceVersion = InterfaceVersion::V0_2;
+
+    /// The version number, as the SDK's is named.
+    pub fn number(self) -> &'static str {
+        match self {
+            InterfaceVersion::V0_1 => "0.1.0",
+            InterfaceVersion::V0_2 => "0.2.0",
+        }
+    }
+}
+
+/// The WIT package and version, as `vipd plugin check` prints it: `vipd:policy@0.2.0`.
+impl fmt::Display for InterfaceVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vipd:policy@{}", self.number())
+    }
+}
+
+/// Whether a plugin of interface `version` can serve a virtual machine with address `addr`: 0.1.0 carries
+/// IPv4 addresses only; 0.2.0 either family. Every place that gives a plugin a virtual machine asks this.
+pub fn supports(version: InterfaceVersion, addr: IpAddr) -> bool {
+    match version {
+        InterfaceVersion::V0_1 => addr.is_ipv4(),
+        InterfaceVersion::V0_2 => true,
+    }
+}
+
+/// [`supports`] as the refusal an operator reads: the file, its interface, the address and what to do.
+pub(crate) fn check_supports(version: InterfaceVersion, file: &Path, addr: IpAddr) -> Result<()> {
+    if !supports(version, addr) {
+        bail!(
+            "plugin {} implements {version}, which has IPv4 addresses only; virtual address {addr} is \
+             IPv6: rebuild it against the {} SDK",
+            file.display(),
+            InterfaceVersion::CURRENT.number(),
+        );
+    }
+    Ok(())
+}
 
 /// The worlds of `wit/worlds.wit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -179,8 +235,8 @@ pub(crate) struct Version {
     version: AtomicU64,
     /// Size and modification time of the file it was compiled from.
     signature: (u64, Option<SystemTime>),
-    selector: Option<SelectorPre<PluginState>>,
-    binder: Option<BinderPre<PluginState>>,
+    selector: Option<SelectorPre>,
+    binder: Option<BinderPre>,
 }
 
 impl LoadedPlugin {
@@ -206,14 +262,22 @@ impl LoadedPlugin {
 
     /// The worlds it implements.
     pub fn worlds(&self) -> Vec<World> {
-        let mut w = Vec::new();
-        if self.0.selector.is_some() {
-            w.push(World::Selector);
-        }
-        if self.0.binder.is_some() {
-            w.push(World::Binder);
-        }
-        w
+        self.interfaces().into_iter().map(|(w, _)| w).collect()
+    }
+
+    /// The worlds it implements, each with the interface version it implements it in.
+    pub fn interfaces(&self) -> Vec<(World, InterfaceVersion)> {
+        let selector = self
+            .0
+            .selector
+            .as_ref()
+            .map(|p| (World::Selector, p.interface()));
+        let binder = self
+            .0
+            .binder
+            .as_ref()
+            .map(|p| (World::Binder, p.interface()));
+        selector.into_iter().chain(binder).collect()
     }
 }
 
@@ -223,7 +287,7 @@ impl fmt::Debug for LoadedPlugin {
             .field("name", &self.0.name)
             .field("path", &self.0.path)
             .field("version", &self.0.version)
-            .field("worlds", &self.worlds())
+            .field("worlds", &self.interfaces())
             .finish()
     }
 }
@@ -232,21 +296,37 @@ impl fmt::Debug for LoadedPlugin {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginInfo {
     pub path: PathBuf,
-    /// Worlds the component implements.
-    pub worlds: Vec<World>,
+    /// Worlds the component implements, each with its interface version.
+    pub worlds: Vec<(World, InterfaceVersion)>,
     /// Worlds it does not implement, with the reason.
     pub missing: Vec<(World, String)>,
 }
 
 impl fmt::Display for PluginInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<_> = self.worlds.iter().map(|w| w.as_str()).collect();
+        let names: Vec<_> = self
+            .worlds
+            .iter()
+            .map(|(w, v)| format!("{} ({v})", w.as_str()))
+            .collect();
         writeln!(
             f,
-            "{}: a valid vipd plugin (vipd:policy@0.1.0), world {}",
+            "{}: a valid vipd plugin, world {}",
             self.path.display(),
             names.join(", ")
         )?;
+        if self
+            .worlds
+            .iter()
+            .any(|&(_, v)| v < InterfaceVersion::CURRENT)
+        {
+            writeln!(
+                f,
+                "  {}: IPv4 virtual machines only; rebuild it against the {} SDK to serve IPv6 ones",
+                InterfaceVersion::V0_1,
+                InterfaceVersion::CURRENT.number(),
+            )?;
+        }
         for (w, why) in &self.missing {
             writeln!(f, "  not a {}: {why}", w.as_str())?;
         }
@@ -435,8 +515,10 @@ impl PluginHost {
                 .map(|(w, why)| format!("not a {}: {why}", w.as_str()))
                 .collect();
             bail!(
-                "{}: not a vipd plugin (vipd:policy@0.1.0): {}",
+                "{}: not a vipd plugin ({} or {}): {}",
                 path.display(),
+                InterfaceVersion::CURRENT,
+                InterfaceVersion::V0_1,
                 why.join("; ")
             );
         }
@@ -458,10 +540,10 @@ impl PluginHost {
             )
         })?;
         let mut missing = Vec::new();
-        let selector = SelectorPre::new(pre.clone())
+        let selector = SelectorPre::new(&pre)
             .map_err(|e| missing.push((World::Selector, format!("{:#}", anyhow::Error::from(e)))))
             .ok();
-        let binder = BinderPre::new(pre)
+        let binder = BinderPre::new(&pre)
             .map_err(|e| missing.push((World::Binder, format!("{:#}", anyhow::Error::from(e)))))
             .ok();
         let version = Version {
@@ -475,20 +557,22 @@ impl PluginHost {
         let plugin = LoadedPlugin(Arc::new(version));
         let info = PluginInfo {
             path: path.to_path_buf(),
-            worlds: plugin.worlds(),
+            worlds: plugin.interfaces(),
             missing,
         };
         Ok((plugin, info))
     }
 
-    /// A selector running `plugin` with `args`, instantiated and initialised now so a bad argument is an
-    /// error here, at configuration time.
+    /// A selector running `plugin` with `args` for the virtual machine at `serves`, instantiated and
+    /// initialised now so a bad argument, or a plugin whose interface cannot carry the virtual machine's
+    /// address family ([`supports`]), is an error here, at configuration time.
     pub fn selector(
         &self,
         plugin: &PluginHandle,
         args: &[(String, String)],
+        serves: IpAddr,
     ) -> Result<PluginSelector> {
-        PluginSelector::new(self.inner.clone(), plugin.clone(), args.to_vec())
+        PluginSelector::new(self.inner.clone(), plugin.clone(), args.to_vec(), serves)
     }
 
     /// A binder running `plugin` with `args`, instantiated and initialised now.

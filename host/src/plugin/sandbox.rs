@@ -11,7 +11,7 @@ use wasmtime::{Engine, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginLimits;
-use super::bindings::{HostFunctions, Level, SelectorWorld};
+use super::bindings::{v0_1, v0_2};
 use super::stats::{MetricKind, PluginStats};
 
 /// What one plugin instance's `Store` holds.
@@ -64,10 +64,12 @@ impl WasiView for PluginState {
     }
 }
 
-impl super::bindings::selector::vipd::policy::types::Host for PluginState {}
+impl v0_2::Types for PluginState {}
+impl v0_1::Types for PluginState {}
 
-impl HostFunctions for PluginState {
-    fn log(&mut self, level: Level, message: String) {
+impl v0_2::HostFunctions for PluginState {
+    fn log(&mut self, level: v0_2::Level, message: String) {
+        use v0_2::Level;
         let plugin = &*self.name;
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
@@ -102,6 +104,38 @@ impl HostFunctions for PluginState {
     }
 }
 
+/// The host interface of 0.1.0 is the same as 0.2.0's: each call goes to the 0.2.0 implementation.
+impl v0_1::HostFunctions for PluginState {
+    fn log(&mut self, level: v0_1::Level, message: String) {
+        use v0_1::Level as Old;
+        use v0_2::Level;
+        let level = match level {
+            Old::Trace => Level::Trace,
+            Old::Debug => Level::Debug,
+            Old::Info => Level::Info,
+            Old::Warn => Level::Warn,
+            Old::Error => Level::Error,
+        };
+        v0_2::HostFunctions::log(self, level, message)
+    }
+
+    fn now_us(&mut self) -> u64 {
+        v0_2::HostFunctions::now_us(self)
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        v0_2::HostFunctions::random_u64(self)
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) {
+        v0_2::HostFunctions::counter_add(self, name, delta)
+    }
+
+    fn gauge_set(&mut self, name: String, value: f64) {
+        v0_2::HostFunctions::gauge_set(self, name, value)
+    }
+}
+
 /// A fresh store for one instance of plugin `name`.
 pub(crate) fn new_store(
     engine: &Engine,
@@ -129,12 +163,14 @@ pub(crate) fn new_store(
     store
 }
 
-/// The linker every plugin is instantiated with: both worlds' host functions and a powerless WASI.
+/// The linker every plugin is instantiated with: the host functions of both worlds of both interface
+/// versions, and a powerless WASI.
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    SelectorWorld::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
     // The binder world imports the same interfaces, so the selector world's linking serves both.
+    v0_2::SelectorWorld::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+    v0_1::SelectorWorld::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
     // Blocking in WASI (sleep, waiting on a stream) would stall the caller past the epoch deadline, which
     // only interrupts Wasm code: make it a trap instead.
     linker.allow_shadowing(true);

@@ -1,27 +1,177 @@
 //! [`PluginSelector`]: a [`Selector`] backed by a plugin instance, with fallback to round-robin and
-//! quarantine.
+//! quarantine, for a component of either interface version ([`SelectorPre`], [`Instance`]).
+//!
+//! A selector serves one virtual port, so one address family: a version of the plugin that cannot carry it
+//! ([`super::supports`]) is refused when the selector is made (a config error) and, published later by the
+//! plugins folder, not used: the version already serving goes on, and the log says why.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use wasmtime::Store;
+use wasmtime::component::InstancePre;
 
-use super::bindings::{
-    InitError, SelectError, SelectorWorld, WitCandidate, WitConnection, WitProtocol, WitServerState,
-};
+use super::bindings::{ipv4, v0_1, v0_2};
 use super::sandbox::PluginState;
 use super::stats::CallResult;
-use super::{HostInner, PluginHandle, Version};
+use super::{HostInner, InterfaceVersion, PluginHandle, Version, check_supports};
 use crate::policy::{
-    Candidate, NewConnection, Outcome, RoundRobin, Selection, Selector, ServerState,
+    Candidate, InstanceId, NewConnection, Outcome, RoundRobin, Selection, Selector, ServerState,
 };
-use crate::wire::Protocol;
 
 /// Failures in a row (trap, timeout, memory, bad answer) after which a selector stops calling its plugin
 /// until a new version of the file is loaded.
 pub const QUARANTINE_AFTER: u32 = 5;
+
+/// A compiled selector component, linked and ready to instantiate, of the newest interface it implements.
+pub(crate) enum SelectorPre {
+    V0_1(v0_1::SelectorPre<PluginState>),
+    V0_2(v0_2::SelectorPre<PluginState>),
+}
+
+impl SelectorPre {
+    /// The selector world `pre` implements; the error says why it implements none (in terms of the current
+    /// interface, which is what a plugin author should build against).
+    pub(crate) fn new(pre: &InstancePre<PluginState>) -> wasmtime::Result<SelectorPre> {
+        match v0_2::SelectorPre::new(pre.clone()) {
+            Ok(p) => Ok(SelectorPre::V0_2(p)),
+            Err(e) => v0_1::SelectorPre::new(pre.clone())
+                .map(SelectorPre::V0_1)
+                .map_err(|_| e),
+        }
+    }
+
+    pub(crate) fn interface(&self) -> InterfaceVersion {
+        match self {
+            SelectorPre::V0_1(_) => InterfaceVersion::V0_1,
+            SelectorPre::V0_2(_) => InterfaceVersion::V0_2,
+        }
+    }
+}
+
+/// A selector instance: the calls of `wit/selection.wit`, the host's types converted for its version.
+enum Instance {
+    V0_1 {
+        world: v0_1::SelectorWorld,
+        /// Candidates in WIT form, reused between calls.
+        scratch: Vec<v0_1::Candidate>,
+    },
+    V0_2 {
+        world: v0_2::SelectorWorld,
+        scratch: Vec<v0_2::Candidate>,
+    },
+}
+
+impl Instance {
+    fn init(
+        &self,
+        store: &mut Store<PluginState>,
+        args: &[(String, String)],
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(match self {
+            Instance::V0_1 { world, .. } => world
+                .vipd_policy_selection()
+                .call_init(store, args)?
+                .map_err(|e| init_error_v0_1(&e)),
+            Instance::V0_2 { world, .. } => world
+                .vipd_policy_selection()
+                .call_init(store, args)?
+                .map_err(|e| init_error(&e)),
+        })
+    }
+
+    /// `select`; an error of 0.1.0's is given as 0.2.0's (they are the same).
+    fn select(
+        &mut self,
+        store: &mut Store<PluginState>,
+        conn: &NewConnection,
+        candidates: &[Candidate],
+    ) -> wasmtime::Result<Result<u32, v0_2::SelectError>> {
+        match self {
+            Instance::V0_1 { world, scratch } => {
+                // Never an IPv6 address here: a 0.1.0 version is not used for an IPv6 virtual machine,
+                // and its connections and servers are of its family. Were one to come, round-robin serves.
+                let Some(c) = connection_v0_1(conn) else {
+                    return Ok(Err(v0_2::SelectError::Defer));
+                };
+                scratch.clear();
+                for (i, candidate) in candidates.iter().enumerate() {
+                    let Some(w) = candidate_v0_1(i, candidate) else {
+                        return Ok(Err(v0_2::SelectError::Defer));
+                    };
+                    scratch.push(w);
+                }
+                Ok(world
+                    .vipd_policy_selection()
+                    .call_select(store, c, scratch)?
+                    .map_err(|e| match e {
+                        v0_1::SelectError::Reject => v0_2::SelectError::Reject,
+                        v0_1::SelectError::NoServer => v0_2::SelectError::NoServer,
+                        v0_1::SelectError::Defer => v0_2::SelectError::Defer,
+                    }))
+            }
+            Instance::V0_2 { world, scratch } => {
+                scratch.clear();
+                scratch.extend(
+                    candidates
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| candidate_v0_2(i, c)),
+                );
+                world
+                    .vipd_policy_selection()
+                    .call_select(store, connection_v0_2(conn), scratch)
+            }
+        }
+    }
+
+    /// `connection-closed` (`ditched: false`) or `connection-ditched`; 0.1.0 never gets them.
+    fn connection_ended(
+        &self,
+        store: &mut Store<PluginState>,
+        conn: &NewConnection,
+        real_id: u32,
+        ditched: bool,
+    ) -> wasmtime::Result<()> {
+        match self {
+            Instance::V0_1 { .. } => Ok(()),
+            Instance::V0_2 { world, .. } => {
+                let (selection, c) = (world.vipd_policy_selection(), connection_v0_2(conn));
+                if ditched {
+                    selection.call_connection_ditched(store, c, real_id)
+                } else {
+                    selection.call_connection_closed(store, c, real_id)
+                }
+            }
+        }
+    }
+
+    fn server_state_changed(
+        &self,
+        store: &mut Store<PluginState>,
+        real_id: u32,
+        state: ServerState,
+    ) -> wasmtime::Result<()> {
+        match self {
+            Instance::V0_1 { world, .. } => world
+                .vipd_policy_selection()
+                .call_server_state_changed(store, real_id, state.into()),
+            Instance::V0_2 { world, .. } => world
+                .vipd_policy_selection()
+                .call_server_state_changed(store, real_id, state.into()),
+        }
+    }
+
+    fn interface(&self) -> InterfaceVersion {
+        match self {
+            Instance::V0_1 { .. } => InterfaceVersion::V0_1,
+            Instance::V0_2 { .. } => InterfaceVersion::V0_2,
+        }
+    }
+}
 
 /// Runs a selector plugin once per new connection. Keeps its instance between calls (plugins keep state);
 /// after a trap the instance is discarded and a fresh one is created and initialised at the next call.
@@ -29,19 +179,23 @@ pub struct PluginSelector {
     host: Arc<HostInner>,
     plugin: PluginHandle,
     args: Vec<(String, String)>,
-    /// The version `live` (or the failures) belong to.
-    version: u64,
+    /// The virtual machine's address: a version must support its family to serve.
+    serves: IpAddr,
+    /// The version serving (`live` and the failures belong to it): the plugin's current one, unless that
+    /// one cannot serve `serves`.
+    running: Arc<Version>,
+    /// The last version refused for `serves` (logged once).
+    refused: u64,
     live: Option<Live>,
     failures: u32,
     quarantined: bool,
     fallback: RoundRobin,
-    /// Candidates in WIT form, reused between calls.
-    scratch: Vec<WitCandidate>,
 }
 
 struct Live {
     store: Store<PluginState>,
-    world: SelectorWorld,
+    instance: Instance,
+    id: InstanceId,
 }
 
 impl PluginSelector {
@@ -49,23 +203,28 @@ impl PluginSelector {
         host: Arc<HostInner>,
         plugin: PluginHandle,
         args: Vec<(String, String)>,
+        serves: IpAddr,
     ) -> Result<PluginSelector> {
         let current = plugin
             .slot
             .current
             .load_full()
             .with_context(|| plugin.unloaded())?;
+        if let Some(pre) = &current.selector {
+            check_supports(pre.interface(), &current.path, serves)?;
+        }
         let live = instantiate(&host, &plugin, &current, &args)?;
         Ok(PluginSelector {
             host,
-            version: current.version.load(Ordering::Relaxed),
             plugin,
             args,
+            serves,
+            running: current,
+            refused: 0,
             live: Some(live),
             failures: 0,
             quarantined: false,
             fallback: RoundRobin::new(),
-            scratch: Vec::new(),
         })
     }
 
@@ -74,58 +233,54 @@ impl PluginSelector {
         &self.plugin
     }
 
+    /// The interface version of the plugin version serving.
+    pub fn interface(&self) -> Option<InterfaceVersion> {
+        self.running.selector.as_ref().map(SelectorPre::interface)
+    }
+
     /// Whether repeated failures made it stop calling the plugin (until a new version is loaded).
     pub fn is_quarantined(&self) -> bool {
         self.quarantined
     }
 
-    /// Tells the plugin a connection it placed on `real_id` closed.
-    pub fn connection_closed(&mut self, conn: &NewConnection, real_id: u32) {
-        let c = wit_connection(conn);
-        self.notify(|w, s| {
-            w.vipd_policy_selection()
-                .call_connection_closed(s, c, real_id)
-        });
+    /// Moves to the plugin's current version if it is another one and can serve this virtual machine.
+    fn follow(&mut self, current: &Arc<Version>) {
+        let number = current.version.load(Ordering::Relaxed);
+        if Arc::ptr_eq(current, &self.running) || number == self.refused {
+            return;
+        }
+        let interface = current.selector.as_ref().map(SelectorPre::interface);
+        if let Some(interface) = interface
+            && let Err(e) = check_supports(interface, &current.path, self.serves)
+        {
+            self.refused = number;
+            tracing::error!(
+                plugin = self.plugin.name(),
+                "{e:#}; version {} keeps serving",
+                self.running.version.load(Ordering::Relaxed)
+            );
+            return;
+        }
+        // A new version was published: start over with it.
+        self.running = Arc::clone(current);
+        self.live = None;
+        self.failures = 0;
+        self.quarantined = false;
     }
 
-    /// Tells the plugin a connection it placed on `real_id` was ditched.
-    pub fn connection_ditched(&mut self, conn: &NewConnection, real_id: u32) {
-        let c = wit_connection(conn);
-        self.notify(|w, s| {
-            w.vipd_policy_selection()
-                .call_connection_ditched(s, c, real_id)
-        });
-    }
-
-    /// Tells the plugin real server `real_id` changed state.
-    pub fn server_state_changed(&mut self, real_id: u32, state: ServerState) {
-        let st = wit_state(state);
-        self.notify(|w, s| {
-            w.vipd_policy_selection()
-                .call_server_state_changed(s, real_id, st)
-        });
-    }
-
+    /// One notification to the live instance, if there is one and the plugin is not quarantined. A trap
+    /// discards the instance, as in `select`.
     fn notify(
         &mut self,
-        call: impl FnOnce(&SelectorWorld, &mut Store<PluginState>) -> wasmtime::Result<()>,
+        call: impl FnOnce(&Instance, &mut Store<PluginState>) -> wasmtime::Result<()>,
     ) {
-        if self.quarantined
-            || self
-                .plugin
-                .slot
-                .current
-                .load()
-                .as_ref()
-                .map(|v| v.version.load(Ordering::Relaxed))
-                != Some(self.version)
-        {
+        if self.quarantined {
             return;
         }
         if let Some(live) = self.live.as_mut() {
             let _armed = self.host.arm();
             live.store.set_epoch_deadline(self.host.call_ticks);
-            if let Err(e) = call(&live.world, &mut live.store) {
+            if let Err(e) = call(&live.instance, &mut live.store) {
                 tracing::debug!(plugin = self.plugin.name(), "notification failed: {e:#}");
                 self.live = None;
             }
@@ -135,31 +290,19 @@ impl PluginSelector {
     /// One call into the plugin; `Err` carries how it failed.
     fn call(
         &mut self,
-        current: &Version,
         conn: &NewConnection,
         candidates: &[Candidate],
     ) -> Result<Selection, (CallResult, String)> {
         if self.live.is_none() {
-            let live = instantiate(&self.host, &self.plugin, current, &self.args)
+            let live = instantiate(&self.host, &self.plugin, &self.running, &self.args)
                 .map_err(|e| (CallResult::Trap, format!("{e:#}")))?;
             self.live = Some(live);
         }
         let live = self.live.as_mut().expect("instantiated above");
-        self.scratch.clear();
-        self.scratch.extend(
-            candidates
-                .iter()
-                .enumerate()
-                .map(|(i, c)| wit_candidate(i, c)),
-        );
         live.store.data_mut().limiter.hit = false;
         let _armed = self.host.arm();
         live.store.set_epoch_deadline(self.host.call_ticks);
-        let answer = live.world.vipd_policy_selection().call_select(
-            &mut live.store,
-            wit_connection(conn),
-            &self.scratch,
-        );
+        let answer = live.instance.select(&mut live.store, conn, candidates);
         match answer {
             Ok(Ok(i)) => match candidates.get(i as usize) {
                 Some(c) if c.eligible() => Ok(Selection::Pick(i as usize)),
@@ -176,8 +319,10 @@ impl PluginSelector {
                     format!("picked candidate {i} of {}", candidates.len()),
                 )),
             },
-            Ok(Err(SelectError::Reject | SelectError::NoServer)) => Ok(Selection::Reject),
-            Ok(Err(SelectError::Defer)) => Err((CallResult::Deferred, String::new())),
+            Ok(Err(v0_2::SelectError::Reject | v0_2::SelectError::NoServer)) => {
+                Ok(Selection::Reject)
+            }
+            Ok(Err(v0_2::SelectError::Defer)) => Err((CallResult::Deferred, String::new())),
             Err(e) => {
                 let kind = if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
                 {
@@ -197,7 +342,23 @@ impl PluginSelector {
 
 impl Selector for PluginSelector {
     fn server_state_changed(&mut self, real_id: u32, state: ServerState) {
-        PluginSelector::server_state_changed(self, real_id, state);
+        self.notify(|i, s| i.server_state_changed(s, real_id, state));
+    }
+
+    /// The live instance, while it is of 0.2.0 (0.1.0 never gets the notices) and not quarantined.
+    fn instance(&self) -> Option<InstanceId> {
+        self.live
+            .as_ref()
+            .filter(|l| !self.quarantined && l.instance.interface() >= InterfaceVersion::V0_2)
+            .map(|l| l.id)
+    }
+
+    fn connection_closed(&mut self, conn: &NewConnection, real_id: u32) {
+        self.notify(|i, s| i.connection_ended(s, conn, real_id, false));
+    }
+
+    fn connection_ditched(&mut self, conn: &NewConnection, real_id: u32) {
+        self.notify(|i, s| i.connection_ended(s, conn, real_id, true));
     }
 
     fn select(&mut self, conn: &NewConnection, candidates: &[Candidate]) -> Selection {
@@ -210,27 +371,18 @@ impl Selector for PluginSelector {
         candidates: &[Candidate],
     ) -> (Selection, Outcome) {
         let start = Instant::now();
-        let guard = self.plugin.slot.current.load();
-        let Some(current) = guard.as_ref() else {
+        let Some(current) = self.plugin.slot.current.load_full() else {
             return (self.fallback.select(conn, candidates), Outcome::Failed);
         };
-        if current.version.load(Ordering::Relaxed) != self.version {
-            // A new version was published: start over with it.
-            self.version = current.version.load(Ordering::Relaxed);
-            self.live = None;
-            self.failures = 0;
-            self.quarantined = false;
-        }
+        self.follow(&current);
         let stats = self.plugin.stats().clone();
         if self.quarantined {
             let s = self.fallback.select(conn, candidates);
             stats.record_call(CallResult::Quarantined, start.elapsed());
             return (s, Outcome::Failed);
         }
-        let current = Arc::clone(current);
-        drop(guard);
         let cpu_before = thread_cpu_time();
-        let answer = self.call(&current, conn, candidates);
+        let answer = self.call(conn, candidates);
         match answer {
             Ok(selection) => {
                 self.failures = 0;
@@ -247,7 +399,7 @@ impl Selector for PluginSelector {
                     self.failures += 1;
                     tracing::warn!(
                         plugin = self.plugin.name(),
-                        file = %current.path.display(),
+                        file = %self.running.path.display(),
                         result = result.as_str(),
                         "plugin failed, round-robin serves this connection: {why}"
                     );
@@ -256,7 +408,7 @@ impl Selector for PluginSelector {
                         self.live = None;
                         tracing::error!(
                             plugin = self.plugin.name(),
-                            file = %current.path.display(),
+                            file = %self.running.path.display(),
                             "plugin quarantined after {} failures in a row; round-robin serves until the file changes",
                             self.failures
                         );
@@ -289,62 +441,97 @@ fn instantiate(
     let mut store = host.new_store(plugin);
     let _armed = host.arm();
     store.set_epoch_deadline(host.slow_ticks);
-    let world = pre
-        .instantiate(&mut store)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("{file}: instantiating"))?;
-    world
-        .vipd_policy_selection()
-        .call_init(&mut store, args)
+    let instance = match pre {
+        SelectorPre::V0_1(pre) => pre.instantiate(&mut store).map(|world| Instance::V0_1 {
+            world,
+            scratch: Vec::new(),
+        }),
+        SelectorPre::V0_2(pre) => pre.instantiate(&mut store).map(|world| Instance::V0_2 {
+            world,
+            scratch: Vec::new(),
+        }),
+    }
+    .map_err(anyhow::Error::from)
+    .with_context(|| format!("{file}: instantiating"))?;
+    instance
+        .init(&mut store, args)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("{file}: init trapped"))?
-        .map_err(|e| anyhow!("{file}: init refused the arguments: {}", init_error(&e)))?;
-    Ok(Live { store, world })
+        .map_err(|e| anyhow!("{file}: init refused the arguments: {e}"))?;
+    Ok(Live {
+        store,
+        instance,
+        id: InstanceId::next(),
+    })
 }
 
-pub(crate) fn init_error(e: &InitError) -> String {
+pub(crate) fn init_error(e: &v0_2::InitError) -> String {
     match e {
-        InitError::UnknownArgument(k) => format!("unknown argument {k:?}"),
-        InitError::InvalidArgument(m) => format!("invalid argument: {m}"),
-        InitError::Other(m) => m.clone(),
+        v0_2::InitError::UnknownArgument(k) => format!("unknown argument {k:?}"),
+        v0_2::InitError::InvalidArgument(m) => format!("invalid argument: {m}"),
+        v0_2::InitError::Other(m) => m.clone(),
     }
 }
 
-fn wit_connection(c: &NewConnection) -> WitConnection {
-    WitConnection {
-        client_addr: ipv4_bits(c.client.ip()),
+pub(crate) fn init_error_v0_1(e: &v0_1::InitError) -> String {
+    match e {
+        v0_1::InitError::UnknownArgument(k) => format!("unknown argument {k:?}"),
+        v0_1::InitError::InvalidArgument(m) => format!("invalid argument: {m}"),
+        v0_1::InitError::Other(m) => m.clone(),
+    }
+}
+
+fn connection_v0_2(c: &NewConnection) -> v0_2::Connection {
+    v0_2::Connection {
+        client_addr: c.client.ip().into(),
         client_port: c.client.port(),
-        virtual_addr: ipv4_bits(c.virtual_addr.ip()),
+        virtual_addr: c.virtual_addr.ip().into(),
         virtual_port: c.virtual_addr.port(),
-        protocol: match c.protocol {
-            Protocol::Tcp => WitProtocol::Tcp,
-            Protocol::Udp => WitProtocol::Udp,
-        },
+        protocol: c.protocol.into(),
         virtual_id: c.virtual_id,
     }
 }
 
-fn wit_state(s: ServerState) -> WitServerState {
-    match s {
-        ServerState::Up => WitServerState::Up,
-        ServerState::Draining => WitServerState::Draining,
-        ServerState::Failed => WitServerState::Failed,
-    }
-}
-
-fn wit_candidate(index: usize, c: &Candidate) -> WitCandidate {
-    WitCandidate {
+fn candidate_v0_2(index: usize, c: &Candidate) -> v0_2::Candidate {
+    v0_2::Candidate {
         index: index as u32,
         real_id: c.real_id,
-        addr: ipv4_bits(c.target.ip()),
+        addr: c.target.ip().into(),
         port: c.target.port(),
         weight: c.weight,
-        state: wit_state(c.state),
+        state: c.state.into(),
         active: c.active,
         total: c.total,
         syn_rtt_us: c.syn_rtt_us,
         ditched: c.ditched,
     }
+}
+
+/// The connection as 0.1.0 carries it; `None` if an address is IPv6.
+fn connection_v0_1(c: &NewConnection) -> Option<v0_1::Connection> {
+    Some(v0_1::Connection {
+        client_addr: ipv4(c.client.ip())?,
+        client_port: c.client.port(),
+        virtual_addr: ipv4(c.virtual_addr.ip())?,
+        virtual_port: c.virtual_addr.port(),
+        protocol: c.protocol.into(),
+        virtual_id: c.virtual_id,
+    })
+}
+
+fn candidate_v0_1(index: usize, c: &Candidate) -> Option<v0_1::Candidate> {
+    Some(v0_1::Candidate {
+        index: index as u32,
+        real_id: c.real_id,
+        addr: ipv4(c.target.ip())?,
+        port: c.target.port(),
+        weight: c.weight,
+        state: c.state.into(),
+        active: c.active,
+        total: c.total,
+        syn_rtt_us: c.syn_rtt_us,
+        ditched: c.ditched,
+    })
 }
 
 /// Whether a failed call counts towards quarantine. The deadline is wall-clock time: a call that timed out
@@ -369,15 +556,6 @@ fn thread_cpu_time() -> Duration {
         ts.tv_sec.max(0) as u64,
         ts.tv_nsec.clamp(0, 999_999_999) as u32,
     )
-}
-
-/// The 0.1.0 interface's address: an IPv4 address as a number. An IPv6 virtual machine never reaches a 0.1.0
-/// plugin (refused at load), so its addresses have no number here.
-fn ipv4_bits(ip: std::net::IpAddr) -> u32 {
-    match ip {
-        std::net::IpAddr::V4(a) => u32::from(a),
-        std::net::IpAddr::V6(_) => 0,
-    }
 }
 
 #[cfg(test)]

@@ -2,13 +2,13 @@
 //! `make test` does it first). `VIPD_TEST_PLUGINS` overrides the folder.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::policy::{Candidate, NewConnection, Selection, Selector, ServerState};
+use crate::policy::{Candidate, NewConnection, Outcome, Selection, Selector, ServerState};
 use crate::wire::Protocol;
 use strum::VariantArray;
 
@@ -17,7 +17,7 @@ fn plugins_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
     assert!(
-        dir.join("round-robin.wasm").exists() && dir.join("testing/misbehave.wasm").exists(),
+        dir.join("round-robin.wasm").exists() && dir.join("testing/v0-1.wasm").exists(),
         "the plugin components are not built in {}: run `plugins/build.sh target/plugins --testing` \
          (or `make test`) first",
         dir.display()
@@ -59,16 +59,21 @@ fn args(kv: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The address of the IPv4 virtual machine the tests' selectors serve.
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// And of an IPv6 one.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
 fn selector(name: &str, a: &[(&str, &str)]) -> PluginSelector {
     host()
-        .selector(&PluginHandle::new(loaded(name)), &args(a))
+        .selector(&PluginHandle::new(loaded(name)), &args(a), VIP.into())
         .unwrap()
 }
 
 fn candidate(real_id: u32, weight: u32) -> Candidate {
     Candidate {
         real_id,
-        target: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1 + real_id as u8), 80)),
+        target: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + real_id as u8), 80).into(),
         weight,
         state: ServerState::Up,
         active: 0,
@@ -80,8 +85,8 @@ fn candidate(real_id: u32, weight: u32) -> Candidate {
 
 fn conn(client: u32) -> NewConnection {
     NewConnection {
-        client: SocketAddr::from((Ipv4Addr::from(0xc633_0000 + client), 40000)),
-        virtual_addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 80)),
+        client: SocketAddrV4::new(Ipv4Addr::from(0xc633_0000 + client), 40000).into(),
+        virtual_addr: SocketAddrV4::new(VIP, 80).into(),
         protocol: Protocol::Tcp,
         virtual_id: 0,
     }
@@ -211,7 +216,9 @@ fn trap_falls_back() {
 fn endless_loop_hits_deadline() {
     let host = PluginHost::new(PluginLimits::default()).unwrap();
     let h = PluginHandle::new(host.load_file(&path("testing/misbehave")).unwrap());
-    let mut s = host.selector(&h, &args(&[("mode", "spin")])).unwrap();
+    let mut s = host
+        .selector(&h, &args(&[("mode", "spin")]), VIP.into())
+        .unwrap();
     let c = [candidate(0, 1)];
     let t = Instant::now();
     assert_eq!(pick(&mut s, 0, &c), 0);
@@ -228,7 +235,9 @@ fn epoch_ticker_ticks_only_during_calls_and_linger() {
     let h = PluginHandle::new(host.load_file(&path("testing/misbehave")).unwrap());
     let before = host.epoch_ticks();
     // `init` is a call: the ticker lingers after it.
-    let mut s = host.selector(&h, &args(&[("mode", "spin")])).unwrap();
+    let mut s = host
+        .selector(&h, &args(&[("mode", "spin")]), VIP.into())
+        .unwrap();
     std::thread::sleep(super::LINGER / 2);
     assert!(host.epoch_ticks() > before + 2, "no ticks while lingering");
     std::thread::sleep(super::LINGER);
@@ -281,7 +290,7 @@ fn bad_answers_fall_back() {
 fn quarantine_until_new_version() {
     let handle = PluginHandle::new(loaded("testing/misbehave"));
     let mut s = host()
-        .selector(&handle, &args(&[("mode", "trap")]))
+        .selector(&handle, &args(&[("mode", "trap")]), VIP.into())
         .unwrap();
     let c = [candidate(0, 1)];
     for i in 0..10 {
@@ -308,13 +317,13 @@ fn quarantine_until_new_version() {
 fn init_refusal_is_a_config_error() {
     let h = PluginHandle::new(loaded("testing/misbehave"));
     let e = host()
-        .selector(&h, &args(&[("mode", "fail-init")]))
+        .selector(&h, &args(&[("mode", "fail-init")]), VIP.into())
         .err()
         .unwrap();
     assert!(format!("{e:#}").contains("asked to fail"), "{e:#}");
     let h = PluginHandle::new(loaded("round-robin"));
     let e = host()
-        .selector(&h, &args(&[("colour", "red")]))
+        .selector(&h, &args(&[("colour", "red")]), VIP.into())
         .err()
         .unwrap();
     assert!(
@@ -342,16 +351,16 @@ fn bad_files_refused_clearly() {
     assert!(e.contains("core WebAssembly module"), "{e}");
 
     let info = host().check_file(&path("port-offset")).unwrap();
-    assert_eq!(info.worlds, [World::Binder]);
+    assert_eq!(info.worlds, [(World::Binder, InterfaceVersion::V0_2)]);
     assert_eq!(info.missing[0].0, World::Selector);
     let e = host()
-        .selector(&PluginHandle::new(loaded("port-offset")), &[])
+        .selector(&PluginHandle::new(loaded("port-offset")), &[], VIP.into())
         .err()
         .unwrap();
     assert!(format!("{e:#}").contains("not a selector plugin"), "{e:#}");
     assert_eq!(
         host().check_file(&path("maglev")).unwrap().worlds,
-        [World::Selector]
+        [(World::Selector, InterfaceVersion::V0_2)]
     );
 }
 
@@ -401,7 +410,7 @@ fn hot_reload() {
     std::fs::copy(path("round-robin"), &file).unwrap();
     let pdir = host().watch_dir(dir).unwrap();
     let handle = pdir.get("p").expect("p.wasm loaded at start");
-    let mut s = host().selector(&handle, &[]).unwrap();
+    let mut s = host().selector(&handle, &[], VIP.into()).unwrap();
     let mut c = [candidate(0, 1), candidate(1, 1)];
     c[0].syn_rtt_us = 5000;
     c[1].syn_rtt_us = 200;
@@ -467,4 +476,202 @@ fn unloaded_plugin_says_it_is_still_compiling() {
         "{}",
         handle.unloaded()
     );
+}
+
+/// The one rule of which interface may serve which family: 0.1.0 IPv4 only, 0.2.0 both; the refusal names
+/// the file and says what to do.
+#[test]
+fn interface_supports_family() {
+    let (v4, v6) = (IpAddr::from(VIP), IpAddr::from(VIP6));
+    assert!(supports(InterfaceVersion::V0_1, v4));
+    assert!(!supports(InterfaceVersion::V0_1, v6));
+    assert!(supports(InterfaceVersion::V0_2, v4));
+    assert!(supports(InterfaceVersion::V0_2, v6));
+    let e = check_supports(InterfaceVersion::V0_1, Path::new("/p/old.wasm"), v6).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "plugin /p/old.wasm implements vipd:policy@0.1.0, which has IPv4 addresses only; virtual address \
+         2001:db8::1 is IPv6: rebuild it against the 0.2.0 SDK"
+    );
+    assert!(check_supports(InterfaceVersion::V0_2, Path::new("/p/new.wasm"), v6).is_ok());
+}
+
+/// Addresses cross into 0.2.0 as numbers in host order, IPv6 as (high, low) halves, and come back the same.
+#[test]
+fn address_variant_in_host_order() {
+    use super::bindings::v0_2::IpAddress;
+    assert!(matches!(
+        IpAddress::from(IpAddr::from(VIP)),
+        IpAddress::Ipv4(0xc000_0201)
+    ));
+    assert!(matches!(
+        IpAddress::from(IpAddr::from(VIP6)),
+        IpAddress::Ipv6((0x2001_0db8_0000_0000, 1))
+    ));
+    for a in [
+        IpAddr::from(VIP),
+        IpAddr::from(Ipv6Addr::new(0xfe80, 1, 2, 3, 4, 5, 6, 0xffff)),
+        IpAddr::from(Ipv6Addr::UNSPECIFIED),
+    ] {
+        assert_eq!(IpAddr::from(IpAddress::from(a)), a);
+    }
+}
+
+/// A plugin built against vipd:policy@0.1.0 (the fixture, no SDK) still loads and selects for an IPv4
+/// virtual machine, the addresses crossing as before; it is never told of a connection's end.
+#[test]
+fn v0_1_plugin_serves_ipv4() {
+    let info = host().check_file(&path("testing/v0-1")).unwrap();
+    assert_eq!(info.worlds, [(World::Selector, InterfaceVersion::V0_1)]);
+    let text = info.to_string();
+    assert!(
+        text.contains("world selector (vipd:policy@0.1.0)")
+            && text.contains("IPv4 virtual machines only"),
+        "{text}"
+    );
+    let mut s = selector("testing/v0-1", &[]);
+    assert_eq!(s.interface(), Some(InterfaceVersion::V0_1));
+    let c = [candidate(0, 1), candidate(1, 1)];
+    // The fixture answers the candidate at (client address % candidates).
+    assert_eq!(pick(&mut s, 4, &c), 0);
+    assert_eq!(pick(&mut s, 5, &c), 1);
+    assert_eq!(s.plugin().stats().calls(CallResult::Ok), 2);
+    assert_eq!(s.instance(), None, "0.1.0 asks for no notices");
+    s.connection_closed(&conn(4), 0);
+    assert!(s.plugin().stats().plugin_metrics().is_empty(), "not called");
+}
+
+/// The 0.1.0 fixture is refused for an IPv6 virtual machine, with the file and what to do.
+#[test]
+fn v0_1_plugin_refused_for_ipv6() {
+    let h = PluginHandle::new(loaded("testing/v0-1"));
+    let e = host().selector(&h, &[], VIP6.into()).err().unwrap();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("v0-1.wasm implements vipd:policy@0.1.0, which has IPv4 addresses only")
+            && e.contains("virtual address 2001:db8::1 is IPv6: rebuild it against the 0.2.0 SDK"),
+        "{e}"
+    );
+}
+
+fn candidate6(real_id: u32) -> Candidate {
+    let addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1 + real_id as u16);
+    Candidate {
+        target: SocketAddrV6::new(addr, 80, 0, 0).into(),
+        ..candidate(real_id, 1)
+    }
+}
+
+fn conn6(client: u16) -> NewConnection {
+    let addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0xc633, client);
+    NewConnection {
+        client: SocketAddrV6::new(addr, 40000, 0, 0).into(),
+        virtual_addr: SocketAddr::from((VIP6, 80)),
+        ..conn(0)
+    }
+}
+
+/// 0.2.0 plugins serve an IPv6 virtual machine: maglev and source-affinity hash IPv6 clients (the same client
+/// keeps its server, many clients spread), with no fallback.
+#[test]
+fn v0_2_plugins_serve_ipv6() {
+    let c: Vec<_> = (0..4).map(candidate6).collect();
+    for name in ["maglev", "source-affinity"] {
+        let h = PluginHandle::new(loaded(name));
+        let mut s = host().selector(&h, &[], VIP6.into()).unwrap();
+        for _ in 0..200 {
+            s.select(&conn6(0), &c); // let maglev's table build
+        }
+        let picks = |s: &mut PluginSelector| -> Vec<Selection> {
+            (0..64).map(|n| s.select(&conn6(n), &c)).collect()
+        };
+        let first = picks(&mut s);
+        assert_eq!(first, picks(&mut s), "{name}: a client keeps its server");
+        let mut servers: Vec<_> = first.clone();
+        servers.sort_by_key(|p| format!("{p:?}"));
+        servers.dedup();
+        assert_eq!(servers.len(), 4, "{name}: {first:?}");
+        assert_eq!(h.stats().fallbacks(), 0, "{name}");
+    }
+}
+
+/// A 0.2.0 plugin is told, on the instance that placed a connection, how it ended: the `notices` test plugin
+/// counts the calls with `counter-add`, and the IPv6 ones apart. A new version answers with a new instance
+/// (whose id the notices of the old one do not match).
+#[test]
+fn notices_reach_the_placing_instance() {
+    let metric = |s: &PluginSelector, name: &str| {
+        s.plugin()
+            .stats()
+            .plugin_metrics()
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(0.0, |m| m.value)
+    };
+    let h = PluginHandle::new(host().load_file(&path("testing/notices")).unwrap());
+    let mut s = host().selector(&h, &[], VIP6.into()).unwrap();
+    let c = [candidate6(0), candidate6(1)];
+    assert_eq!(s.select_outcome(&conn6(1), &c).1, Outcome::Picked);
+    let id = s.instance().expect("a 0.2.0 instance asks for notices");
+    s.connection_closed(&conn6(1), 0);
+    s.connection_ditched(&conn6(2), 1);
+    s.connection_closed(&conn(3), 1);
+    assert_eq!(metric(&s, "closed"), 2.0);
+    assert_eq!(metric(&s, "ditched"), 1.0);
+    assert_eq!(metric(&s, "ipv6"), 2.0);
+    // A new version means a new instance: the director drops notices for the old one.
+    h.publish(host().load_file(&path("testing/notices")).unwrap());
+    s.select(&conn6(1), &c);
+    assert!(s.instance().is_some_and(|new| new != id));
+}
+
+/// A new version that cannot carry the family of the virtual machine a selector serves is not used by it:
+/// the version already serving goes on (and a new 0.2.0 version is taken up again).
+#[test]
+fn ipv6_selector_keeps_serving_when_a_0_1_0_version_is_published() {
+    let h = PluginHandle::new(host().load_file(&path("testing/notices")).unwrap());
+    let mut s = host().selector(&h, &[], VIP6.into()).unwrap();
+    let c = [candidate6(0), candidate6(1)];
+    let serving = s.instance();
+    h.publish(host().load_file(&path("testing/v0-1")).unwrap());
+    assert_eq!(s.select_outcome(&conn6(1), &c).1, Outcome::Picked);
+    assert_eq!(s.interface(), Some(InterfaceVersion::V0_2));
+    assert_eq!(s.instance(), serving, "the same instance");
+    assert_eq!(h.stats().fallbacks(), 0);
+    h.publish(host().load_file(&path("round-robin")).unwrap());
+    assert_eq!(s.select_outcome(&conn6(1), &c).1, Outcome::Picked);
+    assert_ne!(s.instance(), serving, "the newest version serves");
+}
+
+/// A binder gets the real servers of its virtual machine's family only; the 0.1.0 rule applies to binders
+/// too.
+#[test]
+fn binder_gets_servers_of_its_family() {
+    let h = PluginHandle::new(loaded("port-offset"));
+    let mut b = host().binder(&h, &args(&[("base", "8000")])).unwrap();
+    let vm = VirtualInfo {
+        id: 1,
+        name: "site6".into(),
+        addr: VIP6.into(),
+        ports: vec![(80, Protocol::Tcp)],
+    };
+    let reals = [
+        RealInfo {
+            id: 0,
+            name: "four".into(),
+            addr: Ipv4Addr::new(10, 0, 0, 1).into(),
+            port: None,
+            weight: 1,
+        },
+        RealInfo {
+            id: 1,
+            name: "six".into(),
+            addr: Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1).into(),
+            port: None,
+            weight: 1,
+        },
+    ];
+    let out = b.bind(&vm, &reals).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].real_id, out[0].real_port), (1, 8001));
 }

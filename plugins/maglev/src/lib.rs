@@ -1,4 +1,4 @@
-//! `maglev`: Maglev consistent hashing on the client address, weighted. The same client goes to the same
+//! `maglev`: Maglev consistent hashing on the client address (either family), weighted. The same client goes to the same
 //! server while the set of eligible servers stays the same; when one of N servers leaves, only about 1/N of
 //! the clients move.
 //!
@@ -109,7 +109,7 @@ impl Selector for Maglev {
 
     fn select(&mut self, conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError> {
         self.pick(
-            maglev::hash_ipv4(conn.client_addr),
+            maglev::hash_ip(conn.client_addr),
             candidates,
             BUILD_STEPS_PER_CALL,
         )
@@ -122,10 +122,16 @@ export_selector!(Maglev);
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use vipd_plugin_sdk::ServerState;
     use vipd_plugin_sdk::testing::candidate;
 
     use super::*;
+
+    fn client(n: u32) -> u64 {
+        maglev::hash_ip(Ipv4Addr::from(n))
+    }
 
     fn servers(n: u32) -> Vec<Candidate> {
         (0..n).map(|i| candidate(i, 1, ServerState::Up)).collect()
@@ -145,9 +151,7 @@ mod tests {
         let mut c = servers(n);
         let mut m = Maglev::new(maglev::DEFAULT_SIZE);
         warm(&mut m, &c);
-        let clients: Vec<u64> = (0..20_000u32)
-            .map(|i| maglev::hash_ipv4(0xc633_0000 + i))
-            .collect();
+        let clients: Vec<u64> = (0..20_000u32).map(|i| client(0xc633_0000 + i)).collect();
         let before: Vec<_> = clients.iter().map(|&h| m.pick(h, &c, 0).unwrap()).collect();
         c[5].state = ServerState::Failed;
         warm(&mut m, &c);
@@ -166,10 +170,10 @@ mod tests {
         let mut m = Maglev::new(maglev::DEFAULT_SIZE);
         warm(&mut m, &c);
         let h = (0..)
-            .map(maglev::hash_ipv4)
+            .map(client)
             .find(|&h| m.pick(h, &c, 0) == Some(2))
             .unwrap();
-        let other = maglev::hash_ipv4(7777);
+        let other = client(7777);
         let other_before = m.pick(other, &c, 0).unwrap();
         c[2].state = ServerState::Failed;
         let moved = m.pick(h, &c, 10).unwrap();
@@ -190,7 +194,7 @@ mod tests {
         let mut m = Maglev::new(maglev::DEFAULT_SIZE);
         warm(&mut m, &c);
         let heavy = (0..40_000u32)
-            .filter(|&i| m.pick(maglev::hash_ipv4(i), &c, 0) == Some(0))
+            .filter(|&i| m.pick(client(i), &c, 0) == Some(0))
             .count();
         let share = heavy as f64 / 40_000.0;
         assert!((share - 0.75).abs() < 0.02, "{share}");

@@ -72,7 +72,7 @@ export_binder!(PortOffset);
 
 #[cfg(test)]
 mod tests {
-    use vipd_plugin_sdk::{Protocol, VirtualPort};
+    use vipd_plugin_sdk::{IpAddress, Protocol, VirtualPort};
 
     use super::*;
 
@@ -80,7 +80,7 @@ mod tests {
         VirtualMachineInfo {
             id,
             name: format!("site{id}"),
-            addr: 0xc000_0201 + id,
+            addr: IpAddress::Ipv4(0xc000_0201 + id),
             ports: vec![
                 VirtualPort {
                     port: 80,
@@ -99,14 +99,14 @@ mod tests {
             RealInfo {
                 id: 0,
                 name: "a".into(),
-                addr: 0x0a00_0001,
+                addr: IpAddress::Ipv4(0x0a00_0001),
                 port: None,
                 weight: 1,
             },
             RealInfo {
                 id: 1,
                 name: "b".into(),
-                addr: 0x0a00_0002,
+                addr: IpAddress::Ipv4(0x0a00_0002),
                 port: Some(8443),
                 weight: 2,
             },

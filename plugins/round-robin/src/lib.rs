@@ -27,6 +27,8 @@ export_selector!(RoundRobin);
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use vipd_plugin_sdk::ServerState;
     use vipd_plugin_sdk::testing::{candidate, connection};
 
@@ -42,11 +44,14 @@ mod tests {
         ];
         let mut p = RoundRobin::init(&Args::default()).unwrap();
         let picks: Vec<_> = (0..8)
-            .map(|_| p.select(&connection(1), &c).unwrap())
+            .map(|_| {
+                p.select(&connection(Ipv4Addr::new(198, 51, 100, 1)), &c)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(picks, [0, 0, 1, 0, 0, 0, 1, 0]);
         assert_eq!(
-            p.select(&connection(1), &c[2..]),
+            p.select(&connection(Ipv4Addr::new(198, 51, 100, 1)), &c[2..]),
             Err(SelectError::NoServer)
         );
     }

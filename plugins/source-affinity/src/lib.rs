@@ -1,5 +1,6 @@
-//! `source-affinity`: a client address keeps going to the server it first got, as long as it comes back
-//! within `timeout` and that server stays eligible; new clients are spread by smooth weighted round-robin.
+//! `source-affinity`: a client address (either family) keeps going to the server it first got, as long as it
+//! comes back within `timeout` and that server stays eligible; new clients are spread by smooth weighted
+//! round-robin.
 //!
 //! Arguments: `timeout_secs` (default 300), `max_clients` (default 100000: beyond it, expired clients are
 //! swept and, if still full, the map restarts).
@@ -8,14 +9,14 @@ use std::collections::HashMap;
 
 use vipd_plugin_sdk::rr::SmoothWeighted;
 use vipd_plugin_sdk::{
-    Args, Candidate, Connection, InitError, SelectError, Selector, export_selector, host,
+    Args, Candidate, Connection, InitError, IpAddress, SelectError, Selector, export_selector, host,
 };
 
-/// The policy state: client address to (real id, last seen in µs).
+/// The policy state: client address (either family) to (real id, last seen in µs).
 pub struct SourceAffinity {
     timeout_us: u64,
     max_clients: usize,
-    clients: HashMap<u32, (u32, u64)>,
+    clients: HashMap<IpAddress, (u32, u64)>,
     rr: SmoothWeighted,
 }
 
@@ -31,7 +32,12 @@ impl SourceAffinity {
     }
 
     /// The position for `client` at `now_us`.
-    pub fn pick(&mut self, client: u32, candidates: &[Candidate], now_us: u64) -> Option<usize> {
+    pub fn pick(
+        &mut self,
+        client: IpAddress,
+        candidates: &[Candidate],
+        now_us: u64,
+    ) -> Option<usize> {
         if let Some(&(real, seen)) = self.clients.get(&client)
             && now_us.saturating_sub(seen) <= self.timeout_us
             && let Some(i) = candidates
@@ -76,12 +82,23 @@ export_selector!(SourceAffinity);
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
     use vipd_plugin_sdk::ServerState;
     use vipd_plugin_sdk::testing::candidate;
 
     use super::*;
 
     const S: u64 = 1_000_000;
+
+    /// Client `n`: an IPv4 address for even `n`, an IPv6 one for odd `n`.
+    fn client(n: u16) -> IpAddress {
+        if n % 2 == 0 {
+            IpAddress::Ipv4(0xc633_0000 + u32::from(n))
+        } else {
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n).into()
+        }
+    }
 
     /// A client sticks to its server within the timeout, and is placed anew after it.
     #[test]
@@ -91,14 +108,14 @@ mod tests {
             candidate(1, 1, ServerState::Up),
         ];
         let mut p = SourceAffinity::new(10 * S, 100);
-        let first = p.pick(7, &c, 0).unwrap();
+        let first = p.pick(client(7), &c, 0).unwrap();
         for t in 1..=5 {
-            assert_eq!(p.pick(7, &c, t * S), Some(first));
+            assert_eq!(p.pick(client(7), &c, t * S), Some(first));
         }
         // Another client takes the other server; after the timeout client 7 is placed anew by the rotation.
-        assert_ne!(p.pick(8, &c, 5 * S), Some(first));
-        p.pick(7, &c, 30 * S).unwrap();
-        assert_eq!(p.clients[&7].1, 30 * S);
+        assert_ne!(p.pick(client(8), &c, 5 * S), Some(first));
+        p.pick(client(7), &c, 30 * S).unwrap();
+        assert_eq!(p.clients[&client(7)].1, 30 * S);
     }
 
     /// A client whose server failed moves, and then sticks to the new one.
@@ -109,12 +126,12 @@ mod tests {
             candidate(1, 1, ServerState::Up),
         ];
         let mut p = SourceAffinity::new(10 * S, 100);
-        let first = p.pick(7, &c, 0).unwrap();
+        let first = p.pick(client(7), &c, 0).unwrap();
         c[first].state = ServerState::Failed;
-        let second = p.pick(7, &c, S).unwrap();
+        let second = p.pick(client(7), &c, S).unwrap();
         assert_ne!(first, second);
         c[first].state = ServerState::Up;
-        assert_eq!(p.pick(7, &c, 2 * S), Some(second));
+        assert_eq!(p.pick(client(7), &c, 2 * S), Some(second));
     }
 
     /// The map stays bounded.
@@ -122,8 +139,8 @@ mod tests {
     fn bounded() {
         let c = [candidate(0, 1, ServerState::Up)];
         let mut p = SourceAffinity::new(10 * S, 50);
-        for client in 0..1000 {
-            p.pick(client, &c, 0);
+        for n in 0..1000 {
+            p.pick(client(n), &c, 0);
         }
         assert!(p.clients.len() <= 50);
     }
