@@ -1,5 +1,7 @@
 //! `vipd check --config FILE` run as a user would: exit codes, summary and problem lines.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -131,5 +133,48 @@ fn unknown_policy_is_refused_like_run_refuses_it() {
     assert!(
         stdout.contains("web 192.0.2.1:80/tcp: policy round-robin (built-in)"),
         "{stdout}"
+    );
+}
+
+/// A plugin built against vipd:policy@0.1.0 (the fixture `testing/v0-1.wasm`) still serves an IPv4 virtual
+/// machine, and `vipd check` refuses it for an IPv6 one, naming the file, the interface and what to do.
+#[test]
+fn old_interface_plugin_is_refused_for_ipv6_only() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("check-v0-1");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins folder");
+    std::fs::copy(
+        common::built_plugins().join("testing/v0-1.wasm"),
+        plugins.join("old.wasm"),
+    )
+    .expect("fixture copied");
+    let config = |name: &str, real: &str, vip: &str| {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[director]\noutside = \"o\"\ninside = \"i\"\nplugins = \"plugins\"\n\
+                 [[real]]\nname = \"a\"\naddress = \"{real}\"\n\
+                 [[virtual]]\nname = \"web\"\naddress = \"{vip}\"\nbind = [\"a\"]\npolicy = \"old\"\n\
+                 [[virtual.port]]\nport = 80\n"
+            ),
+        )
+        .expect("config written");
+        path
+    };
+    let out = vipd_check(&config("v4", "10.20.0.10", "192.0.2.1"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vipd_check(&config("v6", "2001:db8:1::10", "2001:db8:f::1"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("old.wasm implements vipd:policy@0.1.0, which has IPv4 addresses only")
+            && stderr.contains("2001:db8:f::1")
+            && stderr.contains("rebuild it against the 0.2.0 SDK"),
+        "{stderr}"
     );
 }
