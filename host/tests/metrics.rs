@@ -234,7 +234,7 @@ fn metrics_count_connections_and_prometheus_scrapes() {
     let states = query("vipd_real_server_state%3D%3D1");
     assert_eq!(
         states.len(),
-        4,
+        6,
         "one current state per real server: {states:?}"
     );
     vipd.assert_running();
@@ -287,7 +287,7 @@ fn admin_api_status_drain_token_and_bad_requests() {
         .iter()
         .map(|vm| vm["name"].as_str().unwrap())
         .collect();
-    assert_eq!(vms, ["site1", "site2", "site3"]);
+    assert_eq!(vms, ["site1", "site2", "site3", "site1-v6"]);
     let site1 = &v["virtual_machines"][0];
     assert_eq!(site1["address"], "192.0.2.1");
     let port80 = &site1["ports"][0];
@@ -312,7 +312,17 @@ fn admin_api_status_drain_token_and_bad_requests() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(reals, ["host-a", "host-a-site3", "host-b", "host-c"]);
+    assert_eq!(
+        reals,
+        [
+            "host-a",
+            "host-a-site3",
+            "host-b",
+            "host-c",
+            "host-a6",
+            "host-c6"
+        ]
+    );
     assert!(
         v["reals"]
             .as_array()
