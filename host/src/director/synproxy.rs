@@ -82,6 +82,9 @@ impl Proxied {
     }
 }
 
+/// How much longer an IPv6 header (40 bytes) is than an IPv4 one without options (20).
+const IPV6_EXTRA_HEADER: u16 = 20;
+
 impl Director {
     /// A SYN to a virtual address with no connection, SYN proxy on: answered with a SYN-ACK whose sequence
     /// number is the cookie; no state is kept.
@@ -115,8 +118,15 @@ impl Director {
         }
         let asked = tcp::syn_options(frame, p);
         let cookie = self.cookie_key.make(client, virt, seq, &asked, now);
+        // `syn_proxy_mss` is for IPv4; an IPv6 header is 20 bytes longer, so the same path carries 20 fewer
+        // bytes of segment.
+        let mss = if client.ip().is_ipv6() {
+            proxy.mss.saturating_sub(IPV6_EXTRA_HEADER)
+        } else {
+            proxy.mss
+        };
         let ours = SynOptions {
-            mss: Some(proxy.mss),
+            mss: Some(mss),
             wscale: asked.wscale.map(|_| proxy.wscale),
             sack: asked.sack,
         };

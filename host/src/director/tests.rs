@@ -957,3 +957,71 @@ mod ipv6 {
         assert_eq!(d.table().len(), 2);
     }
 }
+
+/// The SYN proxy over IPv6: the cookie SYN-ACK announces 20 bytes less MSS than for IPv4 (the header is
+/// longer), and the client's ACK with the cookie opens the connection and sends the server the client's SYN.
+#[test]
+fn syn_proxy_over_ipv6() {
+    use std::net::Ipv6Addr;
+
+    let text = "[director]\noutside = \"o\"\ninside = \"i\"\nsyn_proxy = true\n\
+                [[real]]\nname = \"a\"\naddress = \"2001:db8:1::1\"\nmac = \"02:00:00:00:02:0a\"\n\
+                [[virtual]]\nname = \"v6\"\naddress = \"2001:db8:f::1\"\nbind = [\"a:8080\"]\n\
+                [[virtual.port]]\nport = 80\n";
+    let config = Config::parse(text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let bindings = BindingTable::from_config(&config);
+    let mut d = Director::new(&config, bindings, L2);
+    let client = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2);
+    let vip = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 1);
+    let segment = |syn: bool, seq: u32, ack: Option<u32>| {
+        let mut b = PacketBuilder::ethernet2(CLIENT_MAC.0, L2.outside_mac.0)
+            .ipv6(client.octets(), vip.octets(), 64)
+            .tcp(40000, 80, seq, 64240);
+        if syn {
+            b = b.syn();
+        }
+        if let Some(a) = ack {
+            b = b.ack(a);
+        }
+        let b = b
+            .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1440)])
+            .unwrap();
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    };
+    let mut syn = segment(true, 1000, None);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut syn, secs(1)),
+        Verdict::Reply(Interface::Outside)
+    );
+    let reply = d.reply().to_vec();
+    let r = wire::parse(&reply).unwrap();
+    let wire::Transport::Tcp {
+        flags,
+        seq: cookie,
+        ack,
+        ..
+    } = r.transport
+    else {
+        panic!("{r:?}")
+    };
+    assert!(flags.is_syn_ack() && ack == 1001);
+    assert_eq!(wire::tcp::syn_options(&reply, &r).mss, Some(1440));
+    assert!(wire::transport_checksum_ok(&reply, &r));
+
+    let mut ack = segment(false, 1001, Some(cookie.wrapping_add(1)));
+    assert_eq!(
+        d.handle(Interface::Outside, &mut ack, secs(1)),
+        Verdict::Reply(Interface::Inside)
+    );
+    let to_server = wire::parse(d.reply()).unwrap();
+    assert_eq!(
+        to_server.dst,
+        std::net::IpAddr::V6("2001:db8:1::1".parse().unwrap())
+    );
+    assert!(
+        matches!(to_server.transport, wire::Transport::Tcp { flags, seq: 1000, dst_port: 8080, .. } if flags.is_syn_only())
+    );
+    assert!(wire::transport_checksum_ok(d.reply(), &to_server));
+}
