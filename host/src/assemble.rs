@@ -191,7 +191,10 @@ fn bind_by_plugins(
             format!("{}: no {name}.wasm in {}", where_(), p.dir.dir().display())
         })?;
         let args: Vec<(String, String)> = vm.binder_args.clone().into_iter().collect();
-        let mut binder = p.host.binder(&handle, &args).with_context(where_)?;
+        let mut binder = p
+            .host
+            .binder_named(&handle, &args, real_names(bindings))
+            .with_context(where_)?;
         let info = VirtualInfo {
             id: virtual_id as u32,
             name: vm.name.clone(),
@@ -287,6 +290,15 @@ fn shadows_for(
 
 /// The selector `name` for `port`: the plugin `NAME.wasm` if the folder has it, else the built-in; `key`
 /// names the config key in the refusal.
+/// The real servers' names by id, as plugins ask for them (`real-name`).
+fn real_names(bindings: &BindingTable) -> crate::plugin::RealNames {
+    bindings
+        .reals
+        .iter()
+        .map(|r| Arc::from(r.name.as_str()))
+        .collect()
+}
+
 fn selector(
     path: &Path,
     bindings: &BindingTable,
@@ -302,14 +314,18 @@ fn selector(
         Some((p, handle)) => {
             let args: Vec<(String, String)> = args.clone().into_iter().collect();
             let serves = vm.address;
-            let selector = p.host.selector(&handle, &args, serves).with_context(|| {
-                format!(
-                    "{}: virtual machine {:?} port {}: {key} {name:?}",
-                    path.display(),
-                    vm.name,
-                    port.port
-                )
-            })?;
+            let reals = real_names(bindings);
+            let selector = p
+                .host
+                .selector_named(&handle, &args, serves, reals)
+                .with_context(|| {
+                    format!(
+                        "{}: virtual machine {:?} port {}: {key} {name:?}",
+                        path.display(),
+                        vm.name,
+                        port.port
+                    )
+                })?;
             let used = handle
                 .current()
                 .map(|l| (l.path().to_path_buf(), l.version()));

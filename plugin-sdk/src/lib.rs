@@ -351,6 +351,12 @@ pub mod host {
     pub fn gauge_set(name: &str, value: f64) {
         raw::gauge_set(name, value)
     }
+
+    /// The configured name of real server `real_id` (a [`Candidate`](crate::Candidate)'s `real_id`), for
+    /// the plugin's own logs and metrics; `None` for an unknown id. Copies a string: ask once and keep it.
+    pub fn real_name(real_id: u32) -> Option<String> {
+        raw::real_name(real_id)
+    }
 }
 
 /// Builders for native unit tests of decision logic.

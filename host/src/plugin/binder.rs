@@ -13,7 +13,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::bindings::{ipv4, v0_1, v0_2};
-use super::sandbox::PluginState;
+use super::sandbox::{PluginState, RealNames};
 use super::selector::{init_error, init_error_v0_1};
 use super::{HostInner, InterfaceVersion, PluginHandle, Version, check_supports};
 use crate::wire::Protocol;
@@ -192,6 +192,8 @@ pub struct Binder {
     host: Arc<HostInner>,
     plugin: PluginHandle,
     args: Vec<(String, String)>,
+    /// The real servers' names, for the instance's `real-name`.
+    reals: RealNames,
     version: u64,
     live: Option<(Store<PluginState>, Instance)>,
 }
@@ -201,15 +203,17 @@ impl Binder {
         host: Arc<HostInner>,
         plugin: PluginHandle,
         args: Vec<(String, String)>,
+        reals: RealNames,
     ) -> Result<Binder> {
         let current = plugin
             .slot
             .current
             .load_full()
             .with_context(|| plugin.unloaded())?;
-        let live = instantiate(&host, &plugin, &current, &args)?;
+        let live = instantiate(&host, &plugin, &current, &args, &reals)?;
         Ok(Binder {
             host,
+            reals,
             version: current.version.load(Ordering::Relaxed),
             plugin,
             args,
@@ -232,7 +236,13 @@ impl Binder {
             check_supports(pre.interface(), &current.path, vm.addr)?;
         }
         if current.version.load(Ordering::Relaxed) != self.version || self.live.is_none() {
-            self.live = Some(instantiate(&self.host, &self.plugin, &current, &self.args)?);
+            self.live = Some(instantiate(
+                &self.host,
+                &self.plugin,
+                &current,
+                &self.args,
+                &self.reals,
+            )?);
             self.version = current.version.load(Ordering::Relaxed);
         }
         let (store, instance) = self.live.as_mut().expect("instantiated above");
@@ -280,12 +290,13 @@ fn instantiate(
     plugin: &PluginHandle,
     version: &Version,
     args: &[(String, String)],
+    reals: &RealNames,
 ) -> Result<(Store<PluginState>, Instance)> {
     let file = version.path.display();
     let pre = version.binder.as_ref().with_context(|| {
         format!("{file}: not a binder plugin (does not export vipd:policy/binding)")
     })?;
-    let mut store = host.new_store(plugin);
+    let mut store = host.new_store(plugin, reals.clone());
     let _armed = host.arm();
     store.set_epoch_deadline(host.slow_ticks);
     let instance = match pre {

@@ -42,6 +42,7 @@ pub use stats::{CallResult, DURATION_BUCKETS, MetricKind, PluginMetric, PluginSt
 
 use binder::BinderPre;
 use sandbox::PluginState;
+pub use sandbox::RealNames;
 use selector::SelectorPre;
 
 /// The sandbox limits every plugin instance runs under.
@@ -189,13 +190,18 @@ impl Drop for Armed<'_> {
 }
 
 impl HostInner {
-    /// A store for one instance of `plugin`, with its limits and its counters.
-    pub(crate) fn new_store(&self, plugin: &PluginHandle) -> wasmtime::Store<PluginState> {
+    /// A store for one instance of `plugin`, with its limits, its counters and the real servers' names.
+    pub(crate) fn new_store(
+        &self,
+        plugin: &PluginHandle,
+        reals: RealNames,
+    ) -> wasmtime::Store<PluginState> {
         sandbox::new_store(
             &self.engine,
             &self.limits,
             plugin.name().into(),
             plugin.stats().clone(),
+            reals,
             self.start,
         )
     }
@@ -572,12 +578,40 @@ impl PluginHost {
         args: &[(String, String)],
         serves: IpAddr,
     ) -> Result<PluginSelector> {
-        PluginSelector::new(self.inner.clone(), plugin.clone(), args.to_vec(), serves)
+        self.selector_named(plugin, args, serves, RealNames::default())
+    }
+
+    /// [`PluginHost::selector`] whose instances answer `real-name` from `reals` (the binding table's
+    /// real servers by id; `vipd run` and `vipd replay` pass them).
+    pub fn selector_named(
+        &self,
+        plugin: &PluginHandle,
+        args: &[(String, String)],
+        serves: IpAddr,
+        reals: RealNames,
+    ) -> Result<PluginSelector> {
+        PluginSelector::new(
+            self.inner.clone(),
+            plugin.clone(),
+            args.to_vec(),
+            serves,
+            reals,
+        )
     }
 
     /// A binder running `plugin` with `args`, instantiated and initialised now.
     pub fn binder(&self, plugin: &PluginHandle, args: &[(String, String)]) -> Result<Binder> {
-        Binder::new(self.inner.clone(), plugin.clone(), args.to_vec())
+        self.binder_named(plugin, args, RealNames::default())
+    }
+
+    /// [`PluginHost::binder`] whose instance answers `real-name` from `reals`.
+    pub fn binder_named(
+        &self,
+        plugin: &PluginHandle,
+        args: &[(String, String)],
+        reals: RealNames,
+    ) -> Result<Binder> {
+        Binder::new(self.inner.clone(), plugin.clone(), args.to_vec(), reals)
     }
 
     /// Loads every `NAME.wasm` in `dir` and watches it for new, changed and deleted files.

@@ -21,9 +21,14 @@ pub(crate) struct PluginState {
     pub(crate) limiter: Limiter,
     stats: Arc<PluginStats>,
     name: Arc<str>,
+    /// The real servers' names by id, for `real-name`.
+    reals: RealNames,
     start: Instant,
     rng: u64,
 }
+
+/// The real servers' names by their id in the binding table, as plugins ask for them (`real-name`).
+pub type RealNames = Arc<[Arc<str>]>;
 
 /// Caps linear memory and tables; remembers a refusal so a trap can be reported as the memory limit.
 pub(crate) struct Limiter {
@@ -102,6 +107,11 @@ impl v0_2::HostFunctions for PluginState {
         self.stats
             .update_metric(&name, MetricKind::Gauge, |v| *v = value);
     }
+
+    fn real_name(&mut self, real_id: u32) -> Option<String> {
+        let id = usize::try_from(real_id).ok()?;
+        self.reals.get(id).map(|n| n.to_string())
+    }
 }
 
 /// The host interface of 0.1.0 is the same as 0.2.0's: each call goes to the 0.2.0 implementation.
@@ -142,6 +152,7 @@ pub(crate) fn new_store(
     limits: &PluginLimits,
     name: Arc<str>,
     stats: Arc<PluginStats>,
+    reals: RealNames,
     start: Instant,
 ) -> Store<PluginState> {
     use std::hash::BuildHasher;
@@ -155,6 +166,7 @@ pub(crate) fn new_store(
         },
         stats,
         name,
+        reals,
         start,
         rng: seed,
     };

@@ -15,7 +15,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::bindings::{ipv4, v0_1, v0_2};
-use super::sandbox::PluginState;
+use super::sandbox::{PluginState, RealNames};
 use super::stats::CallResult;
 use super::{HostInner, InterfaceVersion, PluginHandle, Version, check_supports};
 use crate::policy::{
@@ -181,6 +181,8 @@ pub struct PluginSelector {
     args: Vec<(String, String)>,
     /// The virtual machine's address: a version must support its family to serve.
     serves: IpAddr,
+    /// The real servers' names, for every instance's `real-name`.
+    reals: RealNames,
     /// The version serving (`live` and the failures belong to it): the plugin's current one, unless that
     /// one cannot serve `serves`.
     running: Arc<Version>,
@@ -204,6 +206,7 @@ impl PluginSelector {
         plugin: PluginHandle,
         args: Vec<(String, String)>,
         serves: IpAddr,
+        reals: RealNames,
     ) -> Result<PluginSelector> {
         let current = plugin
             .slot
@@ -213,12 +216,13 @@ impl PluginSelector {
         if let Some(pre) = &current.selector {
             check_supports(pre.interface(), &current.path, serves)?;
         }
-        let live = instantiate(&host, &plugin, &current, &args)?;
+        let live = instantiate(&host, &plugin, &current, &args, &reals)?;
         Ok(PluginSelector {
             host,
             plugin,
             args,
             serves,
+            reals,
             running: current,
             refused: 0,
             live: Some(live),
@@ -294,8 +298,14 @@ impl PluginSelector {
         candidates: &[Candidate],
     ) -> Result<Selection, (CallResult, String)> {
         if self.live.is_none() {
-            let live = instantiate(&self.host, &self.plugin, &self.running, &self.args)
-                .map_err(|e| (CallResult::Trap, format!("{e:#}")))?;
+            let live = instantiate(
+                &self.host,
+                &self.plugin,
+                &self.running,
+                &self.args,
+                &self.reals,
+            )
+            .map_err(|e| (CallResult::Trap, format!("{e:#}")))?;
             self.live = Some(live);
         }
         let live = self.live.as_mut().expect("instantiated above");
@@ -433,12 +443,13 @@ fn instantiate(
     plugin: &PluginHandle,
     version: &Version,
     args: &[(String, String)],
+    reals: &RealNames,
 ) -> Result<Live> {
     let file = version.path.display();
     let pre = version.selector.as_ref().with_context(|| {
         format!("{file}: not a selector plugin (does not export vipd:policy/selection)")
     })?;
-    let mut store = host.new_store(plugin);
+    let mut store = host.new_store(plugin, reals.clone());
     let _armed = host.arm();
     store.set_epoch_deadline(host.slow_ticks);
     let instance = match pre {

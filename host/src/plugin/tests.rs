@@ -675,3 +675,28 @@ fn binder_gets_servers_of_its_family() {
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].real_id, out[0].real_port), (1, 8001));
 }
+
+/// `real-name` answers a candidate's configured server name from the names the selector was given (as
+/// `vipd run` gives them), and `none` for an id it does not know.
+#[test]
+fn real_name_answers_the_configured_names() {
+    let names: crate::plugin::RealNames = ["web-a", "web-b"].iter().map(|&n| n.into()).collect();
+    let h = PluginHandle::new(loaded("testing/misbehave"));
+    let mut s = host()
+        .selector_named(&h, &args(&[("mode", "named")]), VIP.into(), names)
+        .unwrap();
+    let metric = |name: &str| {
+        h.stats()
+            .plugin_metrics()
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.value)
+    };
+    pick(&mut s, 1, &[candidate(1, 1), candidate(0, 1)]);
+    pick(&mut s, 2, &[candidate(1, 1), candidate(0, 1)]);
+    pick(&mut s, 3, &[candidate(0, 1)]);
+    pick(&mut s, 4, &[candidate(7, 1)]);
+    assert_eq!(metric("picked-web-b"), Some(2.0));
+    assert_eq!(metric("picked-web-a"), Some(1.0));
+    assert_eq!(metric("picked-unknown"), Some(1.0));
+}

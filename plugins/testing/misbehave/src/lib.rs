@@ -1,12 +1,13 @@
 //! A selector that misbehaves on demand, for the host's sandbox and fallback tests. Never ship it.
 //!
 //! Argument `mode`: `trap` (panics, a Wasm trap), `spin` (loops forever), `hog` (allocates without bound),
-//! `out-of-range` (answers an index past the list), `ineligible` (answers a failed server), `fail-init`
+//! `out-of-range` (answers an index past the list), `ineligible` (answers a failed server), `named`
+//! (answers index 0 and counts `picked-NAME` with the server's configured name), `fail-init`
 //! (refuses `init`), `first` (answers index 0: behaves). `after` (default 0): behave like `first` for that
 //! many calls before misbehaving.
 
 use vipd_plugin_sdk::{
-    Args, Candidate, Connection, InitError, SelectError, Selector, export_selector,
+    Args, Candidate, Connection, InitError, SelectError, Selector, export_selector, host,
 };
 
 /// The test plugin.
@@ -50,6 +51,13 @@ impl Selector for Misbehave {
                 }
             }
             "out-of-range" => Ok(candidates.len() as u32 + 10),
+            // Picks the first candidate and counts the pick under its server's name.
+            "named" => {
+                let first = candidates.first().ok_or(SelectError::NoServer)?;
+                let name = host::real_name(first.real_id).unwrap_or_else(|| "unknown".into());
+                host::counter_add(&format!("picked-{name}"), 1);
+                Ok(first.index)
+            }
             "ineligible" => candidates
                 .iter()
                 .find(|c| !c.eligible())
