@@ -5,7 +5,7 @@
 //! unfinished; GSO/TSO and tx checksumming make the same trouble on the peer, so they are checked too (turn
 //! them off on the peers yourself: the director cannot see them). [`check`] refuses with the exact
 //! `ethtool -K` command, or with [`Offloads::Disable`] turns them off itself through the same ioctls
-//! `ethtool` uses. [`ip_forward_enabled`] tells whether the kernel would forward a second copy of what we
+//! `ethtool` uses. [`forwarding_enabled`] tells whether the kernel would forward a second copy of what we
 //! forward. Reads `/sys/class/net`, `/proc/sys` and `SIOCETHTOOL`; no subprocess.
 
 use std::ffi::CStr;

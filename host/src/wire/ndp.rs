@@ -3,7 +3,7 @@
 //! servers' link-layer addresses.
 //!
 //! Neighbour discovery creates state (a real server's MAC, a client's belief about where a virtual address
-//! is), so [`parse`] applies RFC 4861's validity checks in full before the director believes a message:
+//! is), so parsing applies RFC 4861's validity checks in full before the director believes a message:
 //! hop limit 255 (the message was not forwarded by a router: it comes from the link), code 0, the ICMPv6
 //! checksum, the length, a unicast target, well-formed options. Builders write into the caller's buffer and
 //! return the frame length, 0 when `out` is too small.
