@@ -629,8 +629,10 @@ fn policy_config(dir: &Path, policy: &str, plugins: Option<&Path>) -> PathBuf {
     let plugins = plugins.map_or(String::new(), |p| {
         format!("plugins = {:?}\n", p.display().to_string())
     });
+    // A generous deadline: these tests check the policies' answers, and a debug build on a loaded machine
+    // (CI) has taken more than the default 1 ms for a call, which the round-robin fallback then answered.
     let text = format!(
-        "[director]\noutside = \"o\"\ninside = \"i\"\n{plugins}\
+        "[director]\noutside = \"o\"\ninside = \"i\"\nplugin_deadline = \"100ms\"\n{plugins}\
          [[real]]\nname = \"a\"\naddress = \"10.20.0.10\"\nmac = \"02:00:00:00:02:0a\"\n\
          [[real]]\nname = \"b\"\naddress = \"10.20.0.11\"\nmac = \"02:00:00:00:02:0b\"\n\
          [[virtual]]\nname = \"web\"\naddress = \"192.0.2.1\"\nbind = [\"a:8080\", \"b:8080\"]\n\
