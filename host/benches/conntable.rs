@@ -31,6 +31,7 @@ fn connection(i: u32) -> Connection {
         last_seen: Duration::ZERO,
         proxy: None,
         placed_by: None,
+        synced: vipd::conntable::SyncMark::NEVER,
     }
 }
 

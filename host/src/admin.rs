@@ -257,6 +257,8 @@ pub struct Admin {
     pub plugins: Option<Arc<PluginDir>>,
     /// The shadow policies' counts ([`crate::shadow`]).
     pub shadow: Option<Arc<ArcSwap<ShadowSnapshot>>>,
+    /// Connection sync (`[sync]`): its role and the sync thread's counts.
+    pub sync: Option<crate::sync::SyncView>,
 }
 
 /// Binds `listen` now (so a bad address fails the start) and serves on a new thread until the process
@@ -643,11 +645,13 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Repl
         ["status"] => match *req.method() {
             Method::GET => {
                 let shadows = admin.shadow.as_ref().map(|s| s.load_full());
-                let status = Status::new(
-                    &admin.snapshot.load(),
-                    &admin.plugin_entries(),
-                    shadows.as_deref(),
-                );
+                let snapshot = admin.snapshot.load();
+                let mut status =
+                    Status::new(&snapshot, &admin.plugin_entries(), shadows.as_deref());
+                status.sync = admin
+                    .sync
+                    .as_ref()
+                    .map(|view| crate::status::SyncStatus::new(view, &snapshot));
                 json_reply(StatusCode::OK, &status)
             }
             _ => method_not_allowed("GET"),
@@ -681,12 +685,15 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Repl
 fn metrics(admin: &Admin) -> Reply {
     let snapshot = admin.snapshot.load();
     let shadows = admin.shadow.as_ref().map(|s| s.load_full());
-    let text = crate::metrics::render(
+    let mut text = crate::metrics::render(
         &snapshot,
         admin.capture.as_deref(),
         &admin.plugin_entries(),
         shadows.as_deref(),
     );
+    if let Some(view) = &admin.sync {
+        crate::metrics::render_sync(&mut text, &snapshot, view);
+    }
     reply(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -4,7 +4,8 @@
 //! is unique, every binding names a defined real server and no backup chain loops, or a [`ConfigError`]
 //! listing every problem it found with file, line, column and dotted key. A TOML syntax or type error stops
 //! the parse, so it is reported alone; all semantic problems are collected. Pure apart from
-//! [`Config::load`], which reads the file.
+//! [`Config::load`], which reads the file, and the `[sync] key_file` it names, read while checking (a
+//! missing or short key is a problem of the config, reported with its line like any other).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,6 +49,14 @@ pub const DEFAULT_NEW_PER_WAKEUP: u32 = 64;
 
 /// `[director] plugin_deadline` when not given.
 pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(1);
+/// `[sync] max_datagram` when not given: below a 1500-byte MTU less the IPv6 and UDP headers (48 bytes).
+pub const DEFAULT_SYNC_MAX_DATAGRAM: u16 = 1400;
+/// The shortest `[sync] key_file` accepted: 16 bytes (128 bits) of secret.
+pub const MIN_SYNC_KEY: usize = 16;
+/// The smallest `[sync] max_datagram`: room for the header, one IPv6 record and the tag
+/// ([`crate::sync::wire`]), with margin.
+pub const MIN_SYNC_MAX_DATAGRAM: u16 = 256;
+
 /// `[[real]] failure_threshold` when not given.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 8;
 /// `[[real]] retry_after` when not given.
@@ -62,6 +71,8 @@ const MIN_PLUGIN_MEMORY: u64 = 64 << 10;
 pub struct Config {
     pub director: DirectorConfig,
     pub timeouts: Timeouts,
+    /// The `[sync]` table: connection sync with other directors; `None` when absent (no sync at all).
+    pub sync: Option<SyncConfig>,
     /// The `[[real]]` tables, in file order.
     pub reals: Vec<RealConfig>,
     /// The `[[virtual]]` tables, in file order.
@@ -102,6 +113,48 @@ pub struct DirectorConfig {
     /// When the data path is behind (8 wake-ups in a row left frames in a ring), at most this many connections
     /// are opened per wake-up and the rest dropped as `shed`; 0: never shed.
     pub new_per_wakeup: u32,
+}
+
+/// The `[sync]` table: this director's end of the connection sync (docs/high-availability.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// The UDP address this director sends from and receives on.
+    pub listen: SocketAddr,
+    /// Where every datagram goes: the other directors, or a multicast group. Same family as `listen`.
+    pub peers: Vec<SocketAddr>,
+    /// The shared secret's file (resolved against the config file's folder) and its contents.
+    pub key_file: PathBuf,
+    pub key: SyncKey,
+    /// The role at start.
+    pub role: Role,
+    /// Largest datagram sent, bytes (UDP payload).
+    pub max_datagram: u16,
+}
+
+/// The secret the directors share: the HMAC key of every sync datagram. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SyncKey(pub Vec<u8>);
+
+impl fmt::Debug for SyncKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SyncKey({} bytes)", self.0.len())
+    }
+}
+
+/// `[sync] role`: what a director does with connection sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Role {
+    /// Sends its connections to the peers.
+    Active,
+    /// Receives the peers' connections into its table (and sends none).
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// A `[[real]]` table: a physical machine, or one port of it (patent FIG. 6B).
@@ -372,6 +425,7 @@ impl Config {
 struct RawConfig {
     director: Option<Spanned<RawDirector>>,
     timeouts: Option<RawTimeouts>,
+    sync: Option<Spanned<RawSync>>,
     #[serde(default)]
     real: Vec<Spanned<RawReal>>,
     #[serde(default, rename = "virtual")]
@@ -409,6 +463,16 @@ struct RawTimeouts {
     established: Text,
     closing: Text,
     udp: Text,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    listen: Text,
+    peers: Option<Spanned<Vec<Spanned<String>>>>,
+    key_file: Text,
+    role: Text,
+    max_datagram: Int,
 }
 
 #[derive(Deserialize)]
@@ -547,11 +611,13 @@ impl Checker<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let director = self.director(raw.director);
         let timeouts = self.timeouts(raw.timeouts);
+        let sync = raw.sync.map(|s| self.sync(s));
         let reals = self.reals(&raw.real);
         let virtuals = self.virtuals(&raw.virtuals, &raw.real, &reals);
         Config {
             director,
             timeouts,
+            sync,
             reals,
             virtuals,
         }
@@ -726,6 +792,148 @@ impl Checker<'_> {
             syn_proxy_mss,
             syn_proxy_wscale,
             new_per_wakeup,
+        }
+    }
+
+    /// `[sync]`: every key checked, the key file read (a missing, unreadable or short key is a problem).
+    fn sync(&mut self, raw: Spanned<RawSync>) -> SyncConfig {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        let listen = match &raw.listen {
+            None => {
+                self.report(span.clone(), "sync.listen", "required: the UDP address:port this director syncs on, like \"192.0.2.10:8848\"");
+                unspecified
+            }
+            Some(l) => self.socket_address(l, "sync.listen").unwrap_or(unspecified),
+        };
+        let mut peers = Vec::new();
+        match &raw.peers {
+            None => self.report(
+                span.clone(),
+                "sync.peers",
+                "required: the other directors' address:port (or a multicast group)",
+            ),
+            Some(list) if list.get_ref().is_empty() => {
+                self.report(list.span(), "sync.peers", "must name at least one peer")
+            }
+            Some(list) => {
+                for (i, peer) in list.get_ref().iter().enumerate() {
+                    let key = format!("sync.peers[{i}]");
+                    let Some(addr) = self.socket_address(peer, &key) else {
+                        continue;
+                    };
+                    if addr.port() == 0 {
+                        self.report(peer.span(), key, "needs a port other than 0");
+                    } else if addr.is_ipv4() != listen.is_ipv4() && listen != unspecified {
+                        self.report(
+                            peer.span(),
+                            key,
+                            format!(
+                                "{addr} is {} but listen is {}: one socket sends to every peer",
+                                family(addr.ip()),
+                                family(listen.ip())
+                            ),
+                        );
+                    } else if addr == listen {
+                        self.report(
+                            peer.span(),
+                            key,
+                            format!("{addr} is this director's own listen address"),
+                        );
+                    } else if peers.contains(&addr) {
+                        self.report(peer.span(), key, format!("{addr} is listed twice"));
+                    } else {
+                        peers.push(addr);
+                    }
+                }
+            }
+        }
+        let (key_file, key) = match &raw.key_file {
+            None => {
+                self.report(span.clone(), "sync.key_file", "required: a file holding the secret the directors share (at least 16 bytes); sync does not run without one");
+                (PathBuf::new(), SyncKey(Vec::new()))
+            }
+            Some(k) if k.get_ref().is_empty() => {
+                self.report(k.span(), "sync.key_file", "must not be empty");
+                (PathBuf::new(), SyncKey(Vec::new()))
+            }
+            Some(k) => {
+                let path = self.relative(k.get_ref());
+                let key = match std::fs::read(&path) {
+                    Ok(bytes) if bytes.len() >= MIN_SYNC_KEY => bytes,
+                    Ok(bytes) => {
+                        self.report(
+                            k.span(),
+                            "sync.key_file",
+                            format!("{} holds {} bytes; the key must be at least {MIN_SYNC_KEY} (make one with `head -c 32 /dev/urandom > {}`)", path.display(), bytes.len(), path.display()),
+                        );
+                        Vec::new()
+                    }
+                    Err(err) => {
+                        self.report(
+                            k.span(),
+                            "sync.key_file",
+                            format!("cannot read {}: {err}", path.display()),
+                        );
+                        Vec::new()
+                    }
+                };
+                (path, SyncKey(key))
+            }
+        };
+        let role = match &raw.role {
+            None => Role::Standby,
+            Some(r) => match r.get_ref().as_str() {
+                "active" => Role::Active,
+                "standby" => Role::Standby,
+                other => {
+                    self.report(
+                        r.span(),
+                        "sync.role",
+                        format!("\"{other}\" is not a role; use \"active\" or \"standby\""),
+                    );
+                    Role::Standby
+                }
+            },
+        };
+        let max_datagram = self.int(
+            &raw.max_datagram,
+            "sync.max_datagram",
+            MIN_SYNC_MAX_DATAGRAM.into(),
+            65507,
+            DEFAULT_SYNC_MAX_DATAGRAM,
+        );
+        SyncConfig {
+            listen,
+            peers,
+            key_file,
+            key,
+            role,
+            max_datagram,
+        }
+    }
+
+    /// A path as written, relative ones resolved against the config file's folder.
+    fn relative(&self, path: &str) -> PathBuf {
+        let path = PathBuf::from(path);
+        match self.file.parent() {
+            Some(dir) if path.is_relative() && !dir.as_os_str().is_empty() => dir.join(path),
+            _ => path,
+        }
+    }
+
+    fn socket_address(&mut self, raw: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match raw.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.report(
+                    raw.span(),
+                    key,
+                    format!("\"{}\" is not an address:port like \"192.0.2.10:8848\" or \"[2001:db8::10]:8848\"", raw.get_ref()),
+                );
+                None
+            }
         }
     }
 
@@ -2229,6 +2437,154 @@ bind = ["ghost"]
         assert_eq!(
             (c.director.outside.as_str(), c.director.inside.as_str()),
             ("vipd-out", "vipd-in")
+        );
+    }
+    /// A config file in a folder with a sync key beside it; returns the folder (kept alive) and the file.
+    fn sync_files(sync: &str, key: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sync.key"), key).unwrap();
+        let file = dir.path().join("vipd.toml");
+        std::fs::write(&file, format!("{DIRECTOR}{ONE_REAL}{sync}")).unwrap();
+        (dir, file)
+    }
+
+    /// Without `[sync]` there is no sync; with it, every key is read, the key file relative to the config.
+    #[test]
+    fn sync_table() {
+        assert_eq!(parse(&with_director(ONE_REAL)).unwrap().sync, None);
+        let (dir, file) = sync_files(
+            "[sync]\nlisten = \"192.0.2.10:8848\"\npeers = [\"192.0.2.11:8848\", \"224.0.0.81:8848\"]\n\
+             key_file = \"sync.key\"\nrole = \"active\"\nmax_datagram = 1200\n",
+            &[7; 32],
+        );
+        let sync = Config::load(&file).unwrap().sync.unwrap();
+        assert_eq!(sync.listen, "192.0.2.10:8848".parse().unwrap());
+        assert_eq!(
+            sync.peers,
+            [
+                "192.0.2.11:8848".parse().unwrap(),
+                "224.0.0.81:8848".parse().unwrap()
+            ]
+        );
+        assert_eq!(sync.key_file, dir.path().join("sync.key"));
+        assert_eq!(sync.key, SyncKey(vec![7; 32]));
+        assert_eq!((sync.role, sync.max_datagram), (Role::Active, 1200));
+        assert!(
+            !format!("{sync:?}").contains("7, 7"),
+            "the key is never printed"
+        );
+        // Defaults, and IPv6.
+        let (_dir, file) = sync_files(
+            "[sync]\nlisten = \"[2001:db8::10]:8848\"\npeers = [\"[2001:db8::11]:8848\"]\nkey_file = \"sync.key\"\n",
+            &[1; 16],
+        );
+        let sync = Config::load(&file).unwrap().sync.unwrap();
+        assert_eq!(
+            (sync.role, sync.max_datagram),
+            (Role::Standby, DEFAULT_SYNC_MAX_DATAGRAM)
+        );
+    }
+
+    /// Every `[sync]` mistake is named with its line and key; a short or missing key file names the file.
+    #[test]
+    fn sync_problems() {
+        let check = |sync: &str, key: &[u8], line: usize, at: &str, needle: &str| {
+            let (_dir, file) = sync_files(sync, key);
+            let all = Config::load(&file).expect_err("refused").problems;
+            assert!(
+                all.iter()
+                    .any(|p| p.line == line && p.key == at && p.message.contains(needle)),
+                "no problem at line {line} key {at} containing {needle:?}; got:\n{}",
+                ConfigError {
+                    problems: all.clone()
+                }
+            );
+        };
+        let good = "listen = \"192.0.2.10:8848\"\npeers = [\"192.0.2.11:8848\"]\nkey_file = \"sync.key\"\n";
+        // Lines: 1-3 director, 4-6 real, 7 [sync], 8 listen, 9 peers, 10 key_file, 11 the extra line.
+        check(
+            &format!("[sync]\n{good}"),
+            b"short",
+            10,
+            "sync.key_file",
+            "holds 5 bytes",
+        );
+        check(
+            &format!("[sync]\n{good}"),
+            b"short",
+            10,
+            "sync.key_file",
+            "sync.key",
+        );
+        check(
+            "[sync]\nlisten = \"192.0.2.10:8848\"\npeers = [\"192.0.2.11:8848\"]\nkey_file = \"nowhere.key\"\n",
+            &[0; 16],
+            10,
+            "sync.key_file",
+            "cannot read",
+        );
+        check(
+            "[sync]\nlisten = \"192.0.2.10:8848\"\npeers = [\"192.0.2.11:8848\"]\n",
+            &[0; 16],
+            7,
+            "sync.key_file",
+            "required",
+        );
+        check(
+            "[sync]\nlisten = \"192.0.2.10\"\npeers = [\"192.0.2.11:8848\"]\nkey_file = \"sync.key\"\n",
+            &[0; 16],
+            8,
+            "sync.listen",
+            "not an address:port",
+        );
+        check(
+            "[sync]\nlisten = \"192.0.2.10:8848\"\npeers = []\nkey_file = \"sync.key\"\n",
+            &[0; 16],
+            9,
+            "sync.peers",
+            "at least one",
+        );
+        check(
+            "[sync]\nlisten = \"192.0.2.10:8848\"\npeers = [\"[2001:db8::1]:8848\"]\nkey_file = \"sync.key\"\n",
+            &[0; 16],
+            9,
+            "sync.peers[0]",
+            "but listen is IPv4",
+        );
+        check(
+            "[sync]\nlisten = \"192.0.2.10:8848\"\npeers = [\"192.0.2.10:8848\"]\nkey_file = \"sync.key\"\n",
+            &[0; 16],
+            9,
+            "sync.peers[0]",
+            "own listen address",
+        );
+        check(
+            "[sync]\nlisten = \"192.0.2.10:8848\"\nkey_file = \"sync.key\"\n",
+            &[0; 16],
+            7,
+            "sync.peers",
+            "required",
+        );
+        check(
+            &format!("[sync]\n{good}role = \"master\"\n"),
+            &[0; 16],
+            11,
+            "sync.role",
+            "not a role",
+        );
+        check(
+            &format!("[sync]\n{good}max_datagram = 100\n"),
+            &[0; 16],
+            11,
+            "sync.max_datagram",
+            "out of range",
+        );
+        check(
+            &format!("[sync]\n{good}colour = 1\n"),
+            &[0; 16],
+            11,
+            "sync.colour",
+            "unknown field",
         );
     }
 }

@@ -207,6 +207,35 @@ pub struct Connection {
     /// The policy instance that picked `real_id` itself and wants to hear when the connection ends there
     /// (`Selector::instance`); `None` when a fallback, a trial or a policy that wants no notices chose it.
     pub placed_by: Option<crate::policy::InstanceId>,
+    /// When the connection was last sent to sync peers or received from one (`[sync]`).
+    pub synced: SyncMark,
+}
+
+/// When a connection was last synced, to a tenth of a second (four bytes: it is in every connection).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncMark(u32);
+
+impl SyncMark {
+    /// Never sent to a peer nor received from one.
+    pub const NEVER: SyncMark = SyncMark(0);
+
+    /// Synced at `now` (saturating after 13 years of uptime).
+    pub fn at(now: Duration) -> SyncMark {
+        let tenths = (now.as_millis() / 100).min(u128::from(u32::MAX - 1)) as u32;
+        SyncMark(tenths + 1)
+    }
+
+    pub fn is_never(self) -> bool {
+        self == SyncMark::NEVER
+    }
+
+    /// Synced at least `age` before `now` (or never).
+    pub fn older_than(self, now: Duration, age: Duration) -> bool {
+        self.is_never()
+            || now
+                .checked_sub(age)
+                .is_some_and(|then| SyncMark::at(then).0 >= self.0)
+    }
 }
 
 /// What a connection opened by the SYN proxy needs: the two handshakes it joins and how to translate
@@ -683,6 +712,20 @@ impl ConnTable {
             .min()
     }
 
+    /// Slots in use or freed so far: the bound of [`ConnTable::slot`] (for walks spread over ticks).
+    pub fn slots(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The connection in slot `id`, if one is live there (slots below [`ConnTable::slots`]; any other id
+    /// is `None`).
+    pub fn slot(&self, id: ConnId) -> Option<&Connection> {
+        self.entries
+            .get(id as usize)
+            .filter(|entry| entry.is_live())
+            .map(|entry| &entry.conn)
+    }
+
     /// Every live connection, in slot order (for the admin API flow dump; not for the packet path).
     pub fn iter(&self) -> impl Iterator<Item = (ConnId, &Connection)> {
         self.entries
@@ -804,6 +847,7 @@ mod tests {
             last_seen: now,
             proxy: None,
             placed_by: None,
+            synced: SyncMark::NEVER,
         }
     }
 
@@ -1203,6 +1247,7 @@ mod tests {
             last_seen: now,
             proxy: None,
             placed_by: None,
+            synced: SyncMark::NEVER,
         }
     }
 

@@ -113,6 +113,23 @@ pub fn run(options: &RunOptions) -> Result<()> {
         ..first_shadows
     });
 
+    // Connection sync: its own thread, fed by the data path through a bounded queue, and feeding it back.
+    let sync = match &config.sync {
+        Some(sync) => {
+            let (view, tx, inbox) =
+                crate::sync::thread::start(sync).context("starting connection sync ([sync])")?;
+            director.set_sync(tx, inbox, sync.role);
+            tracing::info!(
+                listen = %sync.listen,
+                peers = ?sync.peers,
+                role = sync.role.as_str(),
+                "connection sync"
+            );
+            Some(view)
+        }
+        None => None,
+    };
+
     crate::metrics::install();
     let (admin_tx, admin_rx) = mpsc::channel::<admin::Command>();
     admin::spawn(
@@ -125,6 +142,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
             token: config.director.admin_token.clone(),
             plugins: plugins.as_ref().map(|p| Arc::clone(p.dir())),
             shadow: Some(shadows.snapshot()),
+            sync,
         },
     )?;
     tracing::info!(listen = %config.director.listen, "metrics and admin API");

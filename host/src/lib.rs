@@ -29,6 +29,8 @@
 //! - [`plugin`]: the WebAssembly plugin host (wasmtime): selection and binding policies, sandboxed, hot reloaded.
 //! - [`replay`]: drives the director from pcap files and writes what it sends to pcap files.
 //! - [`shadow`]: shadow policies: asked beside the live policy off the data-path thread, answers counted.
+//! - [`sync`]: connection sync between directors (`[sync]`): the datagram format, and the `vipd-sync`
+//!   thread that batches the data path's records to the peers and hands theirs back to be installed.
 //! - [`compare`]: `vipd replay --policy`: the same capture through several policies, side by side.
 //! - [`health`]: active health checks (TCP connect, HTTP GET), one thread per checked real server; their
 //!   verdicts reach the director between batches.
@@ -68,6 +70,7 @@ pub mod replay;
 pub mod service;
 pub mod shadow;
 pub mod status;
+pub mod sync;
 pub mod syncookie;
 pub mod wire;
 

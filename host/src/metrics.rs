@@ -152,6 +152,63 @@ pub fn render(
     text
 }
 
+/// Connection sync (`[sync]`): `vipd_sync_synced`, `vipd_sync_records_total{direction}` (sent, received,
+/// installed), `vipd_sync_datagrams_total{direction}`, `vipd_sync_dropped_total{reason}` (the sync
+/// thread's and the data path's together) and `vipd_sync_resyncs_total`.
+pub fn render_sync(out: &mut String, snapshot: &Snapshot, view: &crate::sync::SyncView) {
+    use crate::sync::{Dropped, SyncStats};
+    use std::fmt::Write as _;
+    use strum::VariantArray;
+    let st = &view.stats;
+    let _ = writeln!(
+        out,
+        "# HELP vipd_sync_synced 1 when this director holds its peers' connections (active, or a peer's bulk resync ended).\n\
+         # TYPE vipd_sync_synced gauge\nvipd_sync_synced {}",
+        u8::from(view.synced())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP vipd_sync_records_total Connection records sent to peers, received from them, and installed.\n\
+         # TYPE vipd_sync_records_total counter\n\
+         vipd_sync_records_total{{direction=\"sent\"}} {}\n\
+         vipd_sync_records_total{{direction=\"received\"}} {}\n\
+         vipd_sync_records_total{{direction=\"installed\"}} {}",
+        SyncStats::get(&st.records_sent),
+        SyncStats::get(&st.records_received),
+        snapshot.counters.sync_installed
+    );
+    let _ = writeln!(
+        out,
+        "# HELP vipd_sync_datagrams_total Sync datagrams sent (one per peer) and accepted.\n\
+         # TYPE vipd_sync_datagrams_total counter\n\
+         vipd_sync_datagrams_total{{direction=\"sent\"}} {}\n\
+         vipd_sync_datagrams_total{{direction=\"received\"}} {}",
+        SyncStats::get(&st.datagrams_sent),
+        SyncStats::get(&st.datagrams_received)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP vipd_sync_dropped_total Sync datagrams (bad_tag, replay, malformed) and records dropped, by reason.\n\
+         # TYPE vipd_sync_dropped_total counter"
+    );
+    let thread = st.dropped();
+    for &d in Dropped::VARIANTS {
+        let i = d as usize;
+        let _ = writeln!(
+            out,
+            "vipd_sync_dropped_total{{reason=\"{}\"}} {}",
+            d.as_str(),
+            thread[i] + snapshot.counters.sync_dropped[i]
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vipd_sync_resyncs_total Bulk resyncs this director asked of its peers.\n\
+         # TYPE vipd_sync_resyncs_total counter\nvipd_sync_resyncs_total {}",
+        SyncStats::get(&st.resyncs)
+    );
+}
+
 /// The shadow policies' counts: `vipd_shadow_decisions_total{virtual, port, shadow, outcome}` (agreement
 /// with the live choice), `vipd_shadow_picks_total{virtual, port, shadow, real}` (where the shadow would have
 /// sent the connections; the live side is `vipd_connections_total`) and `vipd_shadow_dropped_total`.

@@ -24,6 +24,57 @@ pub struct Status {
     pub virtual_machines: Vec<VirtualStatus>,
     pub reals: Vec<RealStatus>,
     pub plugins: Vec<PluginStatus>,
+    /// Connection sync (`[sync]`); absent without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+}
+
+/// Connection sync's state: the role, whether the table holds the peers' connections, and the counts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub role: String,
+    /// Active, or a peer's bulk resync ended since start.
+    pub synced: bool,
+    pub peers: Vec<SocketAddr>,
+    pub records_sent: u64,
+    pub records_received: u64,
+    pub records_installed: u64,
+    pub datagrams_sent: u64,
+    pub datagrams_received: u64,
+    pub resyncs: u64,
+    /// By `vipd_sync_dropped_total` reason.
+    pub dropped: std::collections::BTreeMap<String, u64>,
+}
+
+impl SyncStatus {
+    /// The thread's counts in `view` and the data path's in `s`.
+    pub fn new(view: &crate::sync::SyncView, s: &Snapshot) -> SyncStatus {
+        use crate::sync::{Dropped, SyncStats};
+        use strum::VariantArray;
+        let st = &view.stats;
+        let thread = st.dropped();
+        SyncStatus {
+            role: view.role.as_str().to_owned(),
+            synced: view.synced(),
+            peers: view.peers.clone(),
+            records_sent: SyncStats::get(&st.records_sent),
+            records_received: SyncStats::get(&st.records_received),
+            records_installed: s.counters.sync_installed,
+            datagrams_sent: SyncStats::get(&st.datagrams_sent),
+            datagrams_received: SyncStats::get(&st.datagrams_received),
+            resyncs: SyncStats::get(&st.resyncs),
+            dropped: Dropped::VARIANTS
+                .iter()
+                .map(|&d| {
+                    let i = d as usize;
+                    (
+                        d.as_str().to_owned(),
+                        thread[i] + s.counters.sync_dropped[i],
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -187,6 +238,7 @@ impl Status {
             virtual_machines,
             reals,
             plugins,
+            sync: None,
         }
     }
 }

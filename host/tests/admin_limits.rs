@@ -40,6 +40,7 @@ fn start(limits: AdminLimits) -> SocketAddr {
         token: None,
         plugins: None,
         shadow: None,
+        sync: None,
     };
     admin::spawn_on(listener, admin, limits).unwrap();
     addr

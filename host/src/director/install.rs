@@ -140,6 +140,7 @@ impl Director {
         self.candidates.reserve(max_targets);
         self.reals = reals;
         self.health = health;
+        self.sync_names();
         for real_id in 0..self.reals.len() {
             self.update_state(real_id, StateReason::Config);
         }

@@ -22,6 +22,8 @@
 //! - `neighbours.rs`: Layer 2: ARP and neighbour discovery answers for virtual addresses, gratuitous ARP and
 //!   unsolicited neighbour advertisements, the real servers' MACs.
 //! - `stats.rs`: counters, drop reasons, and the [`Snapshot`] published for metrics and the admin API.
+//! - `sync.rs`: connection sync (`[sync]`): records for the peers at the moments they must hear of, the
+//!   refresh and bulk-resync walks, and installing the peers' records.
 //! - `install.rs`: putting a new binding table and its selectors in place (start and reload).
 //!
 //! What fails: every frame that cannot be translated is dropped with a [`DropReason`] and counted; nothing on
@@ -51,6 +53,7 @@ mod path;
 mod reals;
 mod select;
 mod stats;
+mod sync;
 mod synproxy;
 #[cfg(test)]
 mod tests;
@@ -147,6 +150,8 @@ pub struct Director {
     shadow_tx: Option<ShadowSender>,
     shadowed: Vec<bool>,
     shadow_generation: u64,
+    /// `Some` with `[sync]` (`vipd run`): the queues to and from the sync thread.
+    sync: Option<sync::Syncing>,
 }
 
 impl Director {
@@ -207,6 +212,7 @@ impl Director {
             shadow_tx: None,
             shadowed: Vec::new(),
             shadow_generation: 0,
+            sync: None,
         };
         director.install(bindings, selectors);
         director.set_checked(config);
@@ -315,12 +321,13 @@ impl Director {
         true
     }
 
-    /// Periodic work: expires idle connections (bounded), tells policies how the connections they placed
+    /// Periodic work: expires idle connections (bounded), syncs connections with peers (bounded), tells policies how the connections they placed
     /// ended, refreshes neighbours, announces virtual addresses, and publishes a [`Snapshot`]. Frames to
     /// send go through `send`.
     pub fn tick(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8])) {
         self.now = now;
         self.expire(now, EXPIRE_BUDGET);
+        self.sync_tick(now);
         self.deliver_notices();
         self.resolve_neighbours(now, send);
         self.announce(now, send);
@@ -335,12 +342,15 @@ impl Director {
             counters,
             flows,
             notices,
+            sync,
             ..
         } = self;
+        let timeouts = table.timeouts();
         table.expire(now, budget, |conn| {
             counters.expired += 1;
             release(reals, flows, conn);
             notices.push(Ended::Closed, conn, counters);
+            sync::sync_removed(sync, counters, conn, &timeouts, now);
         });
     }
 }

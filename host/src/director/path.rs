@@ -10,17 +10,19 @@
 //! - ICMP errors that belong to a connection are translated both ways, embedded header included.
 //!
 //! Any other frame is dropped with its [`DropReason`]. No allocation, lock or plugin call happens here
-//! except through [`Director::select`], once per new connection.
+//! except through [`Director::select`], once per new connection. With `[sync]`, the moments a peer must
+//! hear of (the server answered, a state change, a removal, a new UDP flow) call [`super::sync`]'s hooks.
 
 use std::time::Duration;
 
 use super::notify::Ended;
 use super::select::Ditch;
 use super::stats::{flow_mut, release};
+use super::sync::sync_removed;
 use super::{Director, DropReason, Verdict};
 use crate::Interface;
 use crate::binding::Lookup;
-use crate::conntable::{ConnId, ConnState, Connection, Endpoint, InsertError, Proxied};
+use crate::conntable::{ConnId, ConnState, Connection, Endpoint, InsertError, Proxied, SyncMark};
 use crate::wire::{self, Icmp, Packet, Protocol, TcpFlags, Transport};
 
 /// `Connection::syn_resends` of a connection re-given after an RST, until the client's next SYN: that SYN is
@@ -302,17 +304,12 @@ impl Director {
             last_seen: now,
             proxy,
             placed_by,
+            synced: SyncMark::NEVER,
         };
         match self.table.insert(conn) {
             Ok(inserted) => {
                 if let Some(evicted) = inserted.evicted {
-                    match evicted.state {
-                        ConnState::Closing => self.counters.evicted_closing += 1,
-                        _ => self.counters.evicted_half_open += 1,
-                    }
-                    release(&mut self.reals, &mut self.flows, &evicted);
-                    self.notices
-                        .push(Ended::Closed, &evicted, &mut self.counters);
+                    self.evicted(&evicted);
                 }
                 self.counters.connections_created += 1;
                 if let Some(r) = self.reals.get_mut(real_id as usize) {
@@ -322,6 +319,9 @@ impl Director {
                 if let Some(f) = flow_mut(&mut self.flows, self.reals.len(), &conn) {
                     f.active += 1;
                     f.total += 1;
+                }
+                if protocol == Protocol::Udp {
+                    self.sync_conn(inserted.id, now);
                 }
                 Ok(inserted.id)
             }
@@ -378,6 +378,7 @@ impl Director {
         {
             // The client acknowledged the server's SYN-ACK: the handshake is complete.
             self.table.set_state(id, ConnState::Established, now);
+            self.sync_conn(id, now);
         }
         if flags.contains(TcpFlags::RST) || flags.contains(TcpFlags::FIN) {
             let conn = self.table.get_mut(id);
@@ -473,6 +474,7 @@ impl Director {
             self.server_answered(id, now);
             // Half-open until the client acknowledges it (a spoofed SYN's client never does).
             self.table.set_state(id, ConnState::SynRecv, now);
+            self.sync_conn(id, now);
         } else if flags.contains(TcpFlags::RST) || flags.contains(TcpFlags::FIN) {
             if flags.contains(TcpFlags::FIN) {
                 self.table.get_mut(id).fin_seen |= 2;
@@ -510,12 +512,40 @@ impl Director {
         if let Some(r) = self.reals.get_mut(real_id) {
             r.closing += 1;
         }
+        self.sync_conn(id, now);
     }
 
     pub(super) fn close(&mut self, id: ConnId) {
         let conn = self.table.remove(id);
         release(&mut self.reals, &mut self.flows, &conn);
         self.notices.push(Ended::Closed, &conn, &mut self.counters);
+        let timeouts = self.table.timeouts();
+        sync_removed(
+            &mut self.sync,
+            &mut self.counters,
+            &conn,
+            &timeouts,
+            self.now,
+        );
+    }
+
+    /// A connection was evicted to make room for another.
+    pub(super) fn evicted(&mut self, evicted: &Connection) {
+        match evicted.state {
+            ConnState::Closing => self.counters.evicted_closing += 1,
+            _ => self.counters.evicted_half_open += 1,
+        }
+        release(&mut self.reals, &mut self.flows, evicted);
+        self.notices
+            .push(Ended::Closed, evicted, &mut self.counters);
+        let timeouts = self.table.timeouts();
+        sync_removed(
+            &mut self.sync,
+            &mut self.counters,
+            evicted,
+            &timeouts,
+            self.now,
+        );
     }
 }
 

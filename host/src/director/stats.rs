@@ -133,6 +133,10 @@ pub struct Counters {
     pub events_lost: u64,
     /// Notices to policies about the connections they placed, by what became of them ([`NoticeResult`]).
     pub notices: [u64; NoticeResult::COUNT],
+    /// Connection sync: peers' records put into the table (created, updated or deleted), and records
+    /// dropped on this side (unknown port or real server, a full queue), by [`crate::sync::Dropped`].
+    pub sync_installed: u64,
+    pub sync_dropped: crate::sync::PerDropped,
 }
 
 impl Counters {

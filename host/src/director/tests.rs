@@ -17,7 +17,7 @@ pub(super) const L2: Layer2 = Layer2 {
     inside_mac: MacAddr([2, 0, 0, 0, 0, 2]),
     inside_ip: Ipv4Addr::UNSPECIFIED,
 };
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub(super) const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 pub(super) const WEB: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const SOLO: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
