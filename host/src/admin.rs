@@ -237,8 +237,8 @@ fn connections(director: &Director, query: &ConnectionQuery, now: Duration) -> V
             real: real_name(c).to_owned(),
             real_addr: c.real.into(),
             state: c.state.as_str(),
-            age: now.saturating_sub(c.created),
-            idle: now.saturating_sub(c.last_seen),
+            age: now.saturating_sub(c.created.get()),
+            idle: now.saturating_sub(c.last_seen.get()),
             syn_resends: c.syn_resends,
         })
         .collect()

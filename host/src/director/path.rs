@@ -170,7 +170,7 @@ impl Director {
                     }
                     // Sooner after the last SYN than any TCP retransmits one: the same SYN twice (a
                     // duplicate, or a flood repeating it), not a resend. Forwarded, counted as nothing.
-                    ConnState::SynSent if now < conn.last_seen + MIN_SYN_RESEND => {
+                    ConnState::SynSent if now < conn.last_seen.get() + MIN_SYN_RESEND => {
                         self.counters.syn_duplicates += 1;
                         id
                     }
@@ -300,8 +300,8 @@ impl Director {
             state,
             syn_resends: 0,
             fin_seen: 0,
-            created: now,
-            last_seen: now,
+            created: now.into(),
+            last_seen: now.into(),
             proxy,
             placed_by,
             synced: SyncMark::NEVER,
@@ -491,7 +491,7 @@ impl Director {
         let conn = self.table.get(id);
         let real_id = conn.real_id as usize;
         let rtt = now
-            .saturating_sub(conn.created)
+            .saturating_sub(conn.created.get())
             .as_micros()
             .min(u128::from(u32::MAX)) as u32;
         if let Some(r) = self.reals.get_mut(real_id) {

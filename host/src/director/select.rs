@@ -79,7 +79,7 @@ impl Director {
             }
             moved.syn_resends = 0;
             // The new server's SYN round trip is measured from here.
-            moved.created = now;
+            moved.created = now.into();
             return Ditch::Moved;
         }
         let keep = self

@@ -76,7 +76,7 @@ impl Syncing {
         let real_name = *self.names.get(conn.real_id as usize)?;
         let idle = timeouts
             .of(conn.state)
-            .saturating_sub(now.saturating_sub(conn.last_seen));
+            .saturating_sub(now.saturating_sub(conn.last_seen.get()));
         let record = Record {
             protocol: conn.protocol,
             state: conn.state,
@@ -297,8 +297,8 @@ impl Director {
                     state: r.state,
                     syn_resends: r.syn_resends,
                     fin_seen: r.fin_seen,
-                    created: now,
-                    last_seen,
+                    created: now.into(),
+                    last_seen: last_seen.into(),
                     proxy: None,
                     placed_by: None,
                     synced: SyncMark::at(now),
@@ -327,7 +327,7 @@ impl Director {
             }
         }
         let conn = self.table.get_mut(id);
-        conn.last_seen = last_seen;
+        conn.last_seen = last_seen.into();
         conn.fin_seen = r.fin_seen;
         conn.syn_resends = r.syn_resends;
         conn.client_mac = r.client_mac;

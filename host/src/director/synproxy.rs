@@ -296,7 +296,7 @@ impl Director {
         px: &Proxied,
         now: Duration,
     ) -> Verdict {
-        if now < conn.last_seen + MIN_SYN_RESEND {
+        if now < conn.last_seen.get() + MIN_SYN_RESEND {
             return Verdict::Drop(DropReason::AwaitingServer);
         }
         self.counters.syn_resends += 1;
