@@ -154,6 +154,17 @@ pub struct Director {
     sync: Option<sync::Syncing>,
 }
 
+/// Whether a frame is for the director: unicast to `ours`, or broadcast or multicast (the group bit: ARP
+/// requests, neighbour solicitations). The capture is promiscuous, so a bridge that floods a unicast frame
+/// for another host (one whose port it has not learned yet, another director on the segment) hands it to
+/// the director too; translating that would send a second copy.
+fn for_us(frame: &[u8], ours: MacAddr) -> bool {
+    match frame.get(..6) {
+        Some(dst) => dst == ours.0 || dst[0] & 1 == 1,
+        None => true,
+    }
+}
+
 impl Director {
     /// A director for `bindings` with the built-in round-robin on every port, for unit tests. Everything
     /// else assembles its director from a config with [`crate::assemble::Assembly`].
@@ -259,9 +270,17 @@ impl Director {
         self.now = now;
         self.counters.rx_frames[side] += 1;
         self.counters.rx_bytes[side] += frame.len() as u64;
-        let verdict = match from {
-            Interface::Outside => self.inbound(frame, now),
-            Interface::Inside => self.outbound(frame, now),
+        let ours = match from {
+            Interface::Outside => self.l2.outside_mac,
+            Interface::Inside => self.l2.inside_mac,
+        };
+        let verdict = if !for_us(frame, ours) {
+            Verdict::Drop(DropReason::OtherHost)
+        } else {
+            match from {
+                Interface::Outside => self.inbound(frame, now),
+                Interface::Inside => self.outbound(frame, now),
+            }
         };
         let handled = match verdict {
             Verdict::Forward(to) => {

@@ -37,6 +37,9 @@ pub enum DropReason {
     BadChecksum,
     /// A TCP segment whose flags no connection can have: SYN with RST or FIN (conntrack calls it invalid).
     BadTcpFlags,
+    /// A unicast frame addressed to another host's MAC (the capture is promiscuous: a bridge flooding a
+    /// frame for a host whose port it has not learned, or for another director on the segment).
+    OtherHost,
     /// From the outside, to an address that is no virtual machine.
     NotVirtual,
     /// Not a connection-opening packet and no connection object matches.

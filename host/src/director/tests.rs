@@ -1025,3 +1025,35 @@ fn syn_proxy_over_ipv6() {
     );
     assert!(wire::transport_checksum_ok(d.reply(), &to_server));
 }
+
+/// A unicast frame for another host's MAC (flooded to the promiscuous capture by a bridge) is dropped as
+/// `other_host` from either side, never translated; the same frame to the director's MAC is served, and
+/// broadcast ARP still reaches it.
+#[test]
+fn frames_for_other_hosts_are_not_translated() {
+    let mut d = director(2);
+    let mut f = client(WEB, 40000, true, false);
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 7, 7]);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut f, secs(1)),
+        Verdict::Drop(DropReason::OtherHost)
+    );
+    let mut back = server(addr(1, 80), 40000, false);
+    back[..6].copy_from_slice(&[2, 0, 0, 0, 7, 7]);
+    assert_eq!(
+        d.handle(Interface::Inside, &mut back, secs(1)),
+        Verdict::Drop(DropReason::OtherHost)
+    );
+    assert_eq!(d.table().len(), 0);
+    let mut f = client(WEB, 40000, true, false);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut f, secs(1)),
+        Verdict::Forward(Interface::Inside)
+    );
+    let mut arp = [0u8; 64];
+    let n = wire::build_arp_request(CLIENT_MAC, CLIENT, WEB, &mut arp);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut arp[..n], secs(1)),
+        Verdict::Reply(Interface::Outside)
+    );
+}
