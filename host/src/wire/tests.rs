@@ -108,14 +108,21 @@ fn icmp_error(
     inner: &[u8],
     quote_len: Option<usize>,
 ) -> Vec<u8> {
+    let mut v = Vec::new();
+    ip_step(src, dst)
+        .icmpv4(kind)
+        .write(&mut v, quote(inner, quote_len))
+        .unwrap();
+    v
+}
+
+/// The first `quote_len` bytes (None: all) of the IP packet in the frame `inner`, as an ICMP error quotes it.
+fn quote(inner: &[u8], quote_len: Option<usize>) -> &[u8] {
     let ip = &inner[ETHERNET_HEADER_LEN..];
-    let q = match quote_len {
+    match quote_len {
         Some(n) => &ip[..n.min(ip.len())],
         None => ip,
-    };
-    let mut v = Vec::new();
-    ip_step(src, dst).icmpv4(kind).write(&mut v, q).unwrap();
-    v
+    }
 }
 
 /// An ICMPv6 error from `src` to `dst` quoting `quote_len` bytes (None: all) of the IPv6 packet in `inner`.
@@ -126,13 +133,11 @@ fn icmpv6_error(
     inner: &[u8],
     quote_len: Option<usize>,
 ) -> Vec<u8> {
-    let ip = &inner[ETHERNET_HEADER_LEN..];
-    let q = match quote_len {
-        Some(n) => &ip[..n.min(ip.len())],
-        None => ip,
-    };
     let mut v = Vec::new();
-    ip_step(src, dst).icmpv6(kind).write(&mut v, q).unwrap();
+    ip_step(src, dst)
+        .icmpv6(kind)
+        .write(&mut v, quote(inner, quote_len))
+        .unwrap();
     v
 }
 
