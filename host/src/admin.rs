@@ -1,5 +1,5 @@
-//! The HTTP side of vipd on `[director] listen`: `GET /metrics`, `GET /status`, `GET /connections` and
-//! `POST /reals/{name}/drain|enable|disable` (docs/admin.md).
+//! The HTTP side of vipd on `[director] listen`: `GET /metrics`, `GET /status`, `GET /connections`,
+//! `GET /ha`, `POST /reals/{name}/drain|enable|disable` and `POST /ha/active|standby` (docs/admin.md).
 //!
 //! It runs on its own thread with a current-thread tokio runtime and never touches the director: it
 //! reads the [`Snapshot`](crate::director::Snapshot) the data path publishes, and sends [`Command`]s (operator state changes, the
@@ -9,7 +9,7 @@
 //! Access: without `admin_token` only loopback peers are answered (others get 403); with a token every
 //! request must carry `Authorization: Bearer TOKEN` (401 otherwise, and nothing is done). Bad requests get
 //! a 4xx with a one-line JSON `{"error": ...}`: 400 bad parameters or body, 404 unknown path or server,
-//! 405 wrong method. What can fail at start: binding the address (reported by [`spawn`]).
+//! 405 wrong method, 409 a role change without `[sync]`. What can fail at start: binding the address (reported by [`spawn`]).
 //!
 //! Slow and hostile clients ([`AdminLimits`]): at most [`MAX_CONNECTIONS`] connections are open at once
 //! (more get a 503 and are closed); a request head must arrive within [`HEADER_READ_TIMEOUT`] (which also
@@ -34,14 +34,16 @@ use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::capture::{CaptureStats, Waker};
+use crate::config::Role;
 use crate::conntable::Connection;
-use crate::director::{Director, Published};
+use crate::director::{Director, NoSync, Published, RoleChange};
 use crate::metrics::Refusal;
 use crate::plugin::{PluginDir, PluginEntry};
 use crate::policy::ServerState;
@@ -183,6 +185,11 @@ pub enum Command {
         query: ConnectionQuery,
         reply: oneshot::Sender<Vec<ConnectionInfo>>,
     },
+    /// Makes this director active or standby (`POST /ha/active|standby`, `vipd ha`).
+    SetRole {
+        role: Role,
+        reply: oneshot::Sender<Result<RoleChange, NoSync>>,
+    },
 }
 
 /// Carries out a [`Command`] on the data-path thread (between batches, never per packet).
@@ -199,6 +206,21 @@ pub fn apply(director: &mut Director, command: Command, now: Duration) {
         }
         Command::Connections { query, reply } => {
             let _ = reply.send(connections(director, &query, now));
+        }
+        Command::SetRole { role, reply } => {
+            let result = director.set_role(role, now);
+            if let Ok(change) = result
+                && change.from != change.to
+            {
+                tracing::info!(
+                    from = change.from.as_str(),
+                    to = change.to.as_str(),
+                    connections = change.connections,
+                    "role changed"
+                );
+                director.publish_now(now);
+            }
+            let _ = reply.send(result);
         }
     }
 }
@@ -660,6 +682,26 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Repl
             Method::GET => dump(admin, req.uri().query().unwrap_or("")).await,
             _ => method_not_allowed("GET"),
         },
+        ["ha"] => match *req.method() {
+            Method::GET => ha_status(admin),
+            _ => method_not_allowed("GET"),
+        },
+        ["ha", role] => {
+            let role = match *role {
+                "active" => Role::Active,
+                "standby" => Role::Standby,
+                other => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format_args!("unknown role {other:?}: use active or standby"),
+                    );
+                }
+            };
+            if req.method() != Method::POST {
+                return method_not_allowed("POST");
+            }
+            set_role(admin, role).await
+        }
         ["reals", name, action] => {
             let Some(action) = RealAction::parse(action) else {
                 return error(
@@ -676,7 +718,7 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Repl
         _ => error(
             StatusCode::NOT_FOUND,
             format_args!(
-                "no such path {path:?}: GET /metrics, /status, /connections; POST /reals/NAME/drain|enable|disable"
+                "no such path {path:?}: GET /metrics, /status, /connections, /ha; POST /reals/NAME/drain|enable|disable, /ha/active|standby"
             ),
         ),
     }
@@ -855,6 +897,56 @@ async fn set_state(admin: &Admin, name: String, action: RealAction, body: Incomi
             StatusCode::NOT_FOUND,
             format_args!("no real server named {request_name:?}"),
         ),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the data path did not answer",
+        ),
+    }
+}
+
+/// What `GET /ha` answers (and `vipd ha status` prints): the role, whether the table holds the peers'
+/// connections, and the table's size. A director without `[sync]` is active and synced, not in a pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaStatus {
+    pub role: String,
+    pub synced: bool,
+    pub pair: bool,
+    pub connections: usize,
+    pub role_changes: u64,
+}
+
+fn ha_status(admin: &Admin) -> Reply {
+    let snapshot = admin.snapshot.load();
+    let status = match &admin.sync {
+        Some(view) => HaStatus {
+            role: view.role().as_str().to_owned(),
+            synced: view.synced(),
+            pair: true,
+            connections: snapshot.connections,
+            role_changes: crate::sync::SyncStats::get(&view.stats.role_changes),
+        },
+        None => HaStatus {
+            role: Role::Active.as_str().to_owned(),
+            synced: true,
+            pair: false,
+            connections: snapshot.connections,
+            role_changes: 0,
+        },
+    };
+    json_reply(StatusCode::OK, &status)
+}
+
+async fn set_role(admin: &Admin, role: Role) -> Reply {
+    match ask(admin, |reply| Command::SetRole { role, reply }).await {
+        Some(Ok(change)) => json_reply(
+            StatusCode::OK,
+            &json!({
+                "role": change.to.as_str(),
+                "previous": change.from.as_str(),
+                "connections": change.connections,
+            }),
+        ),
+        Some(Err(e)) => error(StatusCode::CONFLICT, e),
         None => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the data path did not answer",

@@ -56,6 +56,13 @@ pub const MIN_SYNC_KEY: usize = 16;
 /// The smallest `[sync] max_datagram`: room for the header, one IPv6 record and the tag
 /// ([`crate::sync::wire`]), with margin.
 pub const MIN_SYNC_MAX_DATAGRAM: u16 = 256;
+/// `[sync] garp_repeat` and `garp_interval` when not given: gratuitous ARP (unsolicited neighbour
+/// advertisements) for every announced virtual address on becoming active, as keepalived's
+/// `garp_master_repeat` (5).
+pub const DEFAULT_GARP_REPEAT: u8 = 5;
+pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(200);
+/// `[sync] resync_timeout` when not given.
+pub const DEFAULT_RESYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `[[real]] failure_threshold` when not given.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 8;
@@ -129,6 +136,11 @@ pub struct SyncConfig {
     pub role: Role,
     /// Largest datagram sent, bytes (UDP payload).
     pub max_datagram: u16,
+    /// Gratuitous ARP on becoming active: how many rounds, how far apart.
+    pub garp_repeat: u8,
+    pub garp_interval: Duration,
+    /// How long a standby waits for a peer's bulk resync before it counts as synced with what it has.
+    pub resync_timeout: Duration,
 }
 
 /// The secret the directors share: the HMAC key of every sync datagram. Never printed.
@@ -473,6 +485,9 @@ struct RawSync {
     key_file: Text,
     role: Text,
     max_datagram: Int,
+    garp_repeat: Int,
+    garp_interval: Text,
+    resync_timeout: Text,
 }
 
 #[derive(Deserialize)]
@@ -904,6 +919,23 @@ impl Checker<'_> {
             65507,
             DEFAULT_SYNC_MAX_DATAGRAM,
         );
+        let garp_repeat = self.int(
+            &raw.garp_repeat,
+            "sync.garp_repeat",
+            1,
+            100,
+            DEFAULT_GARP_REPEAT,
+        );
+        let garp_interval = self.duration(
+            &raw.garp_interval,
+            "sync.garp_interval",
+            DEFAULT_GARP_INTERVAL,
+        );
+        let resync_timeout = self.duration(
+            &raw.resync_timeout,
+            "sync.resync_timeout",
+            DEFAULT_RESYNC_TIMEOUT,
+        );
         SyncConfig {
             listen,
             peers,
@@ -911,6 +943,9 @@ impl Checker<'_> {
             key,
             role,
             max_datagram,
+            garp_repeat,
+            garp_interval,
+            resync_timeout,
         }
     }
 
@@ -2454,7 +2489,7 @@ bind = ["ghost"]
         assert_eq!(parse(&with_director(ONE_REAL)).unwrap().sync, None);
         let (dir, file) = sync_files(
             "[sync]\nlisten = \"192.0.2.10:8848\"\npeers = [\"192.0.2.11:8848\", \"224.0.0.81:8848\"]\n\
-             key_file = \"sync.key\"\nrole = \"active\"\nmax_datagram = 1200\n",
+             key_file = \"sync.key\"\nrole = \"active\"\nmax_datagram = 1200\ngarp_repeat = 3\ngarp_interval = \"50ms\"\nresync_timeout = \"2s\"\n",
             &[7; 32],
         );
         let sync = Config::load(&file).unwrap().sync.unwrap();
@@ -2469,6 +2504,10 @@ bind = ["ghost"]
         assert_eq!(sync.key_file, dir.path().join("sync.key"));
         assert_eq!(sync.key, SyncKey(vec![7; 32]));
         assert_eq!((sync.role, sync.max_datagram), (Role::Active, 1200));
+        assert_eq!(
+            (sync.garp_repeat, sync.garp_interval, sync.resync_timeout),
+            (3, Duration::from_millis(50), Duration::from_secs(2))
+        );
         assert!(
             !format!("{sync:?}").contains("7, 7"),
             "the key is never printed"
@@ -2482,6 +2521,14 @@ bind = ["ghost"]
         assert_eq!(
             (sync.role, sync.max_datagram),
             (Role::Standby, DEFAULT_SYNC_MAX_DATAGRAM)
+        );
+        assert_eq!(
+            (sync.garp_repeat, sync.garp_interval, sync.resync_timeout),
+            (
+                DEFAULT_GARP_REPEAT,
+                DEFAULT_GARP_INTERVAL,
+                DEFAULT_RESYNC_TIMEOUT
+            )
         );
     }
 
@@ -2571,6 +2618,20 @@ bind = ["ghost"]
             11,
             "sync.role",
             "not a role",
+        );
+        check(
+            &format!("[sync]\n{good}garp_repeat = 0\n"),
+            &[0; 16],
+            11,
+            "sync.garp_repeat",
+            "out of range",
+        );
+        check(
+            &format!("[sync]\n{good}resync_timeout = \"soon\"\n"),
+            &[0; 16],
+            11,
+            "sync.resync_timeout",
+            "",
         );
         check(
             &format!("[sync]\n{good}max_datagram = 100\n"),

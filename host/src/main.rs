@@ -106,6 +106,19 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// The active/standby pair (`[sync]`; keepalived's notify and track scripts): `active` makes this
+    /// director serve with its synced table and announce the virtual addresses, `standby` stops it
+    /// forwarding, `status` prints the role and exits 0 only when vipd runs and is synced (a track script).
+    Ha {
+        /// active, standby or status.
+        #[arg(value_parser = ["active", "standby", "status"])]
+        action: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the `/ha` JSON (status).
+        #[arg(long)]
+        json: bool,
+    },
     /// Operator control of a real server: drain (no new connections), enable, or disable (as if failed).
     Real {
         /// drain, enable or disable.
@@ -233,10 +246,72 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::Ha { action, api, json } => ha(&action, &api, json),
         Command::Real { action, name, api } => {
             let path = format!("/reals/{name}/{action}");
             api_call(&api, "POST", &path, |_| format!("{name}: {action} done\n"))
         }
+    }
+}
+
+/// `vipd ha`: a role change, or the status, whose exit code a keepalived track script reads (0: running
+/// and synced; 1: not running, not answering, or a standby that does not hold its peers' connections yet).
+fn ha(action: &str, api: &ApiArgs, json: bool) -> ExitCode {
+    if action != "status" {
+        let path = format!("/ha/{action}");
+        return api_call(api, "POST", &path, |body| {
+            match serde_json::from_str::<serde_json::Value>(body) {
+                Ok(v) => format!(
+                    "{} (was {}; {} connections)\n",
+                    v["role"].as_str().unwrap_or("?"),
+                    v["previous"].as_str().unwrap_or("?"),
+                    v["connections"]
+                ),
+                Err(_) => body.to_owned(),
+            }
+        });
+    }
+    let status = match vipd::admin::request(api.listen, "GET", "/ha", api.token.as_deref()) {
+        Ok((200, body)) => match serde_json::from_str::<vipd::admin::HaStatus>(&body) {
+            Ok(status) => (status, body),
+            Err(e) => {
+                eprintln!("vipd: GET /ha: cannot read the answer: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Ok((code, body)) => {
+            eprintln!("vipd: GET /ha: HTTP {code}: {}", body.trim());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("vipd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (status, body) = status;
+    if json {
+        print!("{body}");
+    } else {
+        println!(
+            "{}{}, {}, {} connections",
+            status.role,
+            if status.pair {
+                ""
+            } else {
+                " (no [sync]: alone)"
+            },
+            if status.synced {
+                "synced"
+            } else {
+                "not synced"
+            },
+            status.connections
+        );
+    }
+    if status.synced {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -154,12 +154,30 @@ pub fn render(
 
 /// Connection sync (`[sync]`): `vipd_sync_synced`, `vipd_sync_records_total{direction}` (sent, received,
 /// installed), `vipd_sync_datagrams_total{direction}`, `vipd_sync_dropped_total{reason}` (the sync
-/// thread's and the data path's together) and `vipd_sync_resyncs_total`.
+/// thread's and the data path's together) and `vipd_sync_resyncs_total`; the pair's role:
+/// `vipd_ha_role{role}` (1 for the role in force) and `vipd_ha_role_changes_total`.
 pub fn render_sync(out: &mut String, snapshot: &Snapshot, view: &crate::sync::SyncView) {
+    use crate::config::Role;
     use crate::sync::{Dropped, SyncStats};
     use std::fmt::Write as _;
     use strum::VariantArray;
     let st = &view.stats;
+    let role = view.role();
+    let _ = writeln!(
+        out,
+        "# HELP vipd_ha_role 1 for the role this director has now (active forwards and sends sync; standby holds a copy).\n\
+         # TYPE vipd_ha_role gauge\n\
+         vipd_ha_role{{role=\"active\"}} {}\n\
+         vipd_ha_role{{role=\"standby\"}} {}",
+        u8::from(role == Role::Active),
+        u8::from(role == Role::Standby)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP vipd_ha_role_changes_total Role changes since start (vipd ha, POST /ha/...).\n\
+         # TYPE vipd_ha_role_changes_total counter\nvipd_ha_role_changes_total {}",
+        SyncStats::get(&st.role_changes)
+    );
     let _ = writeln!(
         out,
         "# HELP vipd_sync_synced 1 when this director holds its peers' connections (active, or a peer's bulk resync ended).\n\

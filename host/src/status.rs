@@ -54,7 +54,7 @@ impl SyncStatus {
         let st = &view.stats;
         let thread = st.dropped();
         SyncStatus {
-            role: view.role.as_str().to_owned(),
+            role: view.role().as_str().to_owned(),
             synced: view.synced(),
             peers: view.peers.clone(),
             records_sent: SyncStats::get(&st.records_sent),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use strum::EnumCount;
 
-use super::neighbours::{ANNOUNCE_COUNT, neighbours_for};
+use super::neighbours::{ANNOUNCE_COUNT, ANNOUNCE_INTERVAL, neighbours_for};
 use super::reals::Health;
 use super::stats::flow_mut;
 use super::synproxy::SynProxy;
@@ -151,6 +151,7 @@ impl Director {
         self.bindings = Arc::new(bindings);
         self.announce_left = ANNOUNCE_COUNT;
         self.announce_next = Duration::ZERO;
+        self.announce_every = ANNOUNCE_INTERVAL;
     }
 
     /// Applies the tunables of a config (at start and on reload): timeouts, SYN retries and the defences
@@ -164,5 +165,8 @@ impl Director {
             wscale: d.syn_proxy_wscale,
         });
         self.new_per_wakeup = d.new_per_wakeup;
+        if let Some(sync) = &config.sync {
+            self.garp = (sync.garp_repeat, sync.garp_interval);
+        }
     }
 }

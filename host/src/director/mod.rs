@@ -39,7 +39,7 @@ use hashbrown::HashMap;
 
 use crate::Interface;
 use crate::binding::BindingTable;
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::conntable::ConnTable;
 use crate::policy::{Candidate, Selector};
 use crate::shadow::ShadowSender;
@@ -61,6 +61,7 @@ mod tests;
 pub use notify::{NOTICE_CAPACITY, NoticeResult};
 pub use reals::{RealLive, StateChange, StateReason, UnknownReal};
 pub use stats::{Counters, DropReason, FlowCount, Handled, PerReason, Published, Snapshot};
+pub use sync::{NoSync, RoleChange};
 
 use neighbours::Neighbour;
 use notify::{Ended, Notices};
@@ -152,6 +153,12 @@ pub struct Director {
     shadow_generation: u64,
     /// `Some` with `[sync]` (`vipd run`): the queues to and from the sync thread.
     sync: Option<sync::Syncing>,
+    /// Active serves; a standby (`[sync] role`, `vipd ha`) forwards nothing and only installs sync.
+    role: Role,
+    /// Gratuitous ARP rounds on becoming active, and how far apart (`[sync] garp_repeat`, `garp_interval`);
+    /// the interval of the rounds in progress.
+    garp: (u8, Duration),
+    announce_every: Duration,
 }
 
 /// Whether a frame is for the director: unicast to `ours`, or broadcast or multicast (the group bit: ARP
@@ -224,6 +231,12 @@ impl Director {
             shadowed: Vec::new(),
             shadow_generation: 0,
             sync: None,
+            role: Role::Active,
+            garp: (
+                crate::config::DEFAULT_GARP_REPEAT,
+                crate::config::DEFAULT_GARP_INTERVAL,
+            ),
+            announce_every: Duration::ZERO,
         };
         director.install(bindings, selectors);
         director.set_checked(config);
@@ -276,6 +289,8 @@ impl Director {
         };
         let verdict = if !for_us(frame, ours) {
             Verdict::Drop(DropReason::OtherHost)
+        } else if self.role == Role::Standby {
+            self.standby(from, frame, now)
         } else {
             match from {
                 Interface::Outside => self.inbound(frame, now),

@@ -12,6 +12,7 @@ use hashbrown::HashMap;
 use super::{Director, DropReason, RealLive, Verdict};
 use crate::Interface;
 use crate::binding::BindingTable;
+use crate::config::Role;
 use crate::wire::{self, ArpOp, MacAddr};
 
 /// How often a resolved neighbour entry is refreshed by a new ARP request.
@@ -20,7 +21,7 @@ const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(30);
 const NEIGHBOUR_RETRY: Duration = Duration::from_secs(1);
 /// Gratuitous ARP (unsolicited neighbour advertisements) for virtual addresses this often after start or
 /// reload, this many times (RFC 4861 §7.2.6: MAX_NEIGHBOR_ADVERTISEMENT is 3).
-const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) const ANNOUNCE_COUNT: u8 = 3;
 
 /// The MAC address of one real server.
@@ -80,13 +81,14 @@ pub(super) fn neighbours_for(
 
 impl Director {
     /// Announces the virtual addresses (gratuitous ARP, unsolicited neighbour advertisements)
-    /// [`ANNOUNCE_COUNT`] times after start or reload.
+    /// [`ANNOUNCE_COUNT`] times after start or reload, and `[sync] garp_repeat` times on becoming active.
+    /// A standby announces nothing.
     pub(super) fn announce(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8])) {
-        if self.announce_left == 0 || now < self.announce_next {
+        if self.announce_left == 0 || now < self.announce_next || self.role == Role::Standby {
             return;
         }
         self.announce_left -= 1;
-        self.announce_next = now + ANNOUNCE_INTERVAL;
+        self.announce_next = now + self.announce_every;
         let mut buf = [0u8; 128];
         for vm in self.bindings.virtuals.iter().filter(|vm| vm.announce) {
             let n = match vm.address {
@@ -189,6 +191,30 @@ impl Director {
             &mut self.reply,
         );
         self.generated(Interface::Outside)
+    }
+
+    /// A frame reaching a standby: the inside's ARP and neighbour discovery are learned from (so that the
+    /// real servers' MACs are known at the takeover); nothing else is answered or forwarded.
+    pub(super) fn standby(&mut self, from: Interface, frame: &[u8], now: Duration) -> Verdict {
+        if from == Interface::Outside {
+            return Verdict::Drop(DropReason::Standby);
+        }
+        if let Some(arp) = wire::parse_arp(frame) {
+            return self.arp_inside(&arp, now);
+        }
+        match wire::parse(frame) {
+            Ok(
+                p @ wire::Packet {
+                    transport:
+                        wire::Transport::Icmp(
+                            wire::Icmp::NeighbourAdvertisement { .. }
+                            | wire::Icmp::NeighbourSolicitation { .. },
+                        ),
+                    ..
+                },
+            ) => self.ndp_inside(&p, now),
+            _ => Verdict::Drop(DropReason::Standby),
+        }
     }
 
     pub(super) fn arp_inside(&mut self, arp: &wire::Arp, now: Duration) -> Verdict {

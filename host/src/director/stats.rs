@@ -40,6 +40,9 @@ pub enum DropReason {
     /// A unicast frame addressed to another host's MAC (the capture is promiscuous: a bridge flooding a
     /// frame for a host whose port it has not learned, or for another director on the segment).
     OtherHost,
+    /// A standby director (`[sync]`, `vipd ha standby`) forwards nothing and answers nothing on the outside;
+    /// it only learns the real servers' MACs from ARP and neighbour discovery on the inside.
+    Standby,
     /// From the outside, to an address that is no virtual machine.
     NotVirtual,
     /// Not a connection-opening packet and no connection object matches.

@@ -18,6 +18,7 @@
 //! expire by the same timeouts as any other, no later than the sender's copy would plus one timeout.
 //! When no `[sync]` is configured, none of this runs: every hook is one `Option` check.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hashbrown::HashMap;
@@ -94,6 +95,27 @@ impl Syncing {
     }
 }
 
+/// A role change ([`Director::set_role`]): what it was, what it is, and the connections in the table at the
+/// change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleChange {
+    pub from: Role,
+    pub to: Role,
+    pub connections: usize,
+}
+
+/// [`Director::set_role`] without `[sync]`: a director alone is always active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoSync;
+
+impl std::fmt::Display for NoSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "this director has no [sync] table: it is not part of a pair and is always active",
+        )
+    }
+}
+
 /// Whether a connection in its present state and sync history is sent: not before its server answered,
 /// and a closing one only if it was sent before (a SYN reset by its client never is).
 fn syncable(conn: &Connection) -> bool {
@@ -123,9 +145,12 @@ pub(super) fn sync_removed(
 }
 
 impl Director {
-    /// Connection sync (`[sync]`): `tx` towards the sync thread, `inbox` from it. Only an active director
-    /// sends; every director installs what it receives.
+    /// Connection sync (`[sync]`): `tx` towards the sync thread, `inbox` from it, starting in `role`. Only
+    /// an active director forwards and sends; every director installs what it receives.
     pub fn set_sync(&mut self, tx: SyncSender, inbox: SyncInbox, role: Role) {
+        tx.stats()
+            .active
+            .store(role == Role::Active, Ordering::Relaxed);
         self.sync = Some(Syncing {
             tx,
             inbox,
@@ -135,7 +160,50 @@ impl Director {
             refresh_at: 0,
             bulk_at: None,
         });
+        self.role = role;
         self.sync_names();
+    }
+
+    /// The role in force: always active without `[sync]`.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Makes this director active or standby (`vipd ha`, keepalived's notify scripts). Becoming active:
+    /// forwarding with the table as synced, gratuitous ARP (`[sync] garp_repeat` rounds `garp_interval`
+    /// apart) from the next tick, and sending sync. Becoming standby: forwarding, announcing and sending
+    /// stop; the table stays, kept by the new active director's records, and counts as synced (it was
+    /// the truth until now). Without `[sync]` a director is always active: refused.
+    pub fn set_role(&mut self, role: Role, now: Duration) -> Result<RoleChange, NoSync> {
+        let Some(s) = &mut self.sync else {
+            return Err(NoSync);
+        };
+        let change = RoleChange {
+            from: self.role,
+            to: role,
+            connections: self.table.len(),
+        };
+        if role == self.role {
+            return Ok(change);
+        }
+        self.role = role;
+        s.sends = role == Role::Active;
+        s.bulk_at = None;
+        let stats = s.tx.stats();
+        stats.active.store(role == Role::Active, Ordering::Relaxed);
+        stats.role_changes.fetch_add(1, Ordering::Relaxed);
+        match role {
+            Role::Active => {
+                (self.announce_left, self.announce_every) = self.garp;
+                self.announce_next = now;
+            }
+            Role::Standby => {
+                stats.synced.store(true, Ordering::Relaxed);
+                self.announce_left = 0;
+            }
+        }
+        self.publish_due = true;
+        Ok(change)
     }
 
     /// The real servers' name ids, after `reals` changed (start and reload).
@@ -189,8 +257,16 @@ impl Director {
             match message {
                 Incoming::Record(record) => self.install_record(&record, now),
                 Incoming::BulkRequest => {
-                    if let Some(s) = self.sync.as_mut().filter(|s| s.sends) {
-                        s.bulk_at = Some(0);
+                    // An active director answers with its table; a standby holds a copy, not the truth,
+                    // and answers with the end alone (so that two standbys starting together both count
+                    // as synced and keepalived can elect one).
+                    let Director { sync, counters, .. } = self;
+                    if let Some(s) = sync {
+                        if s.sends {
+                            s.bulk_at = Some(0);
+                        } else {
+                            s.send(Outgoing::BulkEnd, counters);
+                        }
                     }
                 }
             }
@@ -369,6 +445,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::mpsc::{Receiver, SyncSender as ChannelSender};
 
+    use super::super::Verdict;
     use super::super::tests::{L2, WEB, client, config, secs, server, syn_to};
     use super::*;
     use crate::Interface;
@@ -385,7 +462,7 @@ mod tests {
     fn peer(role: Role) -> Peer {
         let config = config(2, 1, true, false);
         let mut d = Director::new(&config, BindingTable::from_config(&config), L2);
-        let ((tx, inbox), (out, in_tx)) = queues();
+        let ((tx, inbox), (out, in_tx)) = queues(crate::sync::SyncStats::new(role));
         d.set_sync(tx, inbox, role);
         Peer {
             d,
@@ -470,11 +547,15 @@ mod tests {
     #[test]
     fn installed_records_copy_the_table() {
         let mut a = peer(Role::Active);
-        let mut s = peer(Role::Standby);
+        // The standby was active a moment ago: its own connections stay.
+        let mut s = peer(Role::Active);
         for cport in 1000..1006 {
             establish(&mut a.d, cport, secs(0));
             establish(&mut s.d, cport + 100, secs(0));
         }
+        let _ = records(&s);
+        s.d.set_role(Role::Standby, secs(0)).unwrap();
+        tick(&mut s.d, secs(0));
         assert!(records(&s).is_empty(), "a standby sends nothing");
         // The standby's own connections stay; the active's arrive beside them.
         for r in records(&a) {
@@ -630,5 +711,141 @@ mod tests {
                 .iter()
                 .all(|m| matches!(m, Outgoing::Record(r) if r.state == ConnState::Established))
         );
+    }
+
+    /// A standby forwards nothing and answers no ARP for virtual addresses, connections included; made
+    /// active, it announces the virtual addresses `garp_repeat` times and forwards the connections it holds
+    /// by sync to the servers the active director chose.
+    #[test]
+    fn standby_takes_over_with_the_synced_table() {
+        let mut a = peer(Role::Active);
+        let mut s = peer(Role::Standby);
+        let real = establish(&mut a.d, 1000, secs(0));
+        for r in records(&a) {
+            s.inbox.send(Incoming::Record(r)).unwrap();
+        }
+        let mut outside = 0;
+        s.d.tick(secs(1), &mut |to, _| {
+            outside += usize::from(to == Interface::Outside)
+        });
+        assert_eq!(
+            (s.d.table().len(), outside),
+            (1, 0),
+            "installed; no announcement"
+        );
+        let standby = Verdict::Drop(super::super::DropReason::Standby);
+        assert_eq!(
+            s.d.handle(
+                Interface::Outside,
+                &mut client(WEB, 1000, false, false),
+                secs(1)
+            ),
+            standby
+        );
+        assert_eq!(
+            s.d.handle(
+                Interface::Outside,
+                &mut client(WEB, 2000, true, false),
+                secs(1)
+            ),
+            standby,
+            "a SYN opens nothing"
+        );
+        assert_eq!(
+            s.d.handle(Interface::Inside, &mut server(real, 1000, false), secs(1)),
+            standby
+        );
+        let mut arp = [0u8; 64];
+        let n = crate::wire::build_arp_request(
+            crate::wire::MacAddr([2, 0, 0, 0, 1, 1]),
+            super::super::tests::CLIENT,
+            WEB,
+            &mut arp,
+        );
+        assert_eq!(
+            s.d.handle(Interface::Outside, &mut arp[..n], secs(1)),
+            standby
+        );
+        // The inside's ARP is still learned from (here a static entry: ignored, not refused).
+        let n = crate::wire::build_arp_request(
+            crate::wire::MacAddr([2, 0, 0, 0, 2, 1]),
+            [10, 0, 0, 1].into(),
+            [10, 0, 0, 254].into(),
+            &mut arp,
+        );
+        assert_ne!(
+            s.d.handle(Interface::Inside, &mut arp[..n], secs(1)),
+            standby
+        );
+        assert_eq!(s.d.table().len(), 1);
+
+        let change = s.d.set_role(Role::Active, secs(2)).unwrap();
+        assert_eq!(
+            change,
+            RoleChange {
+                from: Role::Standby,
+                to: Role::Active,
+                connections: 1
+            }
+        );
+        assert!(
+            s.d.sync
+                .as_ref()
+                .unwrap()
+                .tx
+                .stats()
+                .active
+                .load(Ordering::Relaxed)
+        );
+        // Gratuitous ARP for both virtual addresses, 5 rounds 200 ms apart (the defaults).
+        let mut rounds = Vec::new();
+        for ms in (2000..4000).step_by(10) {
+            let mut n = 0;
+            s.d.tick(Duration::from_millis(ms), &mut |to, frame| {
+                if to == Interface::Outside && crate::wire::parse_arp(frame).is_some() {
+                    n += 1;
+                }
+            });
+            if n > 0 {
+                rounds.push((ms, n));
+            }
+        }
+        assert_eq!(
+            rounds,
+            [(2000, 2), (2200, 2), (2400, 2), (2600, 2), (2800, 2)]
+        );
+        let mut f = client(WEB, 1000, false, false);
+        assert_eq!(
+            s.d.handle(Interface::Outside, &mut f, secs(4)),
+            Verdict::Forward(Interface::Inside),
+            "the synced connection goes on"
+        );
+        assert_eq!(super::super::tests::dest(&f).0, real);
+        assert_eq!(
+            s.d.set_role(Role::Active, secs(4)).unwrap().from,
+            Role::Active,
+            "no change"
+        );
+    }
+
+    /// A standby answers a bulk request with the end alone; without `[sync]` there is no role to change.
+    #[test]
+    fn standby_answers_bulk_with_its_end_and_no_sync_has_no_role() {
+        let mut s = peer(Role::Standby);
+        s.inbox.send(Incoming::BulkRequest).unwrap();
+        tick(&mut s.d, secs(1));
+        assert_eq!(s.out.try_iter().collect::<Vec<_>>(), [Outgoing::BulkEnd]);
+        let config = config(2, 1, true, false);
+        let mut alone = Director::new(&config, BindingTable::from_config(&config), L2);
+        assert_eq!(alone.role(), Role::Active);
+        assert_eq!(alone.set_role(Role::Standby, secs(1)), Err(NoSync));
+        // Demoted, a director counts as synced: it held the truth until now.
+        let a = peer(Role::Active);
+        let stats = std::sync::Arc::clone(a.d.sync.as_ref().unwrap().tx.stats());
+        let mut a = a;
+        assert!(!stats.synced.load(Ordering::Relaxed));
+        a.d.set_role(Role::Standby, secs(1)).unwrap();
+        assert!(stats.is_synced() && stats.role() == Role::Standby);
+        assert_eq!(stats.role_changes.load(Ordering::Relaxed), 1);
     }
 }

@@ -98,7 +98,7 @@ pub(super) fn server(real: SocketAddr, cport: u16, rst: bool) -> Vec<u8> {
 }
 
 /// (destination, TCP flags syn/ack/rst) of a frame.
-fn dest(frame: &[u8]) -> (SocketAddr, (bool, bool, bool)) {
+pub(super) fn dest(frame: &[u8]) -> (SocketAddr, (bool, bool, bool)) {
     let p = SlicedPacket::from_ethernet(frame).unwrap();
     let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) = (&p.net, &p.transport) else {
         panic!("not TCP/IPv4");

@@ -20,6 +20,8 @@ use std::sync::{Arc, mpsc};
 
 use strum::{EnumCount, IntoStaticStr, VariantArray};
 
+use crate::config::Role;
+
 pub mod thread;
 pub mod wire;
 
@@ -91,9 +93,15 @@ pub type PerDropped = [u64; Dropped::COUNT];
 /// The data path's end towards the sync thread: never blocks.
 pub struct SyncSender {
     tx: mpsc::SyncSender<Outgoing>,
+    stats: Arc<SyncStats>,
 }
 
 impl SyncSender {
+    /// What the sync thread, `/status` and `/metrics` read of this director's role and sync state.
+    pub fn stats(&self) -> &Arc<SyncStats> {
+        &self.stats
+    }
+
     /// Queues `message`; false when the queue is full or the thread is gone (the caller counts it).
     pub fn send(&mut self, message: Outgoing) -> bool {
         match self.tx.try_send(message) {
@@ -115,15 +123,18 @@ impl SyncInbox {
     }
 }
 
-/// Both queues between the data path and the sync thread, for tests and [`thread::Sync::start`].
-pub fn queues() -> (
+/// Both queues between the data path and the sync thread, for tests and [`thread::start`]; `stats` is
+/// shared by both ends.
+pub fn queues(
+    stats: Arc<SyncStats>,
+) -> (
     (SyncSender, SyncInbox),
     (Receiver<Outgoing>, mpsc::SyncSender<Incoming>),
 ) {
     let (out_tx, out_rx) = mpsc::sync_channel(QUEUE);
     let (in_tx, in_rx) = mpsc::sync_channel(INBOX);
     (
-        (SyncSender { tx: out_tx }, SyncInbox { rx: in_rx }),
+        (SyncSender { tx: out_tx, stats }, SyncInbox { rx: in_rx }),
         (out_rx, in_tx),
     )
 }
@@ -132,8 +143,14 @@ pub fn queues() -> (
 /// counters (installed, unknown port or real, queue full) are in [`crate::director::Counters`].
 #[derive(Debug, Default)]
 pub struct SyncStats {
-    /// A peer's bulk resync ended since start (an active director is synced by definition).
+    /// The role in force: written by the data path (start, `vipd ha`), read by the sync thread and the
+    /// admin API.
+    pub active: AtomicBool,
+    /// A peer's bulk resync ended since start, or no peer answered within `resync_timeout`, or this
+    /// director was active (its table was the truth). An active director is synced by definition.
     pub synced: AtomicBool,
+    /// Role changes since start.
+    pub role_changes: AtomicU64,
     pub records_sent: AtomicU64,
     pub records_received: AtomicU64,
     pub datagrams_sent: AtomicU64,
@@ -147,6 +164,26 @@ pub struct SyncStats {
 }
 
 impl SyncStats {
+    /// Counts for a director starting in `role`.
+    pub fn new(role: Role) -> Arc<SyncStats> {
+        let stats = SyncStats::default();
+        stats.active.store(role == Role::Active, Ordering::Relaxed);
+        Arc::new(stats)
+    }
+
+    pub fn role(&self) -> Role {
+        if self.active.load(Ordering::Relaxed) {
+            Role::Active
+        } else {
+            Role::Standby
+        }
+    }
+
+    /// Whether this director holds its peers' connections (see [`SyncStats::synced`]).
+    pub fn is_synced(&self) -> bool {
+        self.active.load(Ordering::Relaxed) || self.synced.load(Ordering::Relaxed)
+    }
+
     pub fn count(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -163,14 +200,18 @@ impl SyncStats {
 /// What `/status` and `/metrics` show of sync: the config and the thread's counts.
 #[derive(Clone, Debug)]
 pub struct SyncView {
-    pub role: crate::config::Role,
     pub peers: Vec<std::net::SocketAddr>,
     pub stats: Arc<SyncStats>,
 }
 
 impl SyncView {
-    /// Whether this director holds its peers' connections: active, or a peer's bulk resync ended.
+    /// The role in force.
+    pub fn role(&self) -> Role {
+        self.stats.role()
+    }
+
+    /// Whether this director holds its peers' connections: active, or synced (see [`SyncStats::synced`]).
     pub fn synced(&self) -> bool {
-        self.role == crate::config::Role::Active || self.stats.synced.load(Ordering::Relaxed)
+        self.stats.is_synced()
     }
 }

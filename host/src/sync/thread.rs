@@ -8,7 +8,9 @@
 //!   the sender's [`ReplayWindow`]; its records go to the data path's inbox (a full inbox drops and counts
 //!   them). A datagram from this director itself (a multicast group loops back) is ignored.
 //! - Bulk resync: asked of the peers at start, again every [`RESYNC_RETRY`] until one ends (a standby), and
-//!   whenever a gap shows in a peer's sequence numbers. A peer's bulk end makes this director synced.
+//!   whenever a gap shows in a peer's sequence numbers. A peer's bulk end makes this director synced; so
+//!   does `[sync] resync_timeout` without an answer (a director alone). An active peer answers with its
+//!   table, a standby one with the end alone (it holds a copy, not the truth).
 //!
 //! Sequence numbers start at the wall clock's microseconds, so a restarted director continues above its
 //! earlier run; the sender id is drawn at start. A receiver keeps no state across its own restarts: the
@@ -20,6 +22,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender as ChannelSender, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +31,7 @@ use strum::EnumCount;
 
 use super::wire::{self, Fresh, Header, Key, Kind, Record, ReplayWindow};
 use super::{Dropped, Incoming, Outgoing, SyncInbox, SyncSender, SyncStats, SyncView};
-use crate::config::{Role, SyncConfig};
+use crate::config::SyncConfig;
 
 /// A batch leaves at most this long after its first record.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(20);
@@ -64,10 +67,9 @@ pub fn start(config: &SyncConfig) -> Result<(SyncView, SyncSender, SyncInbox)> {
             _ => {}
         }
     }
-    let ((tx, inbox), (out_rx, in_tx)) = super::queues();
-    let stats = Arc::new(SyncStats::default());
+    let stats = SyncStats::new(config.role);
+    let ((tx, inbox), (out_rx, in_tx)) = super::queues(Arc::clone(&stats));
     let view = SyncView {
-        role: config.role,
         peers: config.peers.clone(),
         stats: Arc::clone(&stats),
     };
@@ -82,7 +84,6 @@ pub fn start(config: &SyncConfig) -> Result<(SyncView, SyncSender, SyncInbox)> {
 struct Link {
     socket: UdpSocket,
     peers: Vec<SocketAddr>,
-    role: Role,
     key: Key,
     sender: u32,
     sequence: u64,
@@ -98,6 +99,9 @@ struct Link {
     received: Vec<Record>,
     windows: HashMap<u32, ReplayWindow>,
     last_request: Option<Instant>,
+    /// Since when this director has been an unsynced standby, and how long it waits for a peer's answer.
+    unsynced_since: Option<Instant>,
+    resync_timeout: Duration,
     logged: [Option<Instant>; Dropped::COUNT],
 }
 
@@ -110,7 +114,6 @@ impl Link {
         Link {
             socket,
             peers: config.peers.clone(),
-            role: config.role,
             key: Key::new(&config.key.0),
             sender: RandomState::new().hash_one(start) as u32,
             sequence: start,
@@ -124,6 +127,8 @@ impl Link {
             received: Vec::with_capacity(65536 / 42),
             windows: HashMap::new(),
             last_request: None,
+            unsynced_since: None,
+            resync_timeout: config.resync_timeout,
             logged: [None; Dropped::COUNT],
         }
     }
@@ -149,14 +154,7 @@ impl Link {
             if self.batch_since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER) {
                 self.flush();
             }
-            if self.role == Role::Standby
-                && !self.stats.synced.load(std::sync::atomic::Ordering::Relaxed)
-                && self
-                    .last_request
-                    .is_none_or(|t| t.elapsed() >= RESYNC_RETRY)
-            {
-                self.request_bulk();
-            }
+            self.wait_for_sync();
             match self.socket.recv_from(&mut self.inbuf) {
                 Ok((n, from)) => self.receive(n, from, in_tx),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
@@ -165,6 +163,29 @@ impl Link {
                     std::thread::sleep(POLL);
                 }
             }
+        }
+    }
+
+    /// An unsynced standby asks its peers for a bulk resync every [`RESYNC_RETRY`]; when none answered
+    /// within `resync_timeout` (a director alone: its peer is down), it counts as synced with what it has,
+    /// so that keepalived's track script lets it serve.
+    fn wait_for_sync(&mut self) {
+        if self.stats.is_synced() {
+            self.unsynced_since = None;
+            return;
+        }
+        let since = *self.unsynced_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.resync_timeout {
+            self.stats.synced.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                timeout = ?self.resync_timeout,
+                "sync: no peer answered a bulk resync; synced with the connections this director has"
+            );
+        } else if self
+            .last_request
+            .is_none_or(|t| t.elapsed() >= RESYNC_RETRY)
+        {
+            self.request_bulk();
         }
     }
 
@@ -275,11 +296,7 @@ impl Link {
                 }
             }
             Kind::BulkEnd => {
-                if !self
-                    .stats
-                    .synced
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-                {
+                if !self.stats.synced.swap(true, Ordering::Relaxed) {
                     tracing::info!(%from, "sync: bulk resync from a peer complete; synced");
                 }
             }
