@@ -1,7 +1,7 @@
-//! Connection sync between two real directors (issue 14, the part that exists): FIG. 3 with `vipd run` as
-//! the active director, and a second `vipd run` as standby in a namespace of its own, joined to the active one
-//! by a veth for sync only (its own outside and inside lead nowhere: a standby still forwards today, so it
-//! must not share the segments). The standby's table must follow the active's, and datagrams with another
+//! Connection sync between two real directors: FIG. 3 with `vipd run` as the active director, and a second
+//! `vipd run` as standby in a namespace of its own, joined to the active one by a veth for sync only (its own
+//! outside and inside lead nowhere: sync alone is under test here; the pair on shared segments under
+//! keepalived is host/tests/ha.rs). The standby's table must follow the active's, and datagrams with another
 //! key, replayed or random must install nothing and be counted.
 
 mod common;
