@@ -1,6 +1,8 @@
 //! Cost of the whole packet path per frame, counters included: `Director::handle` on established
 //! connections (lookup, state tracking, rewrite, MACs, counters), and the cost of opening a connection
-//! (SYN: binding lookup, policy, table insert).
+//! (SYN: binding lookup, policy, table insert), and what connection sync adds to a connection's handshake
+//! (`[sync]` as an active director: the SYN-ACK's record and, at expiry, the delete, handed to a thread that
+//! takes them as the sync thread would).
 //!
 //! `cargo bench -p vipd --bench director`. The table holds `TABLE` connections so lookups miss caches as
 //! they would in production. Each for IPv4 (the patent fixture) and IPv6 (its IPv6 twin).
@@ -183,5 +185,76 @@ fn new_connection_of(c: &mut Criterion, f: Family) {
     g.finish();
 }
 
-criterion_group!(benches, established, new_connection);
+/// SYN and SYN-ACK of a new connection (the SYN-ACK is when an active director sends the connection to its
+/// peers), without and with `[sync]`; expiry (a delete record each, with sync) is in the measurement.
+fn handshake_sync(c: &mut Criterion) {
+    let f = FAMILIES[0];
+    let mut g = c.benchmark_group("director");
+    g.throughput(Throughput::Elements(1));
+    for synced in [false, true] {
+        let mut director = director(f);
+        let taker = synced.then(|| {
+            let stats = vipd::sync::SyncStats::new(vipd::config::Role::Active);
+            let ((tx, inbox), (out, _in_tx)) = vipd::sync::queues(stats);
+            director.set_sync(tx, inbox, vipd::config::Role::Active);
+            // As the sync thread: it polls the queue between waits on its socket (never blocked on the
+            // queue, so a send wakes nobody).
+            std::thread::spawn(move || {
+                let mut taken = 0usize;
+                loop {
+                    loop {
+                        match out.try_recv() {
+                            Ok(m) => {
+                                black_box(m);
+                                taken += 1;
+                            }
+                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => return taken,
+                        }
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            })
+        });
+        let syns: Vec<Vec<u8>> = (0..TABLE)
+            .map(|n| segment(f, n, true, true, false))
+            .collect();
+        let syn_acks: Vec<Vec<u8>> = (0..TABLE)
+            .map(|n| segment(f, n, false, true, true))
+            .collect();
+        let mut frame = [0u8; 128];
+        let mut i = 0usize;
+        let mut now = Duration::from_secs(1);
+        let name = format!(
+            "{} SYN + SYN-ACK, sync {}",
+            f.name,
+            if synced { "on (active)" } else { "off" }
+        );
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i += 1;
+                if i == syns.len() {
+                    i = 0;
+                    now += Duration::from_secs(60);
+                    director.expire(now, usize::MAX);
+                }
+                let src = &syns[i];
+                frame[..src.len()].copy_from_slice(src);
+                black_box(director.handle(Interface::Outside, &mut frame[..src.len()], now));
+                let src = &syn_acks[i];
+                frame[..src.len()].copy_from_slice(src);
+                black_box(director.handle(Interface::Inside, &mut frame[..src.len()], now))
+            })
+        });
+        let dropped = director.counters().sync_dropped;
+        drop(director);
+        if let Some(taker) = taker {
+            let taken = taker.join().unwrap_or(0);
+            println!("sync: {taken} messages taken, dropped (queue full) {dropped:?}");
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, established, new_connection, handshake_sync);
 criterion_main!(benches);

@@ -206,6 +206,15 @@ pub fn render_sync(out: &mut String, snapshot: &Snapshot, view: &crate::sync::Sy
     );
     let _ = writeln!(
         out,
+        "# HELP vipd_sync_bytes_total UDP payload bytes of the sync datagrams sent (per peer) and accepted.\n\
+         # TYPE vipd_sync_bytes_total counter\n\
+         vipd_sync_bytes_total{{direction=\"sent\"}} {}\n\
+         vipd_sync_bytes_total{{direction=\"received\"}} {}",
+        SyncStats::get(&st.bytes_sent),
+        SyncStats::get(&st.bytes_received)
+    );
+    let _ = writeln!(
+        out,
         "# HELP vipd_sync_dropped_total Sync datagrams (bad_tag, replay, malformed) and records dropped, by reason.\n\
          # TYPE vipd_sync_dropped_total counter"
     );

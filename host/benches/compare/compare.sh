@@ -20,6 +20,9 @@
 #   vipd-wasm vipd with the round-robin Wasm plugin (only when target/plugins/round-robin.wasm exists)
 #   vipd-maglev vipd with the maglev plugin (only when target/plugins/maglev.wasm exists)
 #   vipd-shadow vipd-wasm with the same plugin asked again as a shadow policy (on demand)
+#   vipd-sync vipd as the active director of a pair ([sync] role active, sending to the sink 10.20.0.20:8848
+#             over the inside, where the sink's firewall drops it): what connection sync costs; also reports
+#             sync records, datagrams and bytes per 1,000 new connections
 #   none6, dnat6, vipd6: the same over IPv6, in the default list (beside the IPv4 ones, same run): the
 #             client 2001:db8:c::2, VIP 2001:db8:f::1 on-link, servers 2001:db8:1::10/11, DNAT by ip6tables.
 #             When one is asked for, every namespace has IPv6 on (duplicate address detection off).
@@ -188,6 +191,7 @@ for quad in "$NS_A $A $A6 a" "$NS_B $B $B6 b" "$NS_SINK $SINK $SINK6 sink"; do
         net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1 net.ipv4.tcp_max_tw_buckets=1024
 done
 in_ns "$NS_SINK" iptables -A INPUT -p tcp --dport 9 -j DROP
+in_ns "$NS_SINK" iptables -A INPUT -p udp --dport 8848 -j DROP   # vipd-sync's datagrams
 
 server() {   # NS NAME: nginx (one worker) with a small static file, and iperf3 on 5201
     local ns=$1 name=$2 dir="$TMP/nginx-$2"
@@ -344,6 +348,9 @@ VIPD=$(realpath "$VIPD")
 PLUGIN_ABS=$(realpath -m "$PLUGIN_DIR")
 vipd_config round-robin "" >"$TMP/vipd.toml"
 vipd6_config >"$TMP/vipd6.toml"
+head -c 32 /dev/urandom >"$TMP/sync.key"
+{ cat "$TMP/vipd.toml"; printf '\n[sync]\nlisten = "10.20.0.1:8848"\npeers = ["%s:8848"]\nkey_file = "%s"\nrole = "active"\n' \
+    "$SINK" "$TMP/sync.key"; } >"$TMP/vipd-sync.toml"
 # vipd-x1..x3: vipd with the [director] lines of X1..X3 added (e.g. X1='send_threads = "none"'), to measure
 # a setting against the default in the same run.
 for x in 1 2 3; do
@@ -374,7 +381,7 @@ plugin_ok() {   # NAME PLUGIN: copies PLUGIN_DIR/PLUGIN.wasm to a folder of its 
 if [[ ${#CONTENDERS[@]} -eq 0 ]]; then
     CONTENDERS=(none dnat haproxy)
     [[ -n $STREAM_MODULE ]] && CONTENDERS+=(nginx) || NOTES+=("nginx skipped: ngx_stream_module.so not found (Debian: libnginx-mod-stream)")
-    CONTENDERS+=(vipd vipd-200k none6 dnat6 vipd6)
+    CONTENDERS+=(vipd vipd-sync vipd-200k none6 dnat6 vipd6)
     [[ -n ${VIPD_BASE:-} ]] && CONTENDERS+=(vipd-base)
     plugin_ok vipd-wasm "$WASM_PLUGIN" && CONTENDERS+=(vipd-wasm)
     plugin_ok vipd-maglev "$MAGLEV_PLUGIN" && CONTENDERS+=(vipd-maglev)
@@ -498,6 +505,7 @@ EOF
 start_vipd() { start_vipd_with "$TMP/vipd.toml"; }
 start_vipd6() { start_vipd_with "$TMP/vipd6.toml"; TARGET=$VIP6; }
 start_vipd-200k() { start_vipd_with "$TMP/vipd.toml"; }
+start_vipd-sync() { start_vipd_with "$TMP/vipd-sync.toml"; }
 start_vipd-rt() { start_vipd_with "$TMP/vipd.toml"; chrt -f -p 50 "$DPID"; }
 start_vipd-kstack() { VIPD_KERNEL_DROP=0 start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-base() { start_vipd_with "$TMP/vipd.toml" "$VIPD_BASE"; }
@@ -601,18 +609,28 @@ call_us() {   # BEFORE AFTER ("sum count" pairs): mean µs per call in between, 
         n = y[2] - x[2]; if (n > 0) printf "%.2f", (y[1] - x[1]) / n * 1e6; else print "nan" }'
 }
 
+sync_sent() {   # "records datagrams bytes" sent by connection sync so far (0 0 0 without [sync])
+    { in_ns "$NS_DIR" curl -s --max-time 2 http://127.0.0.1:9469/metrics 2>/dev/null || true; } | awk '
+        /^vipd_sync_records_total\{direction="sent"\}/ { r = $NF }
+        /^vipd_sync_datagrams_total\{direction="sent"\}/ { d = $NF }
+        /^vipd_sync_bytes_total\{direction="sent"\}/ { b = $NF }
+        END { printf "%d %d %d\n", r, d, b }'
+}
+
 per100k() { awk -v d="$1" -v t="$TCK" -v n="$2" 'BEGIN { printf "%.3f", d / t / n * 100000 }'; }
 
 measure() {   # ROUND CONTENDER
     local r=$1 c=$2 t0 t1 s0 s1 m0 m1 rps err p50 p99 req
     local out=$TMP/out-$r-$c
     # new connections per second
-    local calls0 calls1
-    calls0=$(plugin_calls)
+    local calls0 calls1 sync0 sync1
+    calls0=$(plugin_calls) sync0=$(sync_sent)
     t0=$(cpu_ticks "$DPID") s0=$(ctx_switches "$DPID") m0=$(machine_ticks)
     perf_around conn load "$out.conn" -H 'Connection: close' >"$out.conn.sum"
     t1=$(cpu_ticks "$DPID") s1=$(ctx_switches "$DPID") m1=$(machine_ticks)
-    calls1=$(plugin_calls)
+    # (the last batch leaves within 20 ms)
+    sleep 0.1
+    calls1=$(plugin_calls) sync1=$(sync_sent)
     record "$r" "$c" call_us "$(call_us "$calls0" "$calls1")"
     # One new connection every 300 ms: a plugin call on an idle director (nothing else in between).
     calls0=$(plugin_calls)
@@ -624,6 +642,13 @@ measure() {   # ROUND CONTENDER
     record "$r" "$c" idle_call_us "$(call_us "$calls0" "$calls1")"
     read -r rps err req <"$out.conn.sum"
     record "$r" "$c" conn_s "$rps"; record "$r" "$c" conn_err "$err"
+    if [[ $sync1 != "0 0 0" && $req -gt 0 ]]; then
+        local k
+        for k in 1 2 3; do
+            record "$r" "$c" "sync_k$k" "$(awk -v a="$sync0" -v b="$sync1" -v n="$req" -v k=$k 'BEGIN {
+                split(a, x, " "); split(b, y, " "); printf "%.1f", (y[k] - x[k]) / n * 1000 }')"
+        done
+    fi
     record "$r" "$c" idle_conn "$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " ");
         printf "%.1f", 100 * (y[1] - x[1]) / (y[2] - x[2]) }')"
     if [[ -n $DPID && $req -gt 0 ]]; then

@@ -10,7 +10,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "none6", "dnat6", "vipd6", "vipd-200k", "vipd-wasm", "vipd-wasm-base", "vipd-shadow", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
+ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-sync", "none6", "dnat6", "vipd6", "vipd-200k", "vipd-wasm", "vipd-wasm-base", "vipd-shadow", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
 NAMES = {
     "none": "no director (ceiling)",
     "dnat": "iptables DNAT + conntrack",
@@ -21,6 +21,7 @@ NAMES = {
     "dnat6": "IPv6: ip6tables DNAT + conntrack",
     "vipd6": "IPv6: vipd, built-in round-robin",
     "vipd-200k": "vipd, 200k idle connections held",
+    "vipd-sync": "vipd, active director of a pair ([sync])",
     "vipd-wasm": "vipd, round-robin Wasm plugin",
     "vipd-shadow": "vipd, round-robin Wasm plugin + the same as shadow policy",
     "vipd-wasm-base": "vipd-wasm, baseline binary (VIPD_BASE)",
@@ -111,7 +112,7 @@ def main() -> None:
         out.append("|---|" + "---:|" * (len(cols) + 1))
         pairs = [("vipd", p) for p in ("none", "dnat", "haproxy", "nginx")]
         pairs += [("vipd6", "none6"), ("vipd6", "dnat6"), ("vipd6", "vipd")]
-        pairs += [("vipd-200k", "vipd"), ("vipd-wasm", "vipd"), ("vipd-maglev", "vipd"), ("vipd", "vipd-base"), ("vipd", "vipd-kstack"), ("vipd-rt", "vipd")]
+        pairs += [("vipd-sync", "vipd"), ("vipd-200k", "vipd"), ("vipd-wasm", "vipd"), ("vipd-maglev", "vipd"), ("vipd", "vipd-base"), ("vipd", "vipd-kstack"), ("vipd-rt", "vipd")]
         for a, b in pairs:
             if a not in who_all or b not in who_all:
                 continue
@@ -128,6 +129,11 @@ def main() -> None:
         held = values.get((who, "idle_held"))
         if held:
             extra.append(f"{who}: idle connections put in the table per round: {', '.join(str(int(h)) for h in held)}")
+        sync = [values.get((who, f"sync_k{k}")) for k in (1, 2, 3)]
+        if all(sync):
+            r, d, b = (statistics.median(v) for v in sync)
+            extra.append(f"{who}: sync per 1,000 new connections (the new conn/s run): {r:,.0f} records, "
+                         f"{d:,.0f} datagrams, {b / 1000:,.1f} kB sent (UDP payload, one peer)")
         rss = values.get((who, "rss_mib"))
         if rss:
             extra.append(f"{who}: director RSS at the end of the round: {statistics.median(rss):.1f} MiB")

@@ -155,6 +155,9 @@ pub struct SyncStats {
     pub records_received: AtomicU64,
     pub datagrams_sent: AtomicU64,
     pub datagrams_received: AtomicU64,
+    /// UDP payload bytes of those datagrams.
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
     /// Bulk resyncs asked of peers.
     pub resyncs: AtomicU64,
     /// By [`Dropped`] index.

@@ -242,7 +242,10 @@ impl Link {
     fn send_to_peers(&mut self, n: usize) {
         for peer in &self.peers {
             match self.socket.send_to(&self.out[..n], peer) {
-                Ok(_) => SyncStats::count(&self.stats.datagrams_sent, 1),
+                Ok(_) => {
+                    SyncStats::count(&self.stats.datagrams_sent, 1);
+                    SyncStats::count(&self.stats.bytes_sent, n as u64);
+                }
                 Err(e) => {
                     SyncStats::count(&self.stats.send_errors, 1);
                     tracing::debug!(%peer, "sync datagram not sent: {e}");
@@ -269,6 +272,7 @@ impl Link {
             Err(e) => return self.dropped(Dropped::from(e), 1, from),
         };
         SyncStats::count(&self.stats.datagrams_received, 1);
+        SyncStats::count(&self.stats.bytes_received, n as u64);
         if fresh == Fresh::Gap
             && self
                 .last_request
