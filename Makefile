@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PLUGIN_DIR ?= target/plugins
 DEBIAN_PACKAGES = libpcap-dev nginx-light wrk curl ethtool iproute2 iputils-ping iperf3 tcpdump prometheus \
-	python3-venv keepalived
+	python3-venv keepalived bird2
 # Commands some steps need, and the Debian package that gives each when the command is missing (a Node.js
 # from elsewhere, e.g. NodeSource's, brings its own npm and conflicts with Debian's).
 DEBIAN_COMMANDS = npm:npm

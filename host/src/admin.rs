@@ -154,6 +154,8 @@ pub struct ConnectionQuery {
     pub virtual_name: Option<String>,
     /// Real server name.
     pub real: Option<String>,
+    /// Connection state (`syn_sent`, `syn_recv`, `established`, `closing`, `udp`).
+    pub state: Option<String>,
     pub limit: usize,
 }
 
@@ -250,6 +252,7 @@ fn connections(director: &Director, query: &ConnectionQuery, now: Duration) -> V
                 .is_none_or(|v| v == virtual_name(c))
         })
         .filter(|c| query.real.as_deref().is_none_or(|r| r == real_name(c)))
+        .filter(|c| query.state.as_deref().is_none_or(|s| s == c.state.as_str()))
         .take(query.limit.min(MAX_LIMIT))
         .map(|c| ConnectionInfo {
             protocol: c.protocol,
@@ -281,6 +284,29 @@ pub struct Admin {
     pub shadow: Option<Arc<ArcSwap<ShadowSnapshot>>>,
     /// Connection sync (`[sync]`): its role and the sync thread's counts.
     pub sync: Option<crate::sync::SyncView>,
+    /// `[cluster]`: the announced routes, and the drain (`POST /ha/drain`).
+    pub cluster: Option<Cluster>,
+}
+
+/// What the admin API holds of `[cluster]`: the routes thread, and when a drain ends.
+#[derive(Clone)]
+pub struct Cluster {
+    pub routes: crate::announce::Routes,
+    pub drain_time: Duration,
+    /// Set by `POST /ha/drain`: the daemon stops at this instant.
+    pub drain_until: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Cluster {
+    /// Seconds left of a drain in progress.
+    pub fn draining(&self) -> Option<f64> {
+        let until = (*self.drain_until.lock().ok()?)?;
+        Some(
+            until
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64(),
+        )
+    }
 }
 
 /// Binds `listen` now (so a bad address fails the start) and serves on a new thread until the process
@@ -686,6 +712,12 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Repl
             Method::GET => ha_status(admin),
             _ => method_not_allowed("GET"),
         },
+        ["ha", "drain"] => {
+            if req.method() != Method::POST {
+                return method_not_allowed("POST");
+            }
+            drain(admin).await
+        }
         ["ha", role] => {
             let role = match *role {
                 "active" => Role::Active,
@@ -718,7 +750,7 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Repl
         _ => error(
             StatusCode::NOT_FOUND,
             format_args!(
-                "no such path {path:?}: GET /metrics, /status, /connections, /ha; POST /reals/NAME/drain|enable|disable, /ha/active|standby"
+                "no such path {path:?}: GET /metrics, /status, /connections, /ha; POST /reals/NAME/drain|enable|disable, /ha/active|standby|drain"
             ),
         ),
     }
@@ -735,6 +767,26 @@ fn metrics(admin: &Admin) -> Reply {
     );
     if let Some(view) = &admin.sync {
         crate::metrics::render_sync(&mut text, &snapshot, view);
+    }
+    if let Some(cluster) = &admin.cluster {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            text,
+            "# HELP vipd_cluster_routes_announced Virtual addresses this director announces now ([cluster]).\n\
+             # TYPE vipd_cluster_routes_announced gauge\nvipd_cluster_routes_announced {}\n\
+             # HELP vipd_cluster_draining 1 while a drain is in progress (routes withdrawn, stopping after drain_time).\n\
+             # TYPE vipd_cluster_draining gauge\nvipd_cluster_draining {}",
+            cluster.routes.announced().len(),
+            u8::from(cluster.draining().is_some())
+        );
+        let _ = writeln!(
+            text,
+            "# HELP vipd_cluster_returns_total Server replies translated by the binding table, no connection here having them (the SYN went through another director).\n\
+             # TYPE vipd_cluster_returns_total counter\nvipd_cluster_returns_total {}\n\
+             # HELP vipd_cluster_client_established_total Connections made established by the client's ACK, their server's SYN-ACK having gone through another director.\n\
+             # TYPE vipd_cluster_client_established_total counter\nvipd_cluster_client_established_total {}",
+            snapshot.counters.cluster_returns, snapshot.counters.cluster_client_established
+        );
     }
     reply(
         StatusCode::OK,
@@ -761,6 +813,16 @@ pub fn parse_query(query: &str) -> std::result::Result<ConnectionQuery, String> 
         match k {
             "virtual" => q.virtual_name = Some(v),
             "real" => q.real = Some(v),
+            "state" => {
+                const STATES: [&str; 5] = ["syn_sent", "syn_recv", "established", "closing", "udp"];
+                if !STATES.contains(&v.as_str()) {
+                    return Err(format!(
+                        "state must be one of {}, not {v:?}",
+                        STATES.join(", ")
+                    ));
+                }
+                q.state = Some(v);
+            }
             "limit" => {
                 q.limit = match v.parse::<usize>() {
                     Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -771,7 +833,11 @@ pub fn parse_query(query: &str) -> std::result::Result<ConnectionQuery, String> 
                     }
                 }
             }
-            _ => return Err(format!("unknown parameter {k:?}: use virtual, real, limit")),
+            _ => {
+                return Err(format!(
+                    "unknown parameter {k:?}: use virtual, real, state, limit"
+                ));
+            }
         }
     }
     Ok(q)
@@ -906,24 +972,32 @@ async fn set_state(admin: &Admin, name: String, action: RealAction, body: Incomi
 
 /// What `GET /ha` answers (and `vipd ha status` prints): the role, whether the table holds the peers'
 /// connections, and the table's size. A director without `[sync]` is active and synced, not in a pair.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HaStatus {
     pub role: String,
     pub synced: bool,
     pub pair: bool,
     pub connections: usize,
     pub role_changes: u64,
+    /// `[cluster]`: the virtual addresses announced now (empty once drained), and the seconds left of a
+    /// drain in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced: Option<Vec<std::net::IpAddr>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_seconds: Option<f64>,
 }
 
 fn ha_status(admin: &Admin) -> Reply {
     let snapshot = admin.snapshot.load();
-    let status = match &admin.sync {
+    let mut status = match &admin.sync {
         Some(view) => HaStatus {
             role: view.role().as_str().to_owned(),
             synced: view.synced(),
             pair: true,
             connections: snapshot.connections,
             role_changes: crate::sync::SyncStats::get(&view.stats.role_changes),
+            announced: None,
+            draining_seconds: None,
         },
         None => HaStatus {
             role: Role::Active.as_str().to_owned(),
@@ -931,9 +1005,48 @@ fn ha_status(admin: &Admin) -> Reply {
             pair: false,
             connections: snapshot.connections,
             role_changes: 0,
+            announced: None,
+            draining_seconds: None,
         },
     };
+    if let Some(cluster) = &admin.cluster {
+        status.announced = Some(cluster.routes.announced());
+        status.draining_seconds = cluster.draining();
+    }
     json_reply(StatusCode::OK, &status)
+}
+
+/// `POST /ha/drain`: withdraw the announced routes now (the routers stop sending new flows here), keep
+/// serving what still arrives for `drain_time`, then stop.
+async fn drain(admin: &Admin) -> Reply {
+    let Some(cluster) = &admin.cluster else {
+        return error(
+            StatusCode::CONFLICT,
+            "this director has no [cluster] table: it announces no routes to drain",
+        );
+    };
+    let routes = cluster.routes.clone();
+    let withdrawn = routes.announced();
+    let _ = tokio::task::spawn_blocking(move || routes.withdraw()).await;
+    let until = Instant::now() + cluster.drain_time;
+    if let Ok(mut d) = cluster.drain_until.lock() {
+        d.get_or_insert(until);
+    }
+    tracing::info!(
+        withdrawn = ?withdrawn,
+        drain_time = ?cluster.drain_time,
+        "draining: routes withdrawn; serving what still arrives, then stopping"
+    );
+    if let Some(w) = &admin.waker {
+        w.wake();
+    }
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "withdrawn": withdrawn,
+            "draining_seconds": cluster.draining().unwrap_or(0.0),
+        }),
+    )
 }
 
 async fn set_role(admin: &Admin, role: Role) -> Reply {
@@ -1001,6 +1114,11 @@ mod tests {
         assert!(parse_query("limit=10001").is_err());
         assert!(parse_query("limit=x").is_err());
         assert!(parse_query("colour=red").is_err());
+        assert_eq!(
+            parse_query("state=established").unwrap().state.as_deref(),
+            Some("established")
+        );
+        assert!(parse_query("state=open").is_err());
     }
 
     /// The answers written outside hyper are whole responses whose length matches their JSON body, and

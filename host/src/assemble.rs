@@ -109,6 +109,39 @@ pub struct Assembly {
 }
 
 impl Assembly {
+    /// What `vipd check` and `vipd run` warn about in a `[cluster]` config: no `[sync]` (a flow the router
+    /// moves loses its connection), and ports whose policy is not consistent (each director would choose
+    /// on its own for a flow it has no connection for). Empty without `[cluster]`.
+    pub fn cluster_warnings(&self) -> Vec<String> {
+        if self.config.cluster.is_none() {
+            return Vec::new();
+        }
+        let mut warnings = Vec::new();
+        if self.config.sync.is_none() {
+            warnings.push(
+                "[cluster] without [sync]: a flow the router moves to another director (a director added, \
+                 removed or restarted) reaches one that has no connection for it and is dropped; add [sync] \
+                 with every other director as a peer"
+                    .to_owned(),
+            );
+        }
+        for used in &self.policies {
+            if used.plugin.is_none() || used.policy != "maglev" {
+                warnings.push(format!(
+                    "{} {}/{}: policy {} on a cluster: directors choose servers independently, and connections \
+                     move with the router's flows only by sync (a flow moved within the first 20 ms of its \
+                     life, before its record left, is lost); a consistent policy (the maglev plugin) would \
+                     choose the same server on every director",
+                    used.virtual_name,
+                    std::net::SocketAddr::new(used.address, used.port),
+                    used.protocol.as_str(),
+                    used.policy
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Reads and validates the config file at `path`, then assembles it.
     pub fn load(path: &Path, plugins: Option<&Plugins>) -> Result<Assembly> {
         let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -105,7 +105,39 @@ fn index(i: usize) -> u32 {
     u32::try_from(i).expect("fewer than 2^32 entries")
 }
 
+/// What a server's reply is translated by when no connection object has it (a cluster director that did not
+/// see the SYN): its (protocol, real address, real port) and the one virtual address and port it serves,
+/// or `None` where it serves several (ambiguous: never translated without a connection).
+pub type Returns = HashMap<(Protocol, IpAddr, u16), Option<(IpAddr, u16)>>;
+
 impl BindingTable {
+    /// [`Returns`] of this table: every bound (real server, port), and its backup at the same port.
+    pub fn returns(&self) -> Returns {
+        let mut map = Returns::new();
+        for port in &self.ports {
+            let Some(vm) = self.virtuals.get(port.virtual_id as usize) else {
+                continue;
+            };
+            let virt = (vm.address, port.port);
+            for t in &port.targets {
+                let Some(real) = self.reals.get(t.real_id as usize) else {
+                    continue;
+                };
+                let backup = real.backup.and_then(|b| self.reals.get(b as usize));
+                for r in std::iter::once(real).chain(backup) {
+                    map.entry((port.protocol, r.address, t.port))
+                        .and_modify(|v| {
+                            if *v != Some(virt) {
+                                *v = None;
+                            }
+                        })
+                        .or_insert(Some(virt));
+                }
+            }
+        }
+        map
+    }
+
     /// Compiles a configuration. It expects one that [`Config::parse`] accepted: bind entries naming no
     /// defined real server, or a port other than the real server's fixed one, are skipped.
     pub fn from_config(config: &Config) -> BindingTable {
@@ -225,6 +257,47 @@ mod tests {
 
     fn fig3() -> BindingTable {
         table(include_str!("../../examples/fig3.toml"))
+    }
+
+    /// A cluster's replies without a connection: each (real, port) of FIG. 3 serves one virtual port; one
+    /// bound to two virtual ports is ambiguous; backups answer at their primary's port.
+    #[test]
+    fn returns_map_each_real_port_to_its_one_virtual_port() {
+        let r = fig3().returns();
+        let at = |a: &str, p: u16| r.get(&(Protocol::Tcp, a.parse().unwrap(), p)).copied();
+        assert_eq!(
+            at("10.20.0.10", 8002),
+            Some(Some(("192.0.2.2".parse().unwrap(), 80)))
+        );
+        assert_eq!(
+            at("10.20.0.11", 80),
+            Some(Some(("192.0.2.1".parse().unwrap(), 80)))
+        );
+        assert_eq!(at("10.20.0.10", 80), None, "not bound");
+        let two = table(
+            "[director]\noutside = \"o\"\ninside = \"i\"\n\
+             [[real]]\nname = \"x\"\naddress = \"10.0.0.1\"\nbackup = \"y\"\n\
+             [[real]]\nname = \"y\"\naddress = \"10.0.0.2\"\n\
+             [[virtual]]\nname = \"a\"\naddress = \"192.0.2.1\"\n  [[virtual.port]]\n  port = 80\n  bind = [\"x\"]\n\
+             [[virtual]]\nname = \"b\"\naddress = \"192.0.2.2\"\n  [[virtual.port]]\n  port = 80\n  bind = [\"x\"]\n\
+             [[virtual]]\nname = \"c\"\naddress = \"192.0.2.3\"\n  [[virtual.port]]\n  port = 81\n  bind = [\"x:8081\"]\n",
+        )
+        .returns();
+        let at = |a: &str, p: u16| two.get(&(Protocol::Tcp, a.parse().unwrap(), p)).copied();
+        assert_eq!(
+            at("10.0.0.1", 80),
+            Some(None),
+            "serves two virtual machines: ambiguous"
+        );
+        assert_eq!(
+            at("10.0.0.1", 8081),
+            Some(Some(("192.0.2.3".parse().unwrap(), 81)))
+        );
+        assert_eq!(
+            at("10.0.0.2", 8081),
+            Some(Some(("192.0.2.3".parse().unwrap(), 81))),
+            "the backup, at its primary's port"
+        );
     }
 
     /// (real name, port) of each target of the port `addr`:`port`/`protocol`.

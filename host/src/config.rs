@@ -61,6 +61,8 @@ pub const MIN_SYNC_MAX_DATAGRAM: u16 = 256;
 /// `garp_master_repeat` (5).
 pub const DEFAULT_GARP_REPEAT: u8 = 5;
 pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(200);
+/// `[cluster] drain_time` when not given.
+pub const DEFAULT_DRAIN_TIME: Duration = Duration::from_secs(30);
 /// `[sync] resync_timeout` when not given.
 pub const DEFAULT_RESYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -80,6 +82,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// The `[sync]` table: connection sync with other directors; `None` when absent (no sync at all).
     pub sync: Option<SyncConfig>,
+    /// The `[cluster]` table: one of several active directors behind ECMP; `None` when absent.
+    pub cluster: Option<ClusterConfig>,
     /// The `[[real]]` tables, in file order.
     pub reals: Vec<RealConfig>,
     /// The `[[virtual]]` tables, in file order.
@@ -141,6 +145,18 @@ pub struct SyncConfig {
     pub garp_interval: Duration,
     /// How long a standby waits for a peer's bulk resync before it counts as synced with what it has.
     pub resync_timeout: Duration,
+}
+
+/// The `[cluster]` table: this director is one of several active ones behind a router that spreads flows by
+/// ECMP; it announces its virtual addresses to BGP (BIRD) through a kernel routing table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The kernel routing table vipd keeps one route per announced virtual address in (BIRD's `kernel
+    /// table N` learns them); never the main, local or default table.
+    pub route_table: u32,
+    /// After `vipd ha drain`: how long the director keeps serving the connections that still arrive after
+    /// its routes are withdrawn, before it stops.
+    pub drain_time: Duration,
 }
 
 /// The secret the directors share: the HMAC key of every sync datagram. Never printed.
@@ -438,6 +454,7 @@ struct RawConfig {
     director: Option<Spanned<RawDirector>>,
     timeouts: Option<RawTimeouts>,
     sync: Option<Spanned<RawSync>>,
+    cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     real: Vec<Spanned<RawReal>>,
     #[serde(default, rename = "virtual")]
@@ -488,6 +505,13 @@ struct RawSync {
     garp_repeat: Int,
     garp_interval: Text,
     resync_timeout: Text,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    route_table: Int,
+    drain_time: Text,
 }
 
 #[derive(Deserialize)]
@@ -627,14 +651,50 @@ impl Checker<'_> {
         let director = self.director(raw.director);
         let timeouts = self.timeouts(raw.timeouts);
         let sync = raw.sync.map(|s| self.sync(s));
+        let cluster = raw.cluster.map(|c| self.cluster(c));
         let reals = self.reals(&raw.real);
         let virtuals = self.virtuals(&raw.virtuals, &raw.real, &reals);
         Config {
             director,
             timeouts,
             sync,
+            cluster,
             reals,
             virtuals,
+        }
+    }
+
+    fn cluster(&mut self, raw: Spanned<RawCluster>) -> ClusterConfig {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let route_table = match &raw.route_table {
+            None => {
+                self.report(
+                    span,
+                    "cluster.route_table",
+                    "required: the kernel routing table (1 to 252, or above 255) vipd keeps its announced routes in, for BIRD's `kernel table N`",
+                );
+                0
+            }
+            Some(t) => match u32::try_from(*t.get_ref()) {
+                Ok(n @ (1..=252 | 256..)) => n,
+                _ => {
+                    self.report(
+                        t.span(),
+                        "cluster.route_table",
+                        format!(
+                            "{} cannot be used: take 1 to 252 or a number above 255 (0 is unspecified; 253, 254 and 255 are the kernel's default, main and local tables, where the routes would change forwarding)",
+                            t.get_ref()
+                        ),
+                    );
+                    0
+                }
+            },
+        };
+        let drain_time = self.duration(&raw.drain_time, "cluster.drain_time", DEFAULT_DRAIN_TIME);
+        ClusterConfig {
+            route_table,
+            drain_time,
         }
     }
 
@@ -2481,6 +2541,44 @@ bind = ["ghost"]
         let file = dir.path().join("vipd.toml");
         std::fs::write(&file, format!("{DIRECTOR}{ONE_REAL}{sync}")).unwrap();
         (dir, file)
+    }
+
+    /// `[cluster]`: the route table and drain time; the kernel's own tables are refused.
+    #[test]
+    fn cluster_table() {
+        assert_eq!(parse(&with_director(ONE_REAL)).unwrap().cluster, None);
+        let c = parse(&with_director(&format!(
+            "{ONE_REAL}[cluster]\nroute_table = 100\ndrain_time = \"5s\"\n"
+        )))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!((c.route_table, c.drain_time), (100, Duration::from_secs(5)));
+        let c = parse(&with_director(&format!(
+            "{ONE_REAL}[cluster]\nroute_table = 1000\n"
+        )))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.drain_time, DEFAULT_DRAIN_TIME);
+        for (table, needle) in [
+            ("254", "main"),
+            ("0", "cannot be used"),
+            ("-1", "cannot be used"),
+        ] {
+            let e = parse(&with_director(&format!(
+                "{ONE_REAL}[cluster]\nroute_table = {table}\n"
+            )))
+            .expect_err("refused");
+            assert!(
+                e.problems.iter().any(|p| p.key == "cluster.route_table"
+                    && p.line == 8
+                    && p.message.contains(needle)),
+                "{e}"
+            );
+        }
+        let e = parse(&with_director(&format!("{ONE_REAL}[cluster]\n"))).expect_err("refused");
+        assert!(e.to_string().contains("cluster.route_table"), "{e}");
     }
 
     /// Without `[sync]` there is no sync; with it, every key is read, the key file relative to the config.

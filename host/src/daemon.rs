@@ -24,6 +24,7 @@ use strum::VariantArray;
 
 use crate::Interface;
 use crate::admin::{self, Admin};
+use crate::announce::Routes;
 use crate::assemble::{Assembly, Plugins};
 use crate::capture::{Action, CaptureConfig, CaptureStats, Control, DataPath, Handler};
 use crate::config::{Config, DirectorConfig};
@@ -101,6 +102,9 @@ pub fn run(options: &RunOptions) -> Result<()> {
         "vipd serving"
     );
     log_policies(&loaded);
+    for warning in loaded.cluster_warnings() {
+        tracing::warn!("{warning}");
+    }
     let config = loaded.config.clone();
     let mut loaded = loaded;
     let first_shadows = loaded.take_shadows(0);
@@ -130,6 +134,43 @@ pub fn run(options: &RunOptions) -> Result<()> {
         None => None,
     };
 
+    // Scale-out ([cluster]): the routed virtual addresses announced to BIRD through a kernel table.
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let routes = Routes::start(c.route_table)
+                .context("announcing the virtual addresses ([cluster])")?;
+            // Announced once this director holds its peers' connections (a bulk resync ended, or none
+            // answered within resync_timeout): flows the router moves here find their connections.
+            let stats = sync.as_ref().map(|v| Arc::clone(&v.stats));
+            let (announcer, addresses) = (routes.clone(), routed(&config));
+            std::thread::Builder::new()
+                .name("vipd-announce".into())
+                .spawn(move || {
+                    while stats
+                        .as_ref()
+                        .is_some_and(|s| !s.synced.load(Ordering::Relaxed))
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    tracing::info!(addresses = ?addresses, "synced: announcing the routed virtual addresses");
+                    announcer.announce(addresses);
+                })?;
+            tracing::info!(
+                route_table = c.route_table,
+                device = crate::announce::DEVICE,
+                "cluster: routes through {} in table {} once synced",
+                crate::announce::DEVICE,
+                c.route_table
+            );
+            Some(admin::Cluster {
+                routes,
+                drain_time: c.drain_time,
+                drain_until: Arc::new(std::sync::Mutex::new(None)),
+            })
+        }
+        None => None,
+    };
+
     crate::metrics::install();
     let (admin_tx, admin_rx) = mpsc::channel::<admin::Command>();
     admin::spawn(
@@ -143,6 +184,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
             plugins: plugins.as_ref().map(|p| Arc::clone(p.dir())),
             shadow: Some(shadows.snapshot()),
             sync,
+            cluster: cluster.clone(),
         },
     )?;
     tracing::info!(listen = %config.director.listen, "metrics and admin API");
@@ -187,6 +229,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
         let started = config.director.clone();
         let mut checker = Some(checker);
         let plugins = plugins;
+        let cluster = cluster.clone();
         std::thread::Builder::new().name("vipd-signals".into()).spawn(move || {
             for signal in signals.forever() {
                 match signal {
@@ -200,6 +243,11 @@ pub fn run(options: &RunOptions) -> Result<()> {
                             // the data path installs it before it sees their first verdicts.
                             drop(checker.take());
                             let config = loaded.config.clone();
+                            if let Some(c) = &cluster
+                                && c.draining().is_none()
+                            {
+                                c.routes.announce(routed(&config));
+                            }
                             if reload_tx.send(loaded).is_err() {
                                 break;
                             }
@@ -221,6 +269,11 @@ pub fn run(options: &RunOptions) -> Result<()> {
                     }
                     _ => {
                         tracing::info!(signal, "stopping");
+                        // Withdraw first: the routers stop sending flows here before the data path stops.
+                        if let Some(c) = &cluster {
+                            c.routes.withdraw();
+                            tracing::info!("routes withdrawn");
+                        }
                         stop.store(true, Ordering::Relaxed);
                     }
                 }
@@ -264,7 +317,11 @@ pub fn run(options: &RunOptions) -> Result<()> {
         while let Ok(command) = admin_rx.try_recv() {
             admin::apply(director, command, epoch.elapsed());
         }
-        if stop.load(Ordering::Relaxed) {
+        let drained = cluster.as_ref().is_some_and(|c| c.draining() == Some(0.0));
+        if drained {
+            tracing::info!("drained: drain_time over; stopping");
+        }
+        if stop.load(Ordering::Relaxed) || drained {
             service.stopping();
             Control::Stop
         } else {
@@ -275,6 +332,17 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let _ = signal_thread.join();
     log_stats(&director, &capture_stats, "vipd stopped");
     result
+}
+
+/// The virtual addresses routed to the director (`announce = "none"`): the ones `[cluster]` announces.
+/// Those answered by ARP are on-link for the routers and need no route.
+fn routed(config: &Config) -> Vec<std::net::IpAddr> {
+    config
+        .virtuals
+        .iter()
+        .filter(|v| v.announce == crate::config::Announce::None)
+        .map(|v| v.address)
+        .collect()
 }
 
 /// Logs which policy serves each virtual port (at start and on each reload).

@@ -52,6 +52,7 @@
 //! (real server, client) and its source is rewritten back to the virtual address before it leaves outside.
 
 pub mod admin;
+pub mod announce;
 pub mod assemble;
 pub mod binding;
 pub mod capture;

@@ -109,9 +109,11 @@ enum Command {
     /// The active/standby pair (`[sync]`; keepalived's notify and track scripts): `active` makes this
     /// director serve with its synced table and announce the virtual addresses, `standby` stops it
     /// forwarding, `status` prints the role and exits 0 only when vipd runs and is synced (a track script).
+    /// With `[cluster]`, `drain` withdraws the announced routes, serves what still arrives for `drain_time`,
+    /// then stops.
     Ha {
-        /// active, standby or status.
-        #[arg(value_parser = ["active", "standby", "status"])]
+        /// active, standby, drain or status.
+        #[arg(value_parser = ["active", "standby", "drain", "status"])]
         action: String,
         #[command(flatten)]
         api: ApiArgs,
@@ -261,6 +263,11 @@ fn ha(action: &str, api: &ApiArgs, json: bool) -> ExitCode {
         let path = format!("/ha/{action}");
         return api_call(api, "POST", &path, |body| {
             match serde_json::from_str::<serde_json::Value>(body) {
+                Ok(v) if v.get("withdrawn").is_some() => format!(
+                    "draining: withdrew {}; stopping in {:.0} s\n",
+                    v["withdrawn"],
+                    v["draining_seconds"].as_f64().unwrap_or(0.0)
+                ),
                 Ok(v) => format!(
                     "{} (was {}; {} connections)\n",
                     v["role"].as_str().unwrap_or("?"),
@@ -492,6 +499,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                         shadow.name
                     );
                 }
+            }
+            for warning in assembly.cluster_warnings() {
+                println!("  warning: {warning}");
             }
             ExitCode::SUCCESS
         }

@@ -41,6 +41,7 @@ fn start(limits: AdminLimits) -> SocketAddr {
         plugins: None,
         shadow: None,
         sync: None,
+        cluster: None,
     };
     admin::spawn_on(listener, admin, limits).unwrap();
     addr

@@ -148,6 +148,11 @@ impl Director {
         self.selectors = selectors;
         self.shadowed = bindings.ports.iter().map(|p| p.shadow.is_some()).collect();
         self.shadow_generation += 1;
+        self.returns = if self.cluster {
+            bindings.returns()
+        } else {
+            crate::binding::Returns::new()
+        };
         self.bindings = Arc::new(bindings);
         self.announce_left = ANNOUNCE_COUNT;
         self.announce_next = Duration::ZERO;
@@ -167,6 +172,15 @@ impl Director {
         self.new_per_wakeup = d.new_per_wakeup;
         if let Some(sync) = &config.sync {
             self.garp = (sync.garp_repeat, sync.garp_interval);
+        }
+        let cluster = config.cluster.is_some();
+        if cluster != self.cluster {
+            self.cluster = cluster;
+            self.returns = if cluster {
+                self.bindings.returns()
+            } else {
+                crate::binding::Returns::new()
+            };
         }
     }
 }

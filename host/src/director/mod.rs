@@ -159,6 +159,14 @@ pub struct Director {
     /// the interval of the rounds in progress.
     garp: (u8, Duration),
     announce_every: Duration,
+    /// `[cluster]`: one of several active directors behind ECMP. A server's reply may reach this director
+    /// without its connection (translated by `returns`), and a client's ACK may be the first this director
+    /// hears of a handshake whose SYN-ACK went through another one.
+    cluster: bool,
+    returns: crate::binding::Returns,
+    /// The MAC the latest client frame came from on the outside (the router, behind ECMP): where a reply
+    /// translated without a connection goes.
+    outside_peer: Option<MacAddr>,
 }
 
 /// Whether a frame is for the director: unicast to `ours`, or broadcast or multicast (the group bit: ARP
@@ -237,6 +245,9 @@ impl Director {
                 crate::config::DEFAULT_GARP_INTERVAL,
             ),
             announce_every: Duration::ZERO,
+            cluster: false,
+            returns: crate::binding::Returns::new(),
+            outside_peer: None,
         };
         director.install(bindings, selectors);
         director.set_checked(config);

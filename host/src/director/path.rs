@@ -231,6 +231,7 @@ impl Director {
             None => return Verdict::Drop(DropReason::NoConnection),
         };
         self.table.touch(id, now);
+        self.outside_peer = Some(p.src_mac);
         if protocol == Protocol::Tcp {
             self.track_client_flags(id, flags, now);
         }
@@ -371,7 +372,19 @@ impl Director {
 
     pub(super) fn track_client_flags(&mut self, id: ConnId, flags: TcpFlags, now: Duration) {
         let state = self.table.get(id).state;
-        if state == ConnState::SynRecv
+        if self.cluster
+            && state == ConnState::SynSent
+            && flags.contains(TcpFlags::ACK)
+            && !flags.contains(TcpFlags::SYN)
+            && !flags.contains(TcpFlags::RST)
+        {
+            // Behind ECMP the server's SYN-ACK went back through another director: the client's ACK
+            // is how this one learns that the server answered.
+            self.server_answered(id, now);
+            self.table.set_state(id, ConnState::Established, now);
+            self.counters.cluster_client_established += 1;
+            self.sync_conn(id, now);
+        } else if state == ConnState::SynRecv
             && flags.contains(TcpFlags::ACK)
             && !flags.contains(TcpFlags::SYN)
             && !flags.contains(TcpFlags::RST)
@@ -438,7 +451,7 @@ impl Director {
         let real = Endpoint::new(p.src, src_port);
         let client = Endpoint::new(p.dst, dst_port);
         let Some(id) = self.table.lookup_outbound(protocol, real, client) else {
-            return Verdict::Drop(DropReason::NoConnection);
+            return self.stateless_return(frame, &p, protocol, real);
         };
         if let Transport::Tcp { seq, ack, .. } = p.transport
             && self.table.get(id).proxy.is_some()
@@ -462,6 +475,32 @@ impl Director {
         let (virt, client_mac) = (conn.virtual_addr, conn.client_mac);
         wire::rewrite_source(frame, &p, virt.ip(), virt.port());
         wire::set_macs(frame, self.l2.outside_mac, client_mac);
+        Verdict::Forward(Interface::Outside)
+    }
+
+    /// A server's frame with no connection here. On a cluster director it is a reply to a connection
+    /// another director placed (the servers spread their replies over the directors): translated by the
+    /// binding table when its (real address, port) serves exactly one virtual port, sent to the router.
+    /// Elsewhere, and when ambiguous, dropped.
+    fn stateless_return(
+        &mut self,
+        frame: &mut [u8],
+        p: &Packet,
+        protocol: Protocol,
+        real: Endpoint,
+    ) -> Verdict {
+        if !self.cluster {
+            return Verdict::Drop(DropReason::NoConnection);
+        }
+        let (Some(&Some((vip, vport))), Some(peer)) = (
+            self.returns.get(&(protocol, real.ip(), real.port())),
+            self.outside_peer,
+        ) else {
+            return Verdict::Drop(DropReason::NoConnection);
+        };
+        self.counters.cluster_returns += 1;
+        wire::rewrite_source(frame, p, vip, vport);
+        wire::set_macs(frame, self.l2.outside_mac, peer);
         Verdict::Forward(Interface::Outside)
     }
 

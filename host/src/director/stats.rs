@@ -142,6 +142,11 @@ pub struct Counters {
     /// Connection sync: peers' records put into the table (created, updated or deleted), and records
     /// dropped on this side (unknown port or real server, a full queue), by [`crate::sync::Dropped`].
     pub sync_installed: u64,
+    /// `[cluster]`: server replies translated by the binding table, no connection object having them
+    /// (the SYN went through another director); connections made established by the client's ACK, their
+    /// server's SYN-ACK having gone through another director.
+    pub cluster_returns: u64,
+    pub cluster_client_established: u64,
     pub sync_dropped: crate::sync::PerDropped,
 }
 

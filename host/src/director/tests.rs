@@ -1057,3 +1057,80 @@ fn frames_for_other_hosts_are_not_translated() {
         Verdict::Reply(Interface::Outside)
     );
 }
+
+/// `[cluster]`: a server's reply this director has no connection for (the SYN went through another
+/// director) is translated by the binding table and sent to the router (the MAC client frames come from);
+/// a client's ACK makes a connection established whose SYN-ACK went back through another director.
+/// Without `[cluster]` the same reply is dropped.
+#[test]
+fn cluster_translates_replies_of_connections_placed_elsewhere() {
+    let plain = config(2, 1, true, false);
+    let mut cluster = plain.clone();
+    cluster.cluster = Some(crate::config::ClusterConfig {
+        route_table: 100,
+        drain_time: secs(10),
+    });
+    let mut d = Director::new(&cluster, BindingTable::from_config(&cluster), L2);
+    assert_eq!(
+        d.handle(
+            Interface::Inside,
+            &mut server(addr(1, 80), 2000, false),
+            secs(1)
+        ),
+        Verdict::Drop(DropReason::NoConnection),
+        "no client frame yet: no router to send it to"
+    );
+    let real = syn_to(&mut d, WEB, 1000, secs(1));
+    let mut reply = server(addr(1, 80), 2000, false);
+    assert_eq!(
+        d.handle(Interface::Inside, &mut reply, secs(1)),
+        Verdict::Forward(Interface::Outside)
+    );
+    let p = SlicedPacket::from_ethernet(&reply).unwrap();
+    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) = (&p.net, &p.transport) else {
+        panic!("not TCP/IPv4");
+    };
+    assert_eq!(
+        (ip.header().source_addr(), t.source_port()),
+        (WEB, 80),
+        "the reply comes from the virtual address"
+    );
+    assert_eq!(&reply[..6], &CLIENT_MAC.0, "to the router");
+    assert_eq!(&reply[6..12], &L2.outside_mac.0);
+    assert_eq!(d.counters().cluster_returns, 1);
+    // Connection 1000's SYN-ACK went back through another director: the client's ACK establishes it.
+    assert_eq!(d.table().len(), 1);
+    d.handle(
+        Interface::Outside,
+        &mut client(WEB, 1000, false, false),
+        secs(2),
+    );
+    let (_, conn) = d.table().iter().next().unwrap();
+    assert_eq!(
+        (conn.state, conn.real),
+        (ConnState::Established, real.into())
+    );
+    assert_eq!(d.counters().cluster_client_established, 1);
+
+    let mut alone = Director::new(&plain, BindingTable::from_config(&plain), L2);
+    syn_to(&mut alone, WEB, 1000, secs(1));
+    assert_eq!(
+        alone.handle(
+            Interface::Inside,
+            &mut server(addr(1, 80), 2000, false),
+            secs(1)
+        ),
+        Verdict::Drop(DropReason::NoConnection)
+    );
+    alone.handle(
+        Interface::Outside,
+        &mut client(WEB, 1000, false, false),
+        secs(2),
+    );
+    let (_, conn) = alone.table().iter().next().unwrap();
+    assert_eq!(
+        conn.state,
+        ConnState::SynSent,
+        "only a cluster believes the client's ACK"
+    );
+}

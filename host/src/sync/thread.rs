@@ -166,11 +166,13 @@ impl Link {
         }
     }
 
-    /// An unsynced standby asks its peers for a bulk resync every [`RESYNC_RETRY`]; when none answered
+    /// A director that holds no peer's table yet asks its peers for a bulk resync every [`RESYNC_RETRY`]; when none answered
     /// within `resync_timeout` (a director alone: its peer is down), it counts as synced with what it has,
     /// so that keepalived's track script lets it serve.
     fn wait_for_sync(&mut self) {
-        if self.stats.is_synced() {
+        // The flag, not the role: a cluster director is active and still waits for its peers' tables
+        // before it announces routes.
+        if self.stats.synced.load(Ordering::Relaxed) {
             self.unsynced_since = None;
             return;
         }
