@@ -122,6 +122,9 @@ pub fn run(options: &RunOptions) -> Result<()> {
         Some(sync) => {
             let (view, tx, inbox) =
                 crate::sync::thread::start(sync).context("starting connection sync ([sync])")?;
+            view.stats
+                .cluster
+                .store(config.cluster.is_some(), Ordering::Relaxed);
             director.set_sync(tx, inbox, sync.role);
             tracing::info!(
                 listen = %sync.listen,

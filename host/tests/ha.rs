@@ -159,7 +159,8 @@ fn established(ns: &Netns) -> usize {
 
 /// `n` slow downloads of /files/big (about `seconds` each) from the client.
 fn downloads(p: &Pair, dir: &TempDir, tag: &str, n: usize, seconds: usize) -> Vec<Proc> {
-    let rate = format!("{}", BIG / seconds);
+    // nginx paces the download (`?rate=`, its limit_rate): curl 7.88's --limit-rate does not hold.
+    let url = format!("http://192.0.2.1/files/big?rate={}", BIG / seconds);
     (0..n)
         .map(|i| {
             p.client.spawn(
@@ -170,13 +171,11 @@ fn downloads(p: &Pair, dir: &TempDir, tag: &str, n: usize, seconds: usize) -> Ve
                     "-sS",
                     "--max-time",
                     "120",
-                    "--limit-rate",
-                    &rate,
                     "-o",
                     "/dev/null",
                     "-w",
                     "downloaded %{size_download} bytes, HTTP %{http_code}\n",
-                    "http://192.0.2.1/files/big",
+                    &url,
                 ],
             )
         })

@@ -164,7 +164,7 @@ pub struct Director {
     /// hears of a handshake whose SYN-ACK went through another one.
     cluster: bool,
     returns: crate::binding::Returns,
-    /// The MAC the latest client frame came from on the outside (the router, behind ECMP): where a reply
+    /// The MAC the latest unicast frame on the outside came from (the router, behind ECMP): where a reply
     /// translated without a connection goes.
     outside_peer: Option<MacAddr>,
 }
@@ -298,6 +298,17 @@ impl Director {
             Interface::Outside => self.l2.outside_mac,
             Interface::Inside => self.l2.inside_mac,
         };
+        if self.cluster
+            && from == Interface::Outside
+            && frame.first().is_some_and(|b| b & 1 == 0)
+            && let Some(src) = frame.get(6..12)
+        {
+            // Behind ECMP every unicast frame on the outside comes from the router (client flows, its BGP
+            // session): where replies translated without a connection go.
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(src);
+            self.outside_peer = Some(MacAddr(mac));
+        }
         let verdict = if !for_us(frame, ours) {
             Verdict::Drop(DropReason::OtherHost)
         } else if self.role == Role::Standby {

@@ -175,7 +175,10 @@ impl Director {
                         id
                     }
                     // Resent `syn_retries` times and still no SYN-ACK: ditched; this SYN goes elsewhere.
-                    ConnState::SynSent if conn.syn_resends >= self.syn_retries => {
+                    // Not on a cluster: the SYN-ACKs go back through another director, so a resent SYN
+                    // may mean a lost reply on the way back (a gateway moving), not a server ditching;
+                    // health checks fail servers there.
+                    ConnState::SynSent if conn.syn_resends >= self.syn_retries && !self.cluster => {
                         self.counters.syn_resends += 1;
                         if let Some(f) =
                             flow_mut(&mut self.flows, self.reals.len(), self.table.get(id))
@@ -231,7 +234,6 @@ impl Director {
             None => return Verdict::Drop(DropReason::NoConnection),
         };
         self.table.touch(id, now);
-        self.outside_peer = Some(p.src_mac);
         if protocol == Protocol::Tcp {
             self.track_client_flags(id, flags, now);
         }

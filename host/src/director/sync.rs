@@ -256,6 +256,11 @@ impl Director {
             };
             match message {
                 Incoming::Record(record) => self.install_record(&record, now),
+                Incoming::BulkEnd => {
+                    if let Some(s) = &self.sync {
+                        s.tx.stats().synced.store(true, Ordering::Relaxed);
+                    }
+                }
                 Incoming::BulkRequest => {
                     // An active director answers with its table; a standby holds a copy, not the truth,
                     // and answers with the end alone (so that two standbys starting together both count
@@ -847,5 +852,25 @@ mod tests {
         a.d.set_role(Role::Standby, secs(1)).unwrap();
         assert!(stats.is_synced() && stats.role() == Role::Standby);
         assert_eq!(stats.role_changes.load(Ordering::Relaxed), 1);
+    }
+
+    /// A peer's bulk end makes this director synced only when the data path takes it from the inbox, after
+    /// every record queued before it is installed.
+    #[test]
+    fn synced_once_the_bulk_before_its_end_is_installed() {
+        let mut a = peer(Role::Active);
+        let mut s = peer(Role::Standby);
+        for cport in 1000..1003 {
+            establish(&mut a.d, cport, secs(0));
+        }
+        for r in records(&a) {
+            s.inbox.send(Incoming::Record(r)).unwrap();
+        }
+        s.inbox.send(Incoming::BulkEnd).unwrap();
+        let stats = std::sync::Arc::clone(s.d.sync.as_ref().unwrap().tx.stats());
+        assert!(!stats.is_synced());
+        tick(&mut s.d, secs(1));
+        assert!(stats.is_synced());
+        assert_eq!(s.d.table().len(), 3);
     }
 }

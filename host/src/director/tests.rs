@@ -1134,3 +1134,20 @@ fn cluster_translates_replies_of_connections_placed_elsewhere() {
         "only a cluster believes the client's ACK"
     );
 }
+
+/// On a cluster a resent SYN is a resend to the same server, never a ditch: the SYN-ACKs go back through
+/// another director, so their absence here says nothing about the server.
+#[test]
+fn cluster_never_ditches_on_resent_syns() {
+    let mut config = config(1, 1, true, false);
+    config.cluster = Some(crate::config::ClusterConfig {
+        route_table: 100,
+        drain_time: secs(10),
+    });
+    let mut d = Director::new(&config, BindingTable::from_config(&config), L2);
+    let first = syn_to(&mut d, WEB, 1000, secs(1));
+    for t in 2..8 {
+        assert_eq!(syn_to(&mut d, WEB, 1000, secs(t)), first, "resend at {t} s");
+    }
+    assert!(d.reals().iter().all(|r| r.ditched_total == 0));
+}

@@ -48,6 +48,8 @@ pub enum Incoming {
     Record(Record),
     /// A peer asked for the whole table.
     BulkRequest,
+    /// A peer's bulk resync ended: once this is taken, every record it sent before is installed.
+    BulkEnd,
 }
 
 /// Why a sync datagram or record was dropped: the `reason` label of `vipd_sync_dropped_total`.
@@ -151,6 +153,9 @@ pub struct SyncStats {
     pub synced: AtomicBool,
     /// Role changes since start.
     pub role_changes: AtomicU64,
+    /// One of several active directors (`[cluster]`): active, yet synced only once a peer's table arrived
+    /// (or none answered), so that keepalived's track script and the route announcement wait for it.
+    pub cluster: AtomicBool,
     pub records_sent: AtomicU64,
     pub records_received: AtomicU64,
     pub datagrams_sent: AtomicU64,
@@ -184,7 +189,8 @@ impl SyncStats {
 
     /// Whether this director holds its peers' connections (see [`SyncStats::synced`]).
     pub fn is_synced(&self) -> bool {
-        self.active.load(Ordering::Relaxed) || self.synced.load(Ordering::Relaxed)
+        (self.active.load(Ordering::Relaxed) && !self.cluster.load(Ordering::Relaxed))
+            || self.synced.load(Ordering::Relaxed)
     }
 
     pub fn count(counter: &AtomicU64, n: u64) {

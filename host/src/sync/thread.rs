@@ -173,12 +173,15 @@ impl Link {
         // The flag, not the role: a cluster director is active and still waits for its peers' tables
         // before it announces routes.
         if self.stats.synced.load(Ordering::Relaxed) {
-            self.unsynced_since = None;
+            if self.unsynced_since.take().is_some() {
+                tracing::info!("sync: a peer's bulk resync is installed; synced");
+            }
             return;
         }
         let since = *self.unsynced_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= self.resync_timeout {
             self.stats.synced.store(true, Ordering::Relaxed);
+            self.unsynced_since = None;
             tracing::warn!(
                 timeout = ?self.resync_timeout,
                 "sync: no peer answered a bulk resync; synced with the connections this director has"
@@ -301,9 +304,13 @@ impl Link {
                     self.dropped(Dropped::QueueFull, 1, from);
                 }
             }
+            // The data path marks this director synced when it takes the end from its inbox: every
+            // record of the bulk resync, queued before it, is installed by then.
             Kind::BulkEnd => {
-                if !self.stats.synced.swap(true, Ordering::Relaxed) {
-                    tracing::info!(%from, "sync: bulk resync from a peer complete; synced");
+                if !self.stats.synced.load(Ordering::Relaxed)
+                    && in_tx.try_send(Incoming::BulkEnd).is_err()
+                {
+                    self.dropped(Dropped::QueueFull, 1, from);
                 }
             }
         }

@@ -591,7 +591,7 @@ pub fn nginx_conf_in(dir: &Path, sites: &[(u16, &str)], ipv6: bool) -> String {
         c += &format!(
             "  server {{ listen {port} reuseport backlog=4096; {v6}client_max_body_size 0; \
              location / {{ default_type text/plain; return 200 \"{body}\\n\"; }} \
-             location /files/ {{ root {d}; }} }}\n"
+             location /files/ {{ root {d}; if ($arg_rate) {{ set $limit_rate $arg_rate; }} }} }}\n"
         );
     }
     c += "}\n";
