@@ -157,7 +157,7 @@ fn established(ns: &Netns) -> usize {
     })
 }
 
-/// `n` slow downloads of /files/big (about `seconds` each) from the client.
+/// `n` slow downloads of /files/big (about `seconds` each, paced by nginx) from the client.
 fn downloads(p: &Pair, dir: &TempDir, tag: &str, n: usize, seconds: usize) -> Vec<Proc> {
     // nginx paces the download (`?rate=`, its limit_rate): curl 7.88's --limit-rate does not hold.
     let url = format!("http://192.0.2.1/files/big?rate={}", BIG / seconds);
