@@ -31,6 +31,7 @@ fn connection(i: u32) -> Connection {
         last_seen: Duration::ZERO.into(),
         proxy: None,
         placed_by: None,
+        adopted: false,
         synced: vipd::conntable::SyncMark::NEVER,
     }
 }

@@ -227,6 +227,9 @@ pub struct Connection {
     pub placed_by: Option<crate::policy::InstanceId>,
     /// When the connection was last sent to sync peers or received from one (`[sync]`).
     pub synced: SyncMark,
+    /// Installed from a peer's record and no client frame of it seen here yet (`[sync]`): the first one
+    /// that arrives is a flow the router moved to this director.
+    pub adopted: bool,
 }
 
 /// When a connection was last synced, to a tenth of a second (four bytes: it is in every connection).
@@ -866,6 +869,7 @@ mod tests {
             proxy: None,
             placed_by: None,
             synced: SyncMark::NEVER,
+            adopted: false,
         }
     }
 
@@ -1266,6 +1270,7 @@ mod tests {
             proxy: None,
             placed_by: None,
             synced: SyncMark::NEVER,
+            adopted: false,
         }
     }
 

@@ -480,6 +480,15 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
     let ok = completed(held);
     println!("drain: {ok} of 20 downloads completed");
     assert_eq!(ok, 20, "downloads broken by a drain");
+    let moved: f64 = c.directors[1..]
+        .iter()
+        .map(|d| Metrics::scrape(d).get("vipd_cluster_moved_total", &[("placed_by", "synced")]))
+        .sum();
+    println!("drain: {moved} flows moved to directors 2 and 3, placed by their synced copies");
+    assert!(
+        moved >= 1.0,
+        "the drained director's flows moved to the others"
+    );
     vipd[0].wait_log("drained", Duration::from_secs(20));
 
     // The servers' gateway moved off director 0 with its vipd; new connections opened while it moves (about

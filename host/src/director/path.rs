@@ -234,6 +234,11 @@ impl Director {
             None => return Verdict::Drop(DropReason::NoConnection),
         };
         self.table.touch(id, now);
+        let conn = self.table.get_mut(id);
+        if conn.adopted {
+            conn.adopted = false;
+            self.counters.cluster_moved_synced += 1;
+        }
         if protocol == Protocol::Tcp {
             self.track_client_flags(id, flags, now);
         }
@@ -308,6 +313,7 @@ impl Director {
             proxy,
             placed_by,
             synced: SyncMark::NEVER,
+            adopted: false,
         };
         match self.table.insert(conn) {
             Ok(inserted) => {

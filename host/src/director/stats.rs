@@ -147,6 +147,9 @@ pub struct Counters {
     /// server's SYN-ACK having gone through another director.
     pub cluster_returns: u64,
     pub cluster_client_established: u64,
+    /// Flows the router moved here that a peer's record placed (the first client frame of a connection
+    /// installed by sync).
+    pub cluster_moved_synced: u64,
     pub sync_dropped: crate::sync::PerDropped,
 }
 

@@ -383,6 +383,7 @@ impl Director {
                     proxy: None,
                     placed_by: None,
                     synced: SyncMark::at(now),
+                    adopted: true,
                 };
                 if self.admit(conn).is_err() {
                     // Full of established connections, or a collision: counted like a full queue.
