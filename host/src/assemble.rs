@@ -117,6 +117,18 @@ impl Assembly {
             return Vec::new();
         }
         let mut warnings = Vec::new();
+        if self
+            .config
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.role == crate::config::Role::Standby)
+        {
+            warnings.push(
+                "[cluster] with [sync] role \"standby\": every director of a cluster is active (role = \"active\"); \
+                 a standby forwards nothing and answers no bulk resync with its table"
+                    .to_owned(),
+            );
+        }
         if self.config.sync.is_none() {
             warnings.push(
                 "[cluster] without [sync]: a flow the router moves to another director (a director added, \

@@ -178,3 +178,45 @@ fn old_interface_plugin_is_refused_for_ipv6_only() {
         "{stderr}"
     );
 }
+
+/// The shipped cluster and pair configs pass `vipd check`; the cluster one is warned about its round-robin
+/// policy (not consistent across directors), and a cluster director made a standby is warned about too.
+#[test]
+fn shipped_ha_and_ecmp_configs_pass_and_cluster_warnings_are_printed() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let key = write("sync.key", "a shared secret of 32 bytes.....");
+    let with_key = |from: &str, name: &str, edit: &dyn Fn(String) -> String| {
+        let text = std::fs::read_to_string(examples.join(from)).unwrap();
+        let text = edit(text.replace(
+            "key_file = \"sync.key\"",
+            &format!("key_file = \"{}\"", key.display()),
+        ));
+        write(name, &text)
+    };
+    for (from, name) in [
+        ("ha/vipd-a.toml", "ha-a.toml"),
+        ("ha/vipd-b.toml", "ha-b.toml"),
+        ("ecmp/vipd.toml", "ecmp.toml"),
+    ] {
+        let out = vipd_check(&with_key(from, name, &|t| t));
+        assert!(
+            out.status.success(),
+            "{from}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout.contains("policy round-robin on a cluster"),
+            from.starts_with("ecmp"),
+            "{from}: {stdout}"
+        );
+    }
+    let out = vipd_check(&with_key("ecmp/vipd.toml", "ecmp-standby.toml", &|t| {
+        t.replace("role = \"active\"", "role = \"standby\"")
+    }));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("[cluster] with [sync] role \"standby\""),
+        "{stdout}"
+    );
+}
