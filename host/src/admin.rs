@@ -293,6 +293,10 @@ pub struct Admin {
 pub struct Cluster {
     pub routes: crate::announce::Routes,
     pub drain_time: Duration,
+    /// The routed virtual addresses of the config in force: what is announced while announcing.
+    pub wanted: Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>,
+    /// Whether the routes are meant to be up now (serving, synced, both links up, not draining).
+    pub announcing: Arc<std::sync::atomic::AtomicBool>,
     /// Set by `POST /ha/drain`: the daemon stops at this instant.
     pub drain_until: Arc<std::sync::Mutex<Option<Instant>>>,
 }
@@ -1029,6 +1033,9 @@ async fn drain(admin: &Admin) -> Reply {
             "this director has no [cluster] table: it announces no routes to drain",
         );
     };
+    cluster
+        .announcing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let routes = cluster.routes.clone();
     let withdrawn = routes.announced();
     let _ = tokio::task::spawn_blocking(move || routes.withdraw()).await;

@@ -201,6 +201,34 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
+/// Whether the interface `name` exists in this namespace, and if so whether it is up with a carrier
+/// (`IFF_UP` and `IFF_RUNNING`): `None` when it is gone.
+pub fn link_state(name: &str) -> Option<bool> {
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a descriptor we just opened and own from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of one `struct ifreq`, laid out as `req`.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut IfReq) };
+    if rc < 0 {
+        return None;
+    }
+    let up = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    Some(req.flags & up == up)
+}
+
 /// Creates the non-persistent TUN device `name`: it exists as long as the returned descriptor.
 fn create_tun(name: &str) -> Result<OwnedFd> {
     // SAFETY: open(2) with a NUL-terminated path; the descriptor is owned below.

@@ -142,22 +142,6 @@ pub fn run(options: &RunOptions) -> Result<()> {
         Some(c) => {
             let routes = Routes::start(c.route_table)
                 .context("announcing the virtual addresses ([cluster])")?;
-            // Announced once this director holds its peers' connections (a bulk resync ended, or none
-            // answered within resync_timeout): flows the router moves here find their connections.
-            let stats = sync.as_ref().map(|v| Arc::clone(&v.stats));
-            let (announcer, addresses) = (routes.clone(), routed(&config));
-            std::thread::Builder::new()
-                .name("vipd-announce".into())
-                .spawn(move || {
-                    while stats
-                        .as_ref()
-                        .is_some_and(|s| !s.synced.load(Ordering::Relaxed))
-                    {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    tracing::info!(addresses = ?addresses, "synced: announcing the routed virtual addresses");
-                    announcer.announce(addresses);
-                })?;
             tracing::info!(
                 route_table = c.route_table,
                 device = crate::announce::DEVICE,
@@ -168,12 +152,15 @@ pub fn run(options: &RunOptions) -> Result<()> {
             Some(admin::Cluster {
                 routes,
                 drain_time: c.drain_time,
+                wanted: Arc::new(std::sync::Mutex::new(routed(&config))),
+                announcing: Arc::new(AtomicBool::new(false)),
                 drain_until: Arc::new(std::sync::Mutex::new(None)),
             })
         }
         None => None,
     };
 
+    let sync_stats = sync.as_ref().map(|v| Arc::clone(&v.stats));
     crate::metrics::install();
     let (admin_tx, admin_rx) = mpsc::channel::<admin::Command>();
     admin::spawn(
@@ -210,6 +197,23 @@ pub fn run(options: &RunOptions) -> Result<()> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    let serving = Arc::new(AtomicBool::new(false));
+    if let Some(c) = &cluster {
+        let watch = LinkWatch {
+            cluster: c.clone(),
+            synced: sync_stats.clone(),
+            serving: Arc::clone(&serving),
+            stop: Arc::clone(&stop),
+            waker: datapath.waker(),
+            links: [
+                config.director.outside.clone(),
+                config.director.inside.clone(),
+            ],
+        };
+        std::thread::Builder::new()
+            .name("vipd-links".into())
+            .spawn(move || watch.run())?;
+    }
     let report = Arc::new(AtomicBool::new(false));
     let capture_stats = datapath.stats();
     let (reload_tx, reload_rx) = mpsc::channel::<Assembly>();
@@ -246,10 +250,14 @@ pub fn run(options: &RunOptions) -> Result<()> {
                             // the data path installs it before it sees their first verdicts.
                             drop(checker.take());
                             let config = loaded.config.clone();
-                            if let Some(c) = &cluster
-                                && c.draining().is_none()
-                            {
-                                c.routes.announce(routed(&config));
+                            if let Some(c) = &cluster {
+                                if let Ok(mut w) = c.wanted.lock() {
+                                    *w = routed(&config);
+                                }
+                                // Announcing already (not before start, during a drain or a link down).
+                                if c.draining().is_none() && c.announcing.load(Ordering::Relaxed) {
+                                    c.routes.announce(routed(&config));
+                                }
                             }
                             if reload_tx.send(loaded).is_err() {
                                 break;
@@ -291,6 +299,9 @@ pub fn run(options: &RunOptions) -> Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
         service.turn(Instant::now());
+        if !serving.load(Ordering::Relaxed) {
+            serving.store(true, Ordering::Relaxed);
+        }
         while let Ok(mut loaded) = reload_rx.try_recv() {
             let set = loaded.take_shadows(0);
             loaded.install(director);
@@ -335,6 +346,76 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let _ = signal_thread.join();
     log_stats(&director, &capture_stats, "vipd stopped");
     result
+}
+
+/// `[cluster]`: when the routes are announced and withdrawn besides start, reload, drain and stop. They are
+/// announced once the data path serves and the director is synced (flows the router moves here find their
+/// connections), withdrawn while an interface is down or without carrier (and announced again when both
+/// are back), and withdrawn for good when an interface goes away, which stops the daemon (its captures are
+/// gone with it).
+struct LinkWatch {
+    cluster: admin::Cluster,
+    synced: Option<Arc<crate::sync::SyncStats>>,
+    serving: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    waker: crate::capture::Waker,
+    links: [String; 2],
+}
+
+/// How often [`LinkWatch`] looks.
+const LINK_POLL: Duration = Duration::from_millis(100);
+
+impl LinkWatch {
+    fn run(self) {
+        let mut announced = false;
+        loop {
+            std::thread::sleep(LINK_POLL);
+            if self.stop.load(Ordering::Relaxed) || self.cluster.draining().is_some() {
+                return;
+            }
+            let states = self.links.clone().map(|l| crate::announce::link_state(&l));
+            if let Some(gone) = self.links.iter().zip(&states).find(|(_, s)| s.is_none()) {
+                tracing::error!(
+                    interface = %gone.0,
+                    "interface gone: withdrawing the routes and stopping"
+                );
+                self.cluster.routes.withdraw();
+                self.stop.store(true, Ordering::Relaxed);
+                self.waker.wake();
+                return;
+            }
+            let links_up = states.iter().all(|s| *s == Some(true));
+            let ready = self.serving.load(Ordering::Relaxed)
+                && self
+                    .synced
+                    .as_ref()
+                    .is_none_or(|s| s.synced.load(Ordering::Relaxed));
+            match (announced, ready && links_up) {
+                (false, true) => {
+                    let addresses = self
+                        .cluster
+                        .wanted
+                        .lock()
+                        .map(|w| w.clone())
+                        .unwrap_or_default();
+                    tracing::info!(addresses = ?addresses, "serving and synced: announcing the routed virtual addresses");
+                    self.cluster.routes.announce(addresses);
+                    self.cluster.announcing.store(true, Ordering::Relaxed);
+                    announced = true;
+                }
+                (true, false) => {
+                    tracing::warn!(
+                        links = ?self.links,
+                        "an interface is down or has no carrier: routes withdrawn until both are up"
+                    );
+                    self.cluster.announcing.store(false, Ordering::Relaxed);
+                    self.cluster.routes.withdraw();
+                    announced = false;
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The virtual addresses routed to the director (`announce = "none"`): the ones `[cluster]` announces.

@@ -12,7 +12,8 @@
 //!
 //! Checked: the router installs one next hop per director; under wrk from many client ports every director
 //! carries a share (printed); 20 long downloads survive a drain of one director, a SIGKILL of another, and
-//! its return; every director announces, withdraws and re-announces as it should.
+//! its return; every director announces, withdraws and re-announces as it should, also when its inside
+//! loses its carrier and comes back, and for good (vipd stopping) when the interface goes away.
 
 mod common;
 
@@ -527,6 +528,37 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
     for v in vipd.iter_mut() {
         v.assert_running();
     }
+
+    // Links: director 3's inside loses its carrier: its routes go until it is back. Then the interface
+    // goes away: the routes go for good, and vipd stops.
+    c.directors[2].ip(&["link", "set", "vipd-in", "down"]);
+    wait_for(
+        "director 3 withdrawn, its inside down",
+        Duration::from_secs(10),
+        || next_hops(&c) == hops_of(&[0, 1]),
+    );
+    c.directors[2].ip(&["link", "set", "vipd-in", "up"]);
+    wait_for(
+        "director 3 announced again",
+        Duration::from_secs(10),
+        || next_hops(&c) == all,
+    );
+    c.directors[2].ip(&["link", "del", "vipd-in"]);
+    wait_for(
+        "director 3 withdrawn, its inside gone",
+        Duration::from_secs(10),
+        || next_hops(&c) == hops_of(&[0, 1]),
+    );
+    wait_for(
+        "director 3's vipd stopped on its own",
+        Duration::from_secs(10),
+        || matches!(vipd[2].child.try_wait(), Ok(Some(_))),
+    );
+    assert!(
+        vipd[2].log().contains("interface gone"),
+        "{}",
+        vipd[2].log()
+    );
 }
 
 /// CPU seconds (user + system) the process `pid` has used.
