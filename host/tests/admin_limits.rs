@@ -2,6 +2,8 @@
 //! open connections, 431 for oversized request heads and the connection deadline. The server runs in this
 //! process on 127.0.0.1 with short limits; no namespaces, no root.
 //!
+//! Also here, in the same in-process harness: the `/ha` endpoints of a director alone.
+//!
 //! The tests take turns ([`serial`]) so that each can check exact counts of
 //! `vipd_admin_connections_refused_total`, which is process-wide.
 
@@ -292,4 +294,27 @@ fn stalled_body_is_cut_at_the_deadline() {
     );
     let after = counts(addr);
     assert_eq!(after[3] - before[3], 1, "deadline");
+}
+
+/// `/ha` on a director without `[sync]` or `[cluster]`: it is active and alone, a drain is refused with 409
+/// (nothing to withdraw), an unknown role is 404 and a GET of a role change 405.
+#[test]
+fn ha_endpoints_of_a_director_alone() {
+    let _turn = serial();
+    let addr = start(AdminLimits::default());
+    let (code, body) = admin::request(addr, "GET", "/ha", None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&v["role"], &v["synced"], &v["pair"]),
+        (&"active".into(), &true.into(), &false.into())
+    );
+    assert!(v.get("announced").is_none(), "{body}");
+    let (code, body) = admin::request(addr, "POST", "/ha/drain", None).unwrap();
+    assert_eq!(code, 409, "{body}");
+    assert!(json_error(&body).contains("no [cluster]"), "{body}");
+    let (code, _) = admin::request(addr, "POST", "/ha/primary", None).unwrap();
+    assert_eq!(code, 404);
+    let (code, _) = admin::request(addr, "GET", "/ha/active", None).unwrap();
+    assert_eq!(code, 405);
 }

@@ -18,7 +18,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -61,41 +61,18 @@ impl Cluster {
         c.router.addr("down0", "198.51.100.1/24");
         c.router.sysctl("net.ipv4.ip_forward", "1");
         c.router.sysctl("net.ipv4.fib_multipath_hash_policy", "1");
-        for bridge in [&c._wan, &c._lan] {
-            bridge.ip(&["link", "add", "br0", "type", "bridge"]);
-            bridge.ip(&["link", "set", "br0", "up"]);
-        }
-        let port = |bridge: &Netns, ns: &Netns, dev: &str, name: &str| {
-            veth(ns, dev, bridge, name);
-            bridge.ip(&["link", "set", name, "master", "br0"]);
-        };
-        port(&c._wan, &c.router, "up0", "port-router");
+        bridge(&c._wan);
+        bridge(&c._lan);
+        bridge_port(&c._wan, &c.router, "up0", "port-router");
         c.router.addr("up0", "10.30.0.1/24");
         for (i, d) in c.directors.iter().enumerate() {
-            port(&c._wan, d, "vipd-out", &format!("port-out{i}"));
-            port(&c._lan, d, "vipd-in", &format!("port-in{i}"));
-            d.addr("vipd-out", &format!("{}/24", outside(i)));
-            d.addr("vipd-in", &format!("{}/24", inside(i)));
-            d.sysctl("net.ipv4.ip_forward", "0");
-            d.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+            let (o, n) = (format!("{}/24", outside(i)), format!("{}/24", inside(i)));
+            director_ports(d, i, &c._wan, &c._lan, &o, &n);
         }
-        for (i, s) in c.servers.iter().enumerate() {
-            port(&c._lan, s, "eth0", &format!("port-web{i}"));
-            s.addr("eth0", &format!("10.20.0.{}/24", 10 + i));
-            // keepalived's gateway address on the directors' inside (examples/ecmp/keepalived-inside.conf).
-            s.ip(&["route", "add", "default", "via", "10.20.0.1"]);
-        }
+        // keepalived's gateway address on the directors' inside (examples/ecmp/keepalived-inside.conf).
+        servers_behind_gateway(&c.servers, &c._lan);
         c
     }
-}
-
-fn example(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/ecmp")
-            .join(name),
-    )
-    .unwrap()
 }
 
 /// The shipped vipd config for director `i`: its own sync address, the others as peers.
@@ -105,7 +82,7 @@ fn vipd_config(dir: &TempDir, i: usize) -> PathBuf {
         .filter(|&j| j != i)
         .map(|j| format!("\"{}:8848\"", inside(j)))
         .collect();
-    let text = example("vipd.toml")
+    let text = example("ecmp/vipd.toml")
         .replace(
             "listen = \"10.20.0.2:8848\"",
             &format!("listen = \"{}:8848\"", inside(i)),
@@ -120,15 +97,7 @@ fn vipd_config(dir: &TempDir, i: usize) -> PathBuf {
 }
 
 fn start_vipd(c: &Cluster, dir: &TempDir, i: usize, label: &str) -> Proc {
-    let config = vipd_config(dir, i);
-    let mut vipd = c.directors[i].spawn(
-        dir,
-        label,
-        env!("CARGO_BIN_EXE_vipd"),
-        &["run", "--config", config.to_str().unwrap()],
-    );
-    vipd.wait_log("data path running", Duration::from_secs(20));
-    vipd
+    start_vipd_in(&c.directors[i], dir, label, &vipd_config(dir, i))
 }
 
 fn start_bird(ns: &Netns, dir: &TempDir, label: &str, config: String) -> Proc {
@@ -170,124 +139,38 @@ fn hops_of(directors: &[usize]) -> Vec<String> {
     v
 }
 
-fn connections_total(ns: &Netns) -> f64 {
-    Metrics::scrape(ns).get("vipd_connections_total", &[])
+/// Waits until the router's next hops are exactly `directors` and the virtual address answers.
+fn serving_through(c: &Cluster, directors: &[usize]) {
+    let want = hops_of(directors);
+    wait_for("the directors announced", Duration::from_secs(30), || {
+        next_hops(c) == want
+    });
+    wait_for(
+        "the virtual address serves",
+        Duration::from_secs(10),
+        || vip_serves(&c.client, Duration::from_secs(2)),
+    );
 }
 
-fn downloads(c: &Cluster, dir: &TempDir, tag: &str, n: usize, seconds: usize) -> Vec<Proc> {
-    // nginx paces the download (`?rate=`, its limit_rate): curl 7.88's --limit-rate does not hold.
-    let url = format!("http://192.0.2.1/files/big?rate={}", BIG / seconds);
-    (0..n)
-        .map(|i| {
-            c.client.spawn(
-                dir,
-                &format!("{tag}-{i}"),
-                "curl",
-                &[
-                    "-sS",
-                    "--max-time",
-                    "120",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "downloaded %{size_download} bytes, HTTP %{http_code}\n",
-                    &url,
-                ],
-            )
-        })
-        .collect()
+fn connections_total(ns: &Netns) -> f64 {
+    Metrics::scrape(ns).get("vipd_connections_total", &[])
 }
 
 /// Waits until each of `directors` holds at least `n` established connections: the downloads just started
 /// are past their handshakes and synced (a connection is lost with its director only within the one sync
 /// batch, 20 ms, after its handshake; docs/scale-out.md).
-fn synced_everywhere(c: &Cluster, directors: &[usize], n: usize, held: &[Proc]) {
-    let client_sockets = || {
-        String::from_utf8_lossy(&c.client.exec("ss", &["-tn", "dst", "192.0.2.1"]).stdout)
-            .into_owned()
-    };
-    let established = |d: &Netns| -> usize {
-        let v: serde_json::Value =
-            serde_json::from_str(&admin_get(d, "/connections?state=established&limit=10000"))
-                .unwrap_or_default();
-        v["connections"].as_array().map_or(0, Vec::len)
-    };
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(15);
-    let mut trace = Vec::new();
-    loop {
-        let now: Vec<usize> = directors
-            .iter()
-            .map(|&i| established(&c.directors[i]))
-            .collect();
-        if now.iter().all(|&e| e >= n) {
-            break;
-        }
-        if trace.len() < 40 {
-            let sockets = client_sockets().lines().count().saturating_sub(1);
-            trace.push((start.elapsed().as_millis(), now, sockets));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the downloads established and synced on every director: trace (ms, established, client sockets) {:?}; connections by state {:?}; the client's sockets:\n{}\nthe downloads: {:?}\nmetrics: {:?}",
-            trace,
-            directors
-                .iter()
-                .map(|&i| {
-                    ["syn_sent", "syn_recv", "established", "closing"].map(|state| {
-                        let v: serde_json::Value = serde_json::from_str(&admin_get(
-                            &c.directors[i],
-                            &format!("/connections?state={state}&limit=10000"),
-                        ))
-                        .unwrap_or_default();
-                        (state, v["connections"].as_array().map_or(0, Vec::len))
-                    })
-                })
-                .collect::<Vec<_>>(),
-            client_sockets(),
-            held.iter().map(Proc::log).collect::<Vec<_>>(),
-            directors
-                .iter()
-                .map(|&i| Metrics::scrape(&c.directors[i])
-                    .0
-                    .lines()
-                    .filter(|l| !l.starts_with('#')
-                        && !l.ends_with(" 0")
-                        && (l.contains("rejected")
-                            || l.contains("state")
-                            || l.contains("ditched")
-                            || l.contains("drops")
-                            || l.contains("resends")
-                            || l.contains("cluster")))
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>())
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn synced_everywhere(c: &Cluster, directors: &[usize], n: usize) {
+    wait_for(
+        "the downloads established and synced on every director",
+        Duration::from_secs(15),
+        || directors.iter().all(|&i| established(&c.directors[i]) >= n),
+    );
 }
 
 /// Whether keepalived's gateway address 10.20.0.1 is on director `i`'s inside.
 fn gateway_on(c: &Cluster, i: usize) -> bool {
     let out = c.directors[i].exec("ip", &["-4", "addr", "show", "dev", "vipd-in"]);
     String::from_utf8_lossy(&out.stdout).contains("10.20.0.1/")
-}
-
-/// Waits for every download; returns how many got all of the file, printing the others.
-fn completed(downloads: Vec<Proc>) -> usize {
-    downloads
-        .into_iter()
-        .filter_map(|mut d| {
-            let status = d.child.wait().unwrap();
-            let ok = status.success()
-                && d.log()
-                    .contains(&format!("downloaded {BIG} bytes, HTTP 200"));
-            if !ok {
-                println!("{}: {status}: {}", d.label, d.log());
-            }
-            ok.then_some(())
-        })
-        .count()
 }
 
 /// The cluster's processes: nginx on the servers, BIRD on the router and on every director, keepalived on
@@ -302,26 +185,20 @@ struct Running {
 
 /// Starts everything, with vipd on the first `with_vipd` directors.
 fn run_cluster(c: &Cluster, dir: &TempDir, with_vipd: usize) -> Running {
-    let big = "x".repeat(BIG);
-    let sites = c
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let nginx = Nginx::start(s, &[(80, &format!("web-{}", i + 1))]);
-            std::fs::create_dir_all(nginx.dir.join("files")).unwrap();
-            std::fs::write(nginx.dir.join("files/big"), &big).unwrap();
-            nginx
-        })
-        .collect();
-    let router_bird = start_bird(&c.router, dir, "bird-router", example("bird-router.conf"));
+    let sites = web_sites(&c.servers, BIG);
+    let router_bird = start_bird(
+        &c.router,
+        dir,
+        "bird-router",
+        example("ecmp/bird-router.conf"),
+    );
     let vipd = (0..N)
         .map(|i| (i < with_vipd).then(|| start_vipd(c, dir, i, &format!("vipd-{i}"))))
         .collect();
     let keepalived = (0..N)
         .map(|i| {
             let conf = dir.join(&format!("keepalived-{i}.conf"));
-            let text = example("keepalived-inside.conf")
+            let text = example("ecmp/keepalived-inside.conf")
                 .replace("/usr/bin/vipd", env!("CARGO_BIN_EXE_vipd"))
                 .replace(
                     "router_id vipd-cluster-1",
@@ -329,30 +206,13 @@ fn run_cluster(c: &Cluster, dir: &TempDir, with_vipd: usize) -> Running {
                 )
                 .replace("priority 150", &format!("priority {}", 150 - 10 * i));
             std::fs::write(&conf, text).unwrap();
-            let pid = |what: &str| dir.join(&format!("keepalived-{i}{what}.pid"));
-            c.directors[i].spawn(
-                dir,
-                &format!("keepalived-{i}"),
-                "keepalived",
-                &[
-                    "--dont-fork",
-                    "--log-console",
-                    "--no-syslog",
-                    "--vrrp",
-                    "--use-file",
-                    conf.to_str().unwrap(),
-                    "--pid",
-                    pid("").to_str().unwrap(),
-                    "--vrrp_pid",
-                    pid("-vrrp").to_str().unwrap(),
-                ],
-            )
+            start_keepalived_in(&c.directors[i], dir, &format!("keepalived-{i}"), &conf)
         })
         .collect();
     let birds = (0..N)
         .map(|i| {
             let me = outside(i).to_string();
-            let config = example("bird-director.conf")
+            let config = example("ecmp/bird-director.conf")
                 .replace("router id 10.30.0.11;", &format!("router id {me};"))
                 .replace("local 10.30.0.11 as", &format!("local {me} as"));
             start_bird(&c.directors[i], dir, &format!("bird-{i}"), config)
@@ -377,21 +237,7 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
 
     // Announced: the router has one next hop per director.
     let all = hops_of(&[0, 1, 2]);
-    wait_for(
-        "three next hops on the router",
-        Duration::from_secs(30),
-        || next_hops(&c) == all,
-    );
-    wait_for(
-        "the virtual address serves",
-        Duration::from_secs(10),
-        || {
-            c.client
-                .curl("http://192.0.2.1/", Duration::from_secs(2))
-                .status
-                == 200
-        },
-    );
+    serving_through(&c, &[0, 1, 2]);
 
     // Spread: new connections from many client ports reach every director.
     let before: Vec<f64> = c.directors.iter().map(connections_total).collect();
@@ -431,8 +277,8 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
     println!("server replies translated without a connection (by the binding table): {returns}");
 
     // Graceful removal: director 0 drains under 20 long downloads.
-    let held = downloads(&c, &dir, "drain", 20, 10);
-    synced_everywhere(&c, &[0, 1, 2], 20, &held);
+    let held = paced_downloads(&c.client, &dir, "drain", 20, BIG, 10);
+    synced_everywhere(&c, &[0, 1, 2], 20);
     // Agreement: every director sends each of these flows to the same real server.
     let placement = |d: &Netns| -> Vec<(String, String)> {
         let v: serde_json::Value =
@@ -478,7 +324,7 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
         &["-H", "Connection: close"],
     );
     assert_eq!(w.errors(), 0, "new connections while draining: {}", w.text);
-    let ok = completed(held);
+    let ok = downloads_complete(held, BIG);
     println!("drain: {ok} of 20 downloads completed");
     assert_eq!(ok, 20, "downloads broken by a drain");
     let moved: f64 = c.directors[1..]
@@ -499,8 +345,8 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
     });
 
     // Crash: director 1's vipd is killed under 20 long downloads; its routes go with it.
-    let held = downloads(&c, &dir, "crash", 20, 10);
-    synced_everywhere(&c, &[1, 2], 20, &held);
+    let held = paced_downloads(&c.client, &dir, "crash", 20, BIG, 10);
+    synced_everywhere(&c, &[1, 2], 20);
     let killed = Instant::now();
     vipd[1].signal(libc::SIGKILL);
     wait_for("director 1 withdrawn", Duration::from_secs(15), || {
@@ -510,19 +356,19 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
         "crash: the router dropped director 1 after {:?}",
         killed.elapsed()
     );
-    let ok = completed(held);
+    let ok = downloads_complete(held, BIG);
     println!("crash: {ok} of 20 downloads completed");
     assert_eq!(ok, 20, "downloads broken by a crashed director");
 
     // Joining: directors 0 and 1 come back under load; nothing established breaks.
-    let held = downloads(&c, &dir, "join", 20, 10);
-    synced_everywhere(&c, &[2], 20, &held);
+    let held = paced_downloads(&c.client, &dir, "join", 20, BIG, 10);
+    synced_everywhere(&c, &[2], 20);
     vipd[0] = start_vipd(&c, &dir, 0, "vipd-0-again");
     vipd[1] = start_vipd(&c, &dir, 1, "vipd-1-again");
     wait_for("all three announced again", Duration::from_secs(30), || {
         next_hops(&c) == all
     });
-    let ok = completed(held);
+    let ok = downloads_complete(held, BIG);
     println!("join: {ok} of 20 downloads completed");
     assert_eq!(ok, 20, "downloads broken by directors joining");
     for v in vipd.iter_mut() {
@@ -591,20 +437,7 @@ fn scale_out_figures() {
         if k > 1 {
             running.vipd[k - 1] = Some(start_vipd(&c, &dir, k - 1, &format!("vipd-{}", k - 1)));
         }
-        let want: Vec<usize> = (0..k).collect();
-        wait_for("the directors announced", Duration::from_secs(30), || {
-            next_hops(&c) == hops_of(&want)
-        });
-        wait_for(
-            "the virtual address serves",
-            Duration::from_secs(10),
-            || {
-                c.client
-                    .curl("http://192.0.2.1/", Duration::from_secs(2))
-                    .status
-                    == 200
-            },
-        );
+        serving_through(&c, &(0..k).collect::<Vec<_>>());
         let pids: Vec<u32> = running.vipd[..k]
             .iter()
             .map(|p| p.as_ref().unwrap().child.id())

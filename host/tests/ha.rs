@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -40,42 +40,19 @@ impl Pair {
             directors: [Netns::new("dir-a"), Netns::new("dir-b")],
             servers: [Netns::new("web-1"), Netns::new("web-2")],
         };
-        for bridge in [&p._wan, &p._lan] {
-            bridge.ip(&["link", "add", "br0", "type", "bridge"]);
-            bridge.ip(&["link", "set", "br0", "up"]);
-        }
-        let port = |bridge: &Netns, ns: &Netns, dev: &str, name: &str| {
-            veth(ns, dev, bridge, name);
-            bridge.ip(&["link", "set", name, "master", "br0"]);
-        };
-        port(&p._wan, &p.client, "eth0", "port-client");
+        bridge(&p._wan);
+        bridge(&p._lan);
+        bridge_port(&p._wan, &p.client, "eth0", "port-client");
         p.client.addr("eth0", "198.51.100.2/24");
         p.client.ip(&["route", "add", VIP_NET, "dev", "eth0"]);
         for (i, d) in p.directors.iter().enumerate() {
-            port(&p._wan, d, "vipd-out", &format!("port-out{i}"));
-            port(&p._lan, d, "vipd-in", &format!("port-in{i}"));
-            d.addr("vipd-out", &format!("198.51.100.{}/24", 11 + i));
-            d.addr("vipd-in", &format!("10.20.0.{}/24", 2 + i));
-            d.sysctl("net.ipv4.ip_forward", "0");
-            d.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+            let outside = format!("198.51.100.{}/24", 11 + i);
+            let inside = format!("10.20.0.{}/24", 2 + i);
+            director_ports(d, i, &p._wan, &p._lan, &outside, &inside);
         }
-        for (i, s) in p.servers.iter().enumerate() {
-            port(&p._lan, s, "eth0", &format!("port-web{i}"));
-            s.addr("eth0", &format!("10.20.0.{}/24", 10 + i));
-            // keepalived's inside VRRP address: the active director.
-            s.ip(&["route", "add", "default", "via", "10.20.0.1"]);
-        }
+        servers_behind_gateway(&p.servers, &p._lan);
         p
     }
-}
-
-fn example(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/ha")
-            .join(name),
-    )
-    .unwrap()
 }
 
 /// The shipped vipd config of director `i` (0: A, 1: B), with the key beside it.
@@ -83,7 +60,7 @@ fn vipd_config(dir: &TempDir, i: usize) -> PathBuf {
     std::fs::write(dir.join("sync.key"), KEY).unwrap();
     let name = ["vipd-a.toml", "vipd-b.toml"][i];
     let path = dir.join(name);
-    std::fs::write(&path, example(name)).unwrap();
+    std::fs::write(&path, example(&format!("ha/{name}"))).unwrap();
     path
 }
 
@@ -91,7 +68,8 @@ fn vipd_config(dir: &TempDir, i: usize) -> PathBuf {
 /// seconds when `v3` is given.
 fn keepalived_config(dir: &TempDir, i: usize, v3: Option<&str>) -> PathBuf {
     let name = ["keepalived-a.conf", "keepalived-b.conf"][i];
-    let mut text = example(name).replace("/usr/bin/vipd", env!("CARGO_BIN_EXE_vipd"));
+    let mut text =
+        example(&format!("ha/{name}")).replace("/usr/bin/vipd", env!("CARGO_BIN_EXE_vipd"));
     if let Some(advert) = v3 {
         text = text.replace(
             "    advert_int 1\n",
@@ -104,39 +82,13 @@ fn keepalived_config(dir: &TempDir, i: usize, v3: Option<&str>) -> PathBuf {
 }
 
 fn start_vipd(p: &Pair, dir: &TempDir, i: usize, label: &str) -> Proc {
-    let config = vipd_config(dir, i);
-    let mut vipd = p.directors[i].spawn(
-        dir,
-        label,
-        env!("CARGO_BIN_EXE_vipd"),
-        &["run", "--config", config.to_str().unwrap()],
-    );
-    vipd.wait_log("data path running", Duration::from_secs(20));
-    vipd
+    start_vipd_in(&p.directors[i], dir, label, &vipd_config(dir, i))
 }
 
 fn start_keepalived(p: &Pair, dir: &TempDir, i: usize, v3: Option<&str>) -> Proc {
     let config = keepalived_config(dir, i, v3);
     let label = ["keepalived-a", "keepalived-b"][i];
-    let pid = |what: &str| dir.join(&format!("{label}{what}.pid"));
-    p.directors[i].spawn(
-        dir,
-        label,
-        "keepalived",
-        &[
-            "--dont-fork",
-            "--log-console",
-            "--log-detail",
-            "--no-syslog",
-            "--vrrp",
-            "--use-file",
-            config.to_str().unwrap(),
-            "--pid",
-            pid("").to_str().unwrap(),
-            "--vrrp_pid",
-            pid("-vrrp").to_str().unwrap(),
-        ],
-    )
+    start_keepalived_in(&p.directors[i], dir, label, &config)
 }
 
 /// `GET /ha` of the director in `ns`: (role, synced, connections); ("", false, 0) when it does not answer.
@@ -147,52 +99,6 @@ fn ha(ns: &Netns) -> (String, bool, u64) {
         v["synced"] == true,
         v["connections"].as_u64().unwrap_or(0),
     )
-}
-
-fn established(ns: &Netns) -> usize {
-    let v: serde_json::Value =
-        serde_json::from_str(&admin_get(ns, "/connections?limit=10000")).unwrap_or_default();
-    v["connections"].as_array().map_or(0, |a| {
-        a.iter().filter(|c| c["state"] == "established").count()
-    })
-}
-
-/// `n` slow downloads of /files/big (about `seconds` each, paced by nginx) from the client.
-fn downloads(p: &Pair, dir: &TempDir, tag: &str, n: usize, seconds: usize) -> Vec<Proc> {
-    // nginx paces the download (`?rate=`, its limit_rate): curl 7.88's --limit-rate does not hold.
-    let url = format!("http://192.0.2.1/files/big?rate={}", BIG / seconds);
-    (0..n)
-        .map(|i| {
-            p.client.spawn(
-                dir,
-                &format!("{tag}-{i}"),
-                "curl",
-                &[
-                    "-sS",
-                    "--max-time",
-                    "120",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "downloaded %{size_download} bytes, HTTP %{http_code}\n",
-                    &url,
-                ],
-            )
-        })
-        .collect()
-}
-
-/// Waits for every download and asserts each got all of the file.
-fn all_complete(downloads: Vec<Proc>) {
-    for mut d in downloads {
-        let status = d.child.wait().unwrap();
-        let log = d.log();
-        assert!(
-            status.success() && log.contains(&format!("downloaded {BIG} bytes, HTTP 200")),
-            "{}: {status}: {log}",
-            d.label
-        );
-    }
 }
 
 /// A keep-alive wrk through the virtual address for `seconds`, on its own thread (8 connections; a
@@ -221,7 +127,7 @@ fn through_failover(
     seconds: usize,
     fail: impl FnOnce(),
 ) -> Duration {
-    let held = downloads(p, dir, what, 20, seconds);
+    let held = paced_downloads(&p.client, dir, what, 20, BIG, seconds);
     let load = wrk(p, seconds as u64 - 2);
     // The downloads' 20 connections and wrk's 8: a connection whose handshake ended within the last sync
     // batch (20 ms) before the failure is not on the standby, and its client would wait in vain.
@@ -240,10 +146,7 @@ fn through_failover(
             if b_active.is_none() && ha(&p.directors[1]).0 == "active" {
                 b_active = Some(failed.elapsed());
             }
-            p.client
-                .curl("http://192.0.2.1/", Duration::from_millis(200))
-                .status
-                == 200
+            vip_serves(&p.client, Duration::from_millis(200))
         },
     );
     let takeover = failed.elapsed();
@@ -253,7 +156,11 @@ fn through_failover(
         b_active.unwrap_or(takeover).as_secs_f64()
     );
     let w = load.join().unwrap();
-    all_complete(held);
+    assert_eq!(
+        downloads_complete(held, BIG),
+        20,
+        "downloads broken by the failover"
+    );
     println!(
         "{what}: new connections back after {:.2} s; 20 downloads complete; wrk {} requests, {} socket errors",
         takeover.as_secs_f64(),
@@ -267,21 +174,6 @@ fn through_failover(
         w.text
     );
     takeover
-}
-
-fn start_sites(p: &Pair) -> Vec<Nginx> {
-    let big = "x".repeat(BIG);
-    p.servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let text = format!("web-{}", i + 1);
-            let nginx = Nginx::start(s, &[(80, &text)]);
-            std::fs::create_dir_all(nginx.dir.join("files")).unwrap();
-            std::fs::write(nginx.dir.join("files/big"), &big).unwrap();
-            nginx
-        })
-        .collect()
 }
 
 /// Both directors and both keepalived running; A active, B a synced standby, the virtual address serving.
@@ -305,12 +197,7 @@ fn pair_up(p: &Pair, dir: &TempDir, v3: Option<&str>) -> ([Proc; 2], [Proc; 2]) 
     wait_for(
         "the virtual address serves",
         Duration::from_secs(20),
-        || {
-            p.client
-                .curl("http://192.0.2.1/", Duration::from_secs(2))
-                .status
-                == 200
-        },
+        || vip_serves(&p.client, Duration::from_secs(2)),
     );
     (vipd, keepalived)
 }
@@ -319,7 +206,7 @@ fn pair_up(p: &Pair, dir: &TempDir, v3: Option<&str>) -> ([Proc; 2], [Proc; 2]) 
 fn failover_and_failback_vrrp2() {
     let _serial = serial();
     let p = Pair::new();
-    let _sites = start_sites(&p);
+    let _sites = web_sites(&p.servers, BIG);
     let dir = TempDir::new("vipd-ha");
     let ([vipd_a, mut vipd_b], [mut ka_a, mut ka_b]) = pair_up(&p, &dir, None);
 
@@ -336,7 +223,7 @@ fn failover_and_failback_vrrp2() {
 
     // Failback: A comes back as a standby, bulk-resyncs from B, and only then takes over (it has the
     // higher priority). Downloads started through B meanwhile complete.
-    let held = downloads(&p, &dir, "failback", 20, 12);
+    let held = paced_downloads(&p.client, &dir, "failback", 20, BIG, 12);
     wait_for("downloads through B", Duration::from_secs(10), || {
         established(&p.directors[1]) >= 20
     });
@@ -348,14 +235,12 @@ fn failover_and_failback_vrrp2() {
     let synced = log.find("synced").expect("A logged its sync");
     let active = log.find("role changed").expect("A logged its role change");
     assert!(synced < active, "A took over before it was synced:\n{log}");
-    all_complete(held);
     assert_eq!(
-        p.client
-            .curl("http://192.0.2.1/", Duration::from_secs(2))
-            .status,
-        200,
-        "A serves"
+        downloads_complete(held, BIG),
+        20,
+        "downloads broken by the failback"
     );
+    assert!(vip_serves(&p.client, Duration::from_secs(2)), "A serves");
     for v in [&mut vipd_a, &mut vipd_b] {
         v.assert_running();
     }
@@ -369,7 +254,7 @@ fn failover_and_failback_vrrp2() {
 fn director_lost(v3: Option<&str>, what: &str) -> Duration {
     let _serial = serial();
     let p = Pair::new();
-    let _sites = start_sites(&p);
+    let _sites = web_sites(&p.servers, BIG);
     let dir = TempDir::new("vipd-ha-lost");
     let (mut vipd, _keepalived) = pair_up(&p, &dir, v3);
     let takeover = through_failover(&p, &dir, what, 14, || {
@@ -401,7 +286,7 @@ fn director_lost_vrrp3() {
 fn keepalived_stop_vrrp3() {
     let _serial = serial();
     let p = Pair::new();
-    let _sites = start_sites(&p);
+    let _sites = web_sites(&p.servers, BIG);
     let dir = TempDir::new("vipd-ha3");
     let ([mut vipd_a, mut vipd_b], [mut ka_a, _ka_b]) = pair_up(&p, &dir, Some("0.1"));
     through_failover(

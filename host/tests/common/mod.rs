@@ -1151,3 +1151,159 @@ pub fn built_plugins() -> PathBuf {
     );
     dir
 }
+
+// ---- Several directors on shared segments (host/tests/ha.rs, ecmp.rs) ------------------------------------
+
+/// A bridge `br0` in `ns`, up.
+pub fn bridge(ns: &Netns) {
+    ns.ip(&["link", "add", "br0", "type", "bridge"]);
+    ns.ip(&["link", "set", "br0", "up"]);
+}
+
+/// A veth from `dev` in `ns` to a port `name` of `bridge`'s `br0`.
+pub fn bridge_port(bridge: &Netns, ns: &Netns, dev: &str, name: &str) {
+    veth(ns, dev, bridge, name);
+    bridge.ip(&["link", "set", name, "master", "br0"]);
+}
+
+/// Director `i`: `vipd-out` on the `wan` bridge with `outside` (CIDR), `vipd-in` on the `lan` bridge with
+/// `inside`; `ip_forward=0`, and the kernel answers ARP only for an interface's own addresses.
+pub fn director_ports(d: &Netns, i: usize, wan: &Netns, lan: &Netns, outside: &str, inside: &str) {
+    bridge_port(wan, d, "vipd-out", &format!("port-out{i}"));
+    bridge_port(lan, d, "vipd-in", &format!("port-in{i}"));
+    d.addr("vipd-out", outside);
+    d.addr("vipd-in", inside);
+    d.sysctl("net.ipv4.ip_forward", "0");
+    d.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+}
+
+/// Servers 10.20.0.10, .11, ... on the `lan` bridge, their default route via 10.20.0.1 (keepalived's inside
+/// address on the directors).
+pub fn servers_behind_gateway(servers: &[Netns], lan: &Netns) {
+    for (i, s) in servers.iter().enumerate() {
+        bridge_port(lan, s, "eth0", &format!("port-web{i}"));
+        s.addr("eth0", &format!("10.20.0.{}/24", 10 + i));
+        s.ip(&["route", "add", "default", "via", "10.20.0.1"]);
+    }
+}
+
+/// nginx on each server answering `web-N` on port 80, with `/files/big` of `size` bytes.
+pub fn web_sites(servers: &[Netns], size: usize) -> Vec<Nginx> {
+    let big = "x".repeat(size);
+    servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let nginx = Nginx::start(s, &[(80, &format!("web-{}", i + 1))]);
+            std::fs::create_dir_all(nginx.dir.join("files")).unwrap();
+            std::fs::write(nginx.dir.join("files/big"), &big).unwrap();
+            nginx
+        })
+        .collect()
+}
+
+/// A shipped example file, `path` under examples/.
+pub fn example(path: &str) -> String {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(path);
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+/// `vipd run --config CONFIG` in `ns`, once its data path runs.
+pub fn start_vipd_in(ns: &Netns, dir: &TempDir, label: &str, config: &Path) -> Proc {
+    let mut vipd = ns.spawn(
+        dir,
+        label,
+        env!("CARGO_BIN_EXE_vipd"),
+        &["run", "--config", config.to_str().unwrap()],
+    );
+    vipd.wait_log("data path running", Duration::from_secs(20));
+    vipd
+}
+
+/// keepalived (VRRP only, in the foreground, logging to its log file) in `ns` with `config`; its pid files
+/// in `dir`.
+pub fn start_keepalived_in(ns: &Netns, dir: &TempDir, label: &str, config: &Path) -> Proc {
+    let pid = |what: &str| dir.join(&format!("{label}{what}.pid"));
+    ns.spawn(
+        dir,
+        label,
+        "keepalived",
+        &[
+            "--dont-fork",
+            "--log-console",
+            "--log-detail",
+            "--no-syslog",
+            "--vrrp",
+            "--use-file",
+            config.to_str().unwrap(),
+            "--pid",
+            pid("").to_str().unwrap(),
+            "--vrrp_pid",
+            pid("-vrrp").to_str().unwrap(),
+        ],
+    )
+}
+
+/// Established connections in the table of the director in `ns`.
+pub fn established(ns: &Netns) -> usize {
+    let v: serde_json::Value =
+        serde_json::from_str(&admin_get(ns, "/connections?state=established&limit=10000"))
+            .unwrap_or_default();
+    v["connections"].as_array().map_or(0, Vec::len)
+}
+
+/// Whether a new connection from `client` to http://192.0.2.1/ is answered 200 within `timeout`.
+pub fn vip_serves(client: &Netns, timeout: Duration) -> bool {
+    client.curl("http://192.0.2.1/", timeout).status == 200
+}
+
+/// `n` downloads of http://192.0.2.1/files/big (`size` bytes) from `client`, each paced by nginx to last
+/// about `seconds` (`?rate=`, its `limit_rate`: curl 7.88's `--limit-rate` does not hold).
+pub fn paced_downloads(
+    client: &Netns,
+    dir: &TempDir,
+    tag: &str,
+    n: usize,
+    size: usize,
+    seconds: usize,
+) -> Vec<Proc> {
+    let url = format!("http://192.0.2.1/files/big?rate={}", size / seconds);
+    (0..n)
+        .map(|i| {
+            client.spawn(
+                dir,
+                &format!("{tag}-{i}"),
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "120",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "downloaded %{size_download} bytes, HTTP %{http_code}\n",
+                    &url,
+                ],
+            )
+        })
+        .collect()
+}
+
+/// Waits for every download; returns how many got all `size` bytes, printing the others.
+pub fn downloads_complete(downloads: Vec<Proc>, size: usize) -> usize {
+    downloads
+        .into_iter()
+        .filter_map(|mut d| {
+            let status = d.child.wait().unwrap();
+            let ok = status.success()
+                && d.log()
+                    .contains(&format!("downloaded {size} bytes, HTTP 200"));
+            if !ok {
+                println!("{}: {status}: {}", d.label, d.log());
+            }
+            ok.then_some(())
+        })
+        .count()
+}
