@@ -789,11 +789,13 @@ fn metrics(admin: &Admin) -> Reply {
              # TYPE vipd_cluster_returns_total counter\nvipd_cluster_returns_total {}\n\
              # HELP vipd_cluster_client_established_total Connections made established by the client's ACK, their server's SYN-ACK having gone through another director.\n\
              # TYPE vipd_cluster_client_established_total counter\nvipd_cluster_client_established_total {}\n\
-             # HELP vipd_cluster_moved_total Flows the router moved to this director, by what placed them here (synced: a peer's record).\n\
-             # TYPE vipd_cluster_moved_total counter\nvipd_cluster_moved_total{{placed_by=\"synced\"}} {}",
+             # HELP vipd_cluster_moved_total Flows the router moved to this director, by what placed them here (synced: a peer's record; policy: the port's consistent policy).\n\
+             # TYPE vipd_cluster_moved_total counter\nvipd_cluster_moved_total{{placed_by=\"synced\"}} {}\n\
+             vipd_cluster_moved_total{{placed_by=\"policy\"}} {}",
             snapshot.counters.cluster_returns,
             snapshot.counters.cluster_client_established,
-            snapshot.counters.cluster_moved_synced
+            snapshot.counters.cluster_moved_synced,
+            snapshot.counters.cluster_moved_policy
         );
     }
     reply(

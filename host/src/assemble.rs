@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use crate::binding::{BindingTable, Target};
 use crate::config::Config;
 use crate::director::{Director, Layer2};
-use crate::plugin::{PluginDir, PluginHost, PluginLimits, RealInfo, VirtualInfo};
-use crate::policy::{RoundRobin, Selector};
+use crate::plugin::{PluginDir, PluginHost, PluginLimits, RealInfo, VirtualInfo, WarmUp};
+use crate::policy::{Candidate, RoundRobin, Selector, ServerState};
 use crate::shadow::ShadowPort;
 use crate::wire::Protocol;
 
@@ -52,6 +52,11 @@ impl Plugins {
             host,
             dir: Arc::new(dir),
         }))
+    }
+
+    /// The plugin host.
+    pub fn host(&self) -> &PluginHost {
+        &self.host
     }
 
     /// The watched folder (for `/status` and `/metrics`).
@@ -113,9 +118,9 @@ impl Assembly {
     /// moves loses its connection), and ports whose policy is not consistent (each director would choose
     /// on its own for a flow it has no connection for). Empty without `[cluster]`.
     pub fn cluster_warnings(&self) -> Vec<String> {
-        if self.config.cluster.is_none() {
+        let Some(cluster) = &self.config.cluster else {
             return Vec::new();
-        }
+        };
         let mut warnings = Vec::new();
         if self
             .config
@@ -138,12 +143,13 @@ impl Assembly {
             );
         }
         for used in &self.policies {
-            if used.plugin.is_none() || used.policy != "maglev" {
+            if !cluster.consistent_policies.contains(&used.policy) {
                 warnings.push(format!(
-                    "{} {}/{}: policy {} on a cluster: directors choose servers independently, and connections \
-                     move with the router's flows only by sync (a flow moved within the first 20 ms of its \
-                     life, before its record left, is lost); a consistent policy (the maglev plugin) would \
-                     choose the same server on every director",
+                    "{} {}/{}: policy {} on a cluster is not in [cluster] consistent_policies: directors \
+                     choose servers independently, and connections move with the router's flows only by \
+                     sync (a flow moved within the first 20 ms of its life, before its record left, is \
+                     lost); a consistent policy (the maglev plugin) chooses the same server on every \
+                     director, and places a moved flow that has no record",
                     used.virtual_name,
                     std::net::SocketAddr::new(used.address, used.port),
                     used.protocol.as_str(),
@@ -344,6 +350,38 @@ fn real_names(bindings: &BindingTable) -> crate::plugin::RealNames {
         .collect()
 }
 
+/// What a plugin selector of `port` is warmed up with: its bound servers as they are configured, all up
+/// (a director that has just started, or reloaded, knows no failure yet that it would not learn again).
+fn warm_up(bindings: &BindingTable, port: &crate::binding::VirtualPort) -> WarmUp {
+    let vm = &bindings.virtuals[port.virtual_id as usize];
+    let candidates = port
+        .targets
+        .iter()
+        .filter_map(|t| {
+            let real = bindings.reals.get(t.real_id as usize)?;
+            Some(Candidate {
+                real_id: t.real_id,
+                target: std::net::SocketAddr::new(real.address, t.port),
+                weight: match t.weight {
+                    Some(w) if real.weight > 0 => w,
+                    _ => real.weight,
+                },
+                state: ServerState::Up,
+                active: 0,
+                total: 0,
+                syn_rtt_us: 0,
+                ditched: 0,
+            })
+        })
+        .collect();
+    WarmUp::new(
+        std::net::SocketAddr::new(vm.address, port.port),
+        port.protocol,
+        port.virtual_id,
+        candidates,
+    )
+}
+
 fn selector(
     path: &Path,
     bindings: &BindingTable,
@@ -362,7 +400,7 @@ fn selector(
             let reals = real_names(bindings);
             let selector = p
                 .host
-                .selector_named(&handle, &args, serves, reals)
+                .selector_named(&handle, &args, serves, reals, warm_up(bindings, port))
                 .with_context(|| {
                     format!(
                         "{}: virtual machine {:?} port {}: {key} {name:?}",

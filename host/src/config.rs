@@ -61,6 +61,9 @@ pub const MIN_SYNC_MAX_DATAGRAM: u16 = 256;
 /// `garp_master_repeat` (5).
 pub const DEFAULT_GARP_REPEAT: u8 = 5;
 pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(200);
+/// `[cluster] consistent_policies` when not given: the shipped Maglev plugin.
+pub const DEFAULT_CONSISTENT_POLICY: &str = "maglev";
+
 /// `[cluster] drain_time` when not given.
 pub const DEFAULT_DRAIN_TIME: Duration = Duration::from_secs(30);
 /// `[sync] resync_timeout` when not given.
@@ -157,6 +160,11 @@ pub struct ClusterConfig {
     /// After `vipd ha drain`: how long the director keeps serving the connections that still arrive after
     /// its routes are withdrawn, before it stops.
     pub drain_time: Duration,
+    /// The policies that choose the same server for a client on every director that has the same servers
+    /// (a consistent hash). A packet of a flow the router moved here, with no connection and no peer's
+    /// record, is placed by its port's policy when the policy is one of these; any other policy's flows
+    /// are dropped then. `vipd check` warns about the others. Default: `["maglev"]`.
+    pub consistent_policies: Vec<String>,
 }
 
 /// The secret the directors share: the HMAC key of every sync datagram. Never printed.
@@ -512,6 +520,7 @@ struct RawSync {
 struct RawCluster {
     route_table: Int,
     drain_time: Text,
+    consistent_policies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -692,9 +701,13 @@ impl Checker<'_> {
             },
         };
         let drain_time = self.duration(&raw.drain_time, "cluster.drain_time", DEFAULT_DRAIN_TIME);
+        let consistent_policies = raw
+            .consistent_policies
+            .unwrap_or_else(|| vec![DEFAULT_CONSISTENT_POLICY.to_owned()]);
         ClusterConfig {
             route_table,
             drain_time,
+            consistent_policies,
         }
     }
 
@@ -2561,6 +2574,14 @@ bind = ["ghost"]
         .cluster
         .unwrap();
         assert_eq!(c.drain_time, DEFAULT_DRAIN_TIME);
+        assert_eq!(c.consistent_policies, ["maglev"]);
+        let c = parse(&with_director(&format!(
+            "{ONE_REAL}[cluster]\nroute_table = 1000\nconsistent_policies = [\"maglev\", \"my-hash\"]\n"
+        )))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.consistent_policies, ["maglev", "my-hash"]);
         for (table, needle) in [
             ("254", "main"),
             ("0", "cannot be used"),

@@ -48,6 +48,11 @@ pub struct RunOptions {
 pub fn run(options: &RunOptions) -> Result<()> {
     let first = Config::load(&options.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let plugins = Plugins::start(&first, None)?;
+    if let Some(p) = &plugins {
+        // The data path never makes a plugin instance: after a trap, or for a new version, one is made
+        // and warmed up on a thread of its own.
+        p.host().prepare_off_path()?;
+    }
     let loaded = Assembly::new(&options.config, first, plugins.as_ref())?;
     let config = &loaded.config;
     if options.fix_offloads {

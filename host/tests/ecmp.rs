@@ -12,7 +12,8 @@
 //!
 //! Checked: the router installs one next hop per director; under wrk from many client ports every director
 //! carries a share (printed); 20 long downloads survive a drain of one director, a SIGKILL of another, and
-//! its return; every director announces, withdraws and re-announces as it should, also when its inside
+//! its return; a flow moved to a director that has no record of it is placed by the consistent policy
+//! (Maglev) on the same server; every director announces, withdraws and re-announces as it should, also when its inside
 //! loses its carrier and comes back, and for good (vipd stopping) when the interface goes away.
 
 mod common;
@@ -84,6 +85,10 @@ fn vipd_config(dir: &TempDir, i: usize) -> PathBuf {
         .collect();
     let text = example("ecmp/vipd.toml")
         .replace(
+            "plugins = \"/usr/lib/vipd/plugins\"",
+            &format!("plugins = {:?}", built_plugins().display().to_string()),
+        )
+        .replace(
             "listen = \"10.20.0.2:8848\"",
             &format!("listen = \"{}:8848\"", inside(i)),
         )
@@ -92,6 +97,15 @@ fn vipd_config(dir: &TempDir, i: usize) -> PathBuf {
             &format!("peers = [{}]", peers.join(", ")),
         );
     let path = dir.join(&format!("vipd-{i}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Director `i`'s config without `[sync]`: it has no record of any other director's connections.
+fn vipd_config_alone(dir: &TempDir, i: usize) -> PathBuf {
+    let text = std::fs::read_to_string(vipd_config(dir, i)).unwrap();
+    let text = &text[..text.find("\n[sync]").expect("the example has [sync]")];
+    let path = dir.join(&format!("vipd-{i}-alone.toml"));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -404,6 +418,50 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
         vipd[2].log().contains("interface gone"),
         "{}",
         vipd[2].log()
+    );
+
+    // Placement by the policy: director 1 (index 1) restarts without [sync], so it has no record of the
+    // connections director 0 places. Director 0 drains under 20 downloads; the flows the router moves to
+    // director 1 are placed there by Maglev, on the server director 0 chose, and go on.
+    vipd[1].signal(libc::SIGTERM);
+    wait_for("vipd 1 stopped", Duration::from_secs(15), || {
+        matches!(vipd[1].child.try_wait(), Ok(Some(_)))
+    });
+    vipd[1] = start_vipd_in(
+        &c.directors[1],
+        &dir,
+        "vipd-1-alone",
+        &vipd_config_alone(&dir, 1),
+    );
+    serving_through(&c, &[0, 1]);
+    wait_for(
+        "the gateway on director 0 or 1",
+        Duration::from_secs(10),
+        || gateway_on(&c, 0) || gateway_on(&c, 1),
+    );
+    let held = paced_downloads(&c.client, &dir, "placed", 20, BIG, 10);
+    wait_for("the downloads established", Duration::from_secs(15), || {
+        established(&c.directors[0]) + established(&c.directors[1]) >= 20
+    });
+    let out = c.directors[0].exec(env!("CARGO_BIN_EXE_vipd"), &["ha", "drain"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("director 0 withdrawn", Duration::from_secs(10), || {
+        next_hops(&c) == hops_of(&[1])
+    });
+    let ok = downloads_complete(held, BIG);
+    let placed = Metrics::scrape(&c.directors[1])
+        .get("vipd_cluster_moved_total", &[("placed_by", "policy")]);
+    println!(
+        "placement: {ok} of 20 downloads completed, {placed} flows placed by the policy on director 1"
+    );
+    assert!(placed >= 1.0, "no flow was placed by the policy");
+    assert_eq!(
+        ok, 20,
+        "downloads broken: a moved flow placed on another server"
     );
 }
 

@@ -178,6 +178,15 @@ impl Connection {
     pub fn virtual_addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::new(self.virtual_addr.into(), self.virtual_port)
     }
+
+    /// Whether this is the host's warm-up call rather than a client: before an instance takes traffic
+    /// the host calls `select` once with the port's candidates and a connection from the unspecified
+    /// address (`0.0.0.0` or `::`) and port 0, under the init deadline (50 times a call's), and does not
+    /// use the answer. Build there what the candidates need (a consistent-hashing table), so the first
+    /// client is answered as every later one, and as every other director answers it.
+    pub fn is_warm_up(&self) -> bool {
+        self.client_port == 0 && std::net::IpAddr::from(self.client_addr).is_unspecified()
+    }
 }
 
 /// A server selection policy. The host keeps one instance per virtual port and calls [`Selector::select`]

@@ -154,6 +154,7 @@ impl Director {
             crate::binding::Returns::new()
         };
         self.bindings = Arc::new(bindings);
+        self.mark_placeable();
         self.announce_left = ANNOUNCE_COUNT;
         self.announce_next = Duration::ZERO;
         self.announce_every = ANNOUNCE_INTERVAL;
@@ -182,5 +183,22 @@ impl Director {
                 crate::binding::Returns::new()
             };
         }
+        self.consistent = config
+            .cluster
+            .as_ref()
+            .map(|c| c.consistent_policies.clone())
+            .unwrap_or_default();
+        self.mark_placeable();
+    }
+
+    /// Which virtual ports place a moved flow by their policy: those of a cluster whose policy is
+    /// consistent (`[cluster] consistent_policies`).
+    fn mark_placeable(&mut self) {
+        self.placeable = self
+            .bindings
+            .ports
+            .iter()
+            .map(|p| self.cluster && self.consistent.contains(&p.policy))
+            .collect();
     }
 }

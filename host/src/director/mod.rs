@@ -163,6 +163,10 @@ pub struct Director {
     /// without its connection (translated by `returns`), and a client's ACK may be the first this director
     /// hears of a handshake whose SYN-ACK went through another one.
     cluster: bool,
+    /// `[cluster] consistent_policies`, and per virtual port whether its policy is one: a client frame
+    /// there with no connection (a flow the router moved) is placed by the policy rather than dropped.
+    consistent: Vec<String>,
+    placeable: Vec<bool>,
     returns: crate::binding::Returns,
     /// The MAC the latest unicast frame on the outside came from (the router, behind ECMP): where a reply
     /// translated without a connection goes.
@@ -246,6 +250,8 @@ impl Director {
             ),
             announce_every: Duration::ZERO,
             cluster: false,
+            consistent: Vec::new(),
+            placeable: Vec::new(),
             returns: crate::binding::Returns::new(),
             outside_peer: None,
         };

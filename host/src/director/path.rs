@@ -231,6 +231,21 @@ impl Director {
                     Err(v) => return v,
                 }
             }
+            None if !flags.contains(TcpFlags::RST) && self.is_placeable(virt, protocol) => {
+                // A flow the router moved here from another director, with no peer's record of it: the
+                // consistent policy places it where every director would (Maglev, Katran). It stays
+                // SYN_SENT, whose timeout is short, until the client's next frame confirms it: one
+                // spoofed frame holds no slot for long.
+                if !self.take_new() {
+                    return Verdict::Drop(DropReason::Shed);
+                }
+                let id = match self.open(frame, p, protocol, client, virt, None, now) {
+                    Ok(id) => id,
+                    Err(v) => return v,
+                };
+                self.counters.cluster_moved_policy += 1;
+                return self.forward_inbound(id, frame, p);
+            }
             None => return Verdict::Drop(DropReason::NoConnection),
         };
         self.table.touch(id, now);
@@ -242,6 +257,22 @@ impl Director {
         if protocol == Protocol::Tcp {
             self.track_client_flags(id, flags, now);
         }
+        self.forward_inbound(id, frame, p)
+    }
+
+    /// Whether a TCP client frame with no connection, to `virt`, is of a flow to place by the port's
+    /// consistent policy ([`Director::mark_placeable`]).
+    fn is_placeable(&self, virt: Endpoint, protocol: Protocol) -> bool {
+        protocol == Protocol::Tcp
+            && self.cluster
+            && matches!(
+                self.bindings.lookup(virt.ip(), protocol, virt.port()),
+                Lookup::Port(id) if self.placeable.get(id as usize).copied().unwrap_or(false)
+            )
+    }
+
+    /// Rewrites a client frame of connection `id` to its real server and sends it inside.
+    fn forward_inbound(&mut self, id: ConnId, frame: &mut [u8], p: &Packet) -> Verdict {
         let conn = self.table.get(id);
         let real = conn.real;
         let Some(mac) = self.neighbour(real.ip()) else {

@@ -150,6 +150,9 @@ pub struct Counters {
     /// Flows the router moved here that a peer's record placed (the first client frame of a connection
     /// installed by sync).
     pub cluster_moved_synced: u64,
+    /// `[cluster]`: flows the router moved here that no peer's record had, placed by the port's consistent
+    /// policy.
+    pub cluster_moved_policy: u64,
     pub sync_dropped: crate::sync::PerDropped,
 }
 

@@ -1069,6 +1069,7 @@ fn cluster_translates_replies_of_connections_placed_elsewhere() {
     cluster.cluster = Some(crate::config::ClusterConfig {
         route_table: 100,
         drain_time: secs(10),
+        consistent_policies: Vec::new(),
     });
     let mut d = Director::new(&cluster, BindingTable::from_config(&cluster), L2);
     assert_eq!(
@@ -1143,6 +1144,7 @@ fn cluster_never_ditches_on_resent_syns() {
     config.cluster = Some(crate::config::ClusterConfig {
         route_table: 100,
         drain_time: secs(10),
+        consistent_policies: Vec::new(),
     });
     let mut d = Director::new(&config, BindingTable::from_config(&config), L2);
     let first = syn_to(&mut d, WEB, 1000, secs(1));
@@ -1150,4 +1152,71 @@ fn cluster_never_ditches_on_resent_syns() {
         assert_eq!(syn_to(&mut d, WEB, 1000, secs(t)), first, "resend at {t} s");
     }
     assert!(d.reals().iter().all(|r| r.ditched_total == 0));
+}
+
+/// `[cluster]`: a client frame of a flow the router moved here, with no connection and no peer's record, is
+/// placed by the port's policy when it is consistent (`[cluster] consistent_policies`), held in SYN_SENT
+/// until the client's next frame, and counted; an RST, or a port whose policy is not consistent, is
+/// dropped as before.
+#[test]
+fn cluster_places_moved_flows_by_a_consistent_policy() {
+    let mut config = config(1, 1, true, false);
+    let policy = BindingTable::from_config(&config).ports[0].policy.clone();
+    config.cluster = Some(crate::config::ClusterConfig {
+        route_table: 100,
+        drain_time: secs(10),
+        consistent_policies: Vec::new(),
+    });
+    let mut d = Director::new(&config, BindingTable::from_config(&config), L2);
+    assert_eq!(
+        d.handle(
+            Interface::Outside,
+            &mut client(WEB, 1000, false, false),
+            secs(1)
+        ),
+        Verdict::Drop(DropReason::NoConnection),
+        "not a consistent policy"
+    );
+    config.cluster.as_mut().unwrap().consistent_policies = vec![policy];
+    d.set_limits(&config);
+    assert_eq!(
+        d.handle(
+            Interface::Outside,
+            &mut client(WEB, 1000, false, true),
+            secs(1)
+        ),
+        Verdict::Drop(DropReason::NoConnection),
+        "an RST is never placed"
+    );
+    let mut moved = client(WEB, 1000, false, false);
+    assert_eq!(
+        d.handle(Interface::Outside, &mut moved, secs(1)),
+        Verdict::Forward(Interface::Inside)
+    );
+    assert_eq!(d.counters().cluster_moved_policy, 1);
+    let (_, conn) = d.table().iter().next().unwrap();
+    assert_eq!(conn.state, ConnState::SynSent, "held until confirmed");
+    let real = conn.real;
+    let p = SlicedPacket::from_ethernet(&moved).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4");
+    };
+    assert_eq!(
+        SocketAddr::from((ip.header().destination_addr(), 80)),
+        real.into()
+    );
+    d.handle(
+        Interface::Outside,
+        &mut client(WEB, 1000, false, false),
+        secs(2),
+    );
+    let (_, conn) = d.table().iter().next().unwrap();
+    assert_eq!((conn.state, conn.real), (ConnState::Established, real));
+    assert_eq!(d.counters().cluster_moved_policy, 1, "placed once");
+    // A corrupted frame creates nothing.
+    let mut bad = client(WEB, 1001, false, false);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let _ = d.handle(Interface::Outside, &mut bad, secs(3));
+    assert_eq!(d.table().len(), 1);
 }

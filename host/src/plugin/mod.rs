@@ -37,7 +37,7 @@ use wasmtime::{Config, Engine};
 
 pub use binder::{Binder, BindingOut, RealInfo, VirtualInfo};
 pub use dir::{PluginDir, SETTLE};
-pub use selector::{PluginSelector, QUARANTINE_AFTER};
+pub use selector::{PluginSelector, QUARANTINE_AFTER, WarmUp};
 pub use stats::{CallResult, DURATION_BUCKETS, MetricKind, PluginMetric, PluginStats};
 
 use binder::BinderPre;
@@ -158,6 +158,9 @@ pub(crate) struct HostInner {
     stop: Arc<AtomicBool>,
     ticking: Arc<Ticking>,
     ticker: Option<JoinHandle<()>>,
+    /// Where selectors send the making of a new instance (after a trap, for a new version) once
+    /// [`PluginHost::prepare_off_path`] started the thread that does it; unset, they make it themselves.
+    preparer: std::sync::OnceLock<std::sync::mpsc::SyncSender<selector::Prepare>>,
 }
 
 /// How long the epoch ticker keeps ticking after the last plugin call before it parks. Under load (a call
@@ -487,8 +490,28 @@ impl PluginHost {
                 stop,
                 ticking,
                 ticker: Some(ticker),
+                preparer: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// From now on, selectors make their new instances (after a trap, for a new version of the plugin) on a
+    /// thread of their own, `vipd-plugin-prep`, and serve with what they have (the previous version, or
+    /// round-robin) until the instance is ready: the director's data path never compiles, instantiates or
+    /// initialises a plugin. Without it (`vipd replay`, tests) a selector makes them in the call that
+    /// needs them, which keeps a replay deterministic. Idempotent.
+    pub fn prepare_off_path(&self) -> Result<()> {
+        if self.inner.preparer.get().is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(selector::PREPARE_QUEUE);
+        std::thread::Builder::new()
+            .name("vipd-plugin-prep".into())
+            .spawn(move || selector::preparer(rx))
+            .context("starting the plugin preparation thread")?;
+        // A second caller racing this one leaves its thread without a sender: it ends at once.
+        let _ = self.inner.preparer.set(tx);
+        Ok(())
     }
 
     /// Epoch ticks since start: they advance only while a plugin call is in progress.
@@ -578,17 +601,19 @@ impl PluginHost {
         args: &[(String, String)],
         serves: IpAddr,
     ) -> Result<PluginSelector> {
-        self.selector_named(plugin, args, serves, RealNames::default())
+        self.selector_named(plugin, args, serves, RealNames::default(), WarmUp::none())
     }
 
     /// [`PluginHost::selector`] whose instances answer `real-name` from `reals` (the binding table's
-    /// real servers by id; `vipd run` and `vipd replay` pass them).
+    /// real servers by id; `vipd run` and `vipd replay` pass them) and are warmed up with `warm_up` before
+    /// they take traffic.
     pub fn selector_named(
         &self,
         plugin: &PluginHandle,
         args: &[(String, String)],
         serves: IpAddr,
         reals: RealNames,
+        warm_up: WarmUp,
     ) -> Result<PluginSelector> {
         PluginSelector::new(
             self.inner.clone(),
@@ -596,6 +621,7 @@ impl PluginHost {
             args.to_vec(),
             serves,
             reals,
+            warm_up,
         )
     }
 

@@ -4,10 +4,18 @@
 //! A selector serves one virtual port, so one address family: a version of the plugin that cannot carry it
 //! ([`super::supports`]) is refused when the selector is made (a config error) and, published later by the
 //! plugins folder, not used: the version already serving goes on, and the log says why.
+//!
+//! Every instance is warmed up before it takes traffic ([`WarmUp`]): one `select` call with the port's
+//! candidates under the init deadline, so a policy that builds something from them (Maglev's table) answers
+//! the same from its first real connection on, on every director. In the daemon
+//! ([`super::PluginHost::prepare_off_path`]) the instances made after start (after a trap, for a new
+//! version) are made and warmed on the `vipd-plugin-prep` thread ([`Prepare`]), never on the data path:
+//! meanwhile the previous version serves, or round-robin (counted as `starting`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -25,6 +33,92 @@ use crate::policy::{
 /// Failures in a row (trap, timeout, memory, bad answer) after which a selector stops calling its plugin
 /// until a new version of the file is loaded.
 pub const QUARANTINE_AFTER: u32 = 5;
+
+/// What a selector's instances are warmed up with before they take traffic: one `select` call, under the
+/// init deadline, with a warm-up connection to the virtual port (the client address unspecified, `0.0.0.0`
+/// or `::`, and the client port 0) and the port's candidates. Its answer is not used and no notice follows
+/// it. No candidates: no warm-up call.
+#[derive(Clone, Debug, Default)]
+pub struct WarmUp {
+    conn: Option<NewConnection>,
+    candidates: Vec<Candidate>,
+}
+
+impl WarmUp {
+    /// No warm-up call.
+    pub fn none() -> WarmUp {
+        WarmUp::default()
+    }
+
+    /// A warm-up with `candidates` for the virtual port `virtual_addr` of virtual machine `virtual_id`.
+    pub fn new(
+        virtual_addr: SocketAddr,
+        protocol: crate::wire::Protocol,
+        virtual_id: u32,
+        candidates: Vec<Candidate>,
+    ) -> WarmUp {
+        let client = match virtual_addr {
+            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        WarmUp {
+            conn: Some(NewConnection {
+                client: SocketAddr::new(client, 0),
+                virtual_addr,
+                protocol,
+                virtual_id,
+            }),
+            candidates,
+        }
+    }
+
+    /// The warm-up for an instance made when `conn` arrived to find none.
+    fn like(conn: &NewConnection, candidates: &[Candidate]) -> WarmUp {
+        WarmUp::new(
+            conn.virtual_addr,
+            conn.protocol,
+            conn.virtual_id,
+            candidates.to_vec(),
+        )
+    }
+}
+
+/// Instances waiting to be made on the preparation thread at most; a selector that finds the queue full
+/// asks again at its next call.
+pub(crate) const PREPARE_QUEUE: usize = 64;
+
+/// An instance to make and warm up on the preparation thread, for a selector that keeps serving meanwhile.
+pub(crate) struct Prepare {
+    host: Arc<HostInner>,
+    plugin: PluginHandle,
+    version: Arc<Version>,
+    args: Vec<(String, String)>,
+    reals: RealNames,
+    warm_up: WarmUp,
+    reply: SyncSender<Result<Live>>,
+}
+
+/// The `vipd-plugin-prep` thread: makes instances until the host is gone.
+pub(crate) fn preparer(jobs: Receiver<Prepare>) {
+    while let Ok(job) = jobs.recv() {
+        let made = make(
+            &job.host,
+            &job.plugin,
+            &job.version,
+            &job.args,
+            &job.reals,
+            &job.warm_up,
+        );
+        // The selector may be gone (a reload replaced it): the instance is dropped with the reply.
+        let _ = job.reply.try_send(made);
+    }
+}
+
+/// An instance on its way from the preparation thread, of `version`.
+struct Coming {
+    version: Arc<Version>,
+    reply: Receiver<Result<Live>>,
+}
 
 /// A compiled selector component, linked and ready to instantiate, of the newest interface it implements.
 pub(crate) enum SelectorPre {
@@ -189,12 +283,16 @@ pub struct PluginSelector {
     /// The last version refused for `serves` (logged once).
     refused: u64,
     live: Option<Live>,
+    /// An instance being made off the data path.
+    coming: Option<Coming>,
+    /// Why the last instance made for `running` could not be (counted at the next call).
+    unmade: Option<String>,
     failures: u32,
     quarantined: bool,
     fallback: RoundRobin,
 }
 
-struct Live {
+pub(crate) struct Live {
     store: Store<PluginState>,
     instance: Instance,
     id: InstanceId,
@@ -207,6 +305,7 @@ impl PluginSelector {
         args: Vec<(String, String)>,
         serves: IpAddr,
         reals: RealNames,
+        warm_up: WarmUp,
     ) -> Result<PluginSelector> {
         let current = plugin
             .slot
@@ -216,7 +315,7 @@ impl PluginSelector {
         if let Some(pre) = &current.selector {
             check_supports(pre.interface(), &current.path, serves)?;
         }
-        let live = instantiate(&host, &plugin, &current, &args, &reals)?;
+        let live = make(&host, &plugin, &current, &args, &reals, &warm_up)?;
         Ok(PluginSelector {
             host,
             plugin,
@@ -226,10 +325,107 @@ impl PluginSelector {
             running: current,
             refused: 0,
             live: Some(live),
+            coming: None,
+            unmade: None,
             failures: 0,
             quarantined: false,
             fallback: RoundRobin::new(),
         })
+    }
+
+    /// Blocks until an instance being made off the data path has arrived (or `timeout` passed); whether
+    /// none is on its way any more. For tests and tools that need the next call to reach the plugin.
+    pub fn wait_ready(&mut self, timeout: Duration) -> bool {
+        if let Some(c) = self.coming.as_ref() {
+            match c.reply.recv_timeout(timeout) {
+                Ok(made) => self.arrived(made),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Asks the preparation thread for an instance of `version`, warmed up like `conn` and `candidates`;
+    /// `false` when there is no such thread (the caller makes it) or its queue is full (asked again at the
+    /// next call).
+    fn prepare(
+        &mut self,
+        version: &Arc<Version>,
+        conn: &NewConnection,
+        candidates: &[Candidate],
+    ) -> bool {
+        let Some(preparer) = self.host.preparer.get() else {
+            return false;
+        };
+        let (reply, receive) = sync_channel(1);
+        let job = Prepare {
+            host: Arc::clone(&self.host),
+            plugin: self.plugin.clone(),
+            version: Arc::clone(version),
+            args: self.args.clone(),
+            reals: self.reals.clone(),
+            warm_up: WarmUp::like(conn, candidates),
+            reply,
+        };
+        if preparer.try_send(job).is_err() {
+            return false;
+        }
+        self.coming = Some(Coming {
+            version: Arc::clone(version),
+            reply: receive,
+        });
+        true
+    }
+
+    /// Takes the instance made off the data path, if it is there.
+    fn arrive(&mut self) {
+        let Some(c) = self.coming.as_ref() else {
+            return;
+        };
+        match c.reply.try_recv() {
+            Ok(made) => self.arrived(made),
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => self.coming = None,
+        }
+    }
+
+    fn arrived(&mut self, made: Result<Live>) {
+        let Some(coming) = self.coming.take() else {
+            return;
+        };
+        let new_version = !Arc::ptr_eq(&coming.version, &self.running);
+        match made {
+            Ok(live) => {
+                if new_version {
+                    self.running = coming.version;
+                    self.failures = 0;
+                    self.quarantined = false;
+                }
+                self.live = Some(live);
+            }
+            // A new version that cannot start: the one serving goes on.
+            Err(e) if new_version && self.live.is_some() => {
+                self.refused = coming.version.version.load(Ordering::Relaxed);
+                tracing::error!(
+                    plugin = self.plugin.name(),
+                    "{e:#}; version {} keeps serving",
+                    self.running.version.load(Ordering::Relaxed)
+                );
+            }
+            Err(e) => {
+                if new_version {
+                    self.running = coming.version;
+                    self.failures = 0;
+                    self.quarantined = false;
+                }
+                self.unmade = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    /// The number of the plugin version serving.
+    pub fn version(&self) -> u64 {
+        self.running.version.load(Ordering::Relaxed)
     }
 
     /// The plugin this selector runs.
@@ -247,10 +443,16 @@ impl PluginSelector {
         self.quarantined
     }
 
-    /// Moves to the plugin's current version if it is another one and can serve this virtual machine.
-    fn follow(&mut self, current: &Arc<Version>) {
+    /// Moves to the plugin's current version if it is another one and can serve this virtual machine: at
+    /// once when making instances in the call, else once its instance is ready (the live one serves until
+    /// then).
+    fn follow(&mut self, current: &Arc<Version>, conn: &NewConnection, candidates: &[Candidate]) {
         let number = current.version.load(Ordering::Relaxed);
-        if Arc::ptr_eq(current, &self.running) || number == self.refused {
+        let coming = self
+            .coming
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.version, current));
+        if Arc::ptr_eq(current, &self.running) || number == self.refused || coming {
             return;
         }
         let interface = current.selector.as_ref().map(SelectorPre::interface);
@@ -266,8 +468,12 @@ impl PluginSelector {
             return;
         }
         // A new version was published: start over with it.
+        if self.live.is_some() && !self.quarantined && self.prepare(current, conn, candidates) {
+            return;
+        }
         self.running = Arc::clone(current);
         self.live = None;
+        self.coming = None;
         self.failures = 0;
         self.quarantined = false;
     }
@@ -297,13 +503,24 @@ impl PluginSelector {
         conn: &NewConnection,
         candidates: &[Candidate],
     ) -> Result<Selection, (CallResult, String)> {
+        if let Some(why) = self.unmade.take() {
+            return Err((CallResult::Trap, why));
+        }
         if self.live.is_none() {
-            let live = instantiate(
+            if self.coming.is_some() {
+                return Err((CallResult::Starting, String::new()));
+            }
+            let running = Arc::clone(&self.running);
+            if self.prepare(&running, conn, candidates) {
+                return Err((CallResult::Starting, String::new()));
+            }
+            let live = make(
                 &self.host,
                 &self.plugin,
                 &self.running,
                 &self.args,
                 &self.reals,
+                &WarmUp::like(conn, candidates),
             )
             .map_err(|e| (CallResult::Trap, format!("{e:#}")))?;
             self.live = Some(live);
@@ -384,7 +601,8 @@ impl Selector for PluginSelector {
         let Some(current) = self.plugin.slot.current.load_full() else {
             return (self.fallback.select(conn, candidates), Outcome::Failed);
         };
-        self.follow(&current);
+        self.follow(&current, conn, candidates);
+        self.arrive();
         let stats = self.plugin.stats().clone();
         if self.quarantined {
             let s = self.fallback.select(conn, candidates);
@@ -426,7 +644,7 @@ impl Selector for PluginSelector {
                 }
                 let s = self.fallback.select(conn, candidates);
                 stats.record_call(result, start.elapsed());
-                let outcome = if result == CallResult::Deferred {
+                let outcome = if matches!(result, CallResult::Deferred | CallResult::Starting) {
                     Outcome::Deferred
                 } else {
                     Outcome::Failed
@@ -435,6 +653,31 @@ impl Selector for PluginSelector {
             }
         }
     }
+}
+
+/// A fresh instance of `version`, initialised with `args` and warmed up with `warm_up`.
+fn make(
+    host: &HostInner,
+    plugin: &PluginHandle,
+    version: &Version,
+    args: &[(String, String)],
+    reals: &RealNames,
+    warm_up: &WarmUp,
+) -> Result<Live> {
+    let mut live = instantiate(host, plugin, version, args, reals)?;
+    if let Some(conn) = &warm_up.conn
+        && !warm_up.candidates.is_empty()
+    {
+        let _armed = host.arm();
+        live.store.set_epoch_deadline(host.slow_ticks);
+        // Its answer (a pick, a refusal, a deferral) is not used; only a trap matters.
+        let _answer = live
+            .instance
+            .select(&mut live.store, conn, &warm_up.candidates)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{}: the warm-up call trapped", version.path.display()))?;
+    }
+    Ok(live)
 }
 
 /// A fresh instance of `version` in its own store, initialised with `args`.

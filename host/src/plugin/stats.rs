@@ -36,6 +36,9 @@ pub enum CallResult {
     BadAnswer,
     /// The plugin is quarantined and was not called: round-robin served the connection.
     Quarantined,
+    /// No instance was ready (one is being made off the data path, after a trap): round-robin served the
+    /// connection. Not a failure.
+    Starting,
 }
 
 impl CallResult {

@@ -683,7 +683,13 @@ fn real_name_answers_the_configured_names() {
     let names: crate::plugin::RealNames = ["web-a", "web-b"].iter().map(|&n| n.into()).collect();
     let h = PluginHandle::new(loaded("testing/misbehave"));
     let mut s = host()
-        .selector_named(&h, &args(&[("mode", "named")]), VIP.into(), names)
+        .selector_named(
+            &h,
+            &args(&[("mode", "named")]),
+            VIP.into(),
+            names,
+            WarmUp::none(),
+        )
         .unwrap();
     let metric = |name: &str| {
         h.stats()
@@ -699,4 +705,117 @@ fn real_name_answers_the_configured_names() {
     assert_eq!(metric("picked-web-b"), Some(2.0));
     assert_eq!(metric("picked-web-a"), Some(1.0));
     assert_eq!(metric("picked-unknown"), Some(1.0));
+}
+
+/// The warm-up before the first call builds Maglev's whole table: two selectors (two directors) answer every
+/// client alike from the first connection on; without it the first clients are placed by a plain hash.
+#[test]
+fn maglev_agrees_from_the_first_connection() {
+    let c: Vec<Candidate> = (0..3).map(|i| candidate(i, 1)).collect();
+    let warm = || {
+        let w = WarmUp::new(
+            SocketAddrV4::new(VIP, 80).into(),
+            Protocol::Tcp,
+            0,
+            c.clone(),
+        );
+        let h = PluginHandle::new(loaded("maglev"));
+        host()
+            .selector_named(&h, &[], VIP.into(), RealNames::default(), w)
+            .unwrap()
+    };
+    let (mut a, mut b) = (warm(), warm());
+    let mut cold = selector("maglev", &[]);
+    let (mut same_as_cold, mut moved) = (0, 0);
+    for client in 0..300 {
+        let picked = pick(&mut a, client, &c);
+        assert_eq!(picked, pick(&mut b, client, &c), "client {client}");
+        same_as_cold += usize::from(picked == pick(&mut cold, client, &c));
+        moved += usize::from(picked != pick(&mut a, client, &c));
+    }
+    assert_eq!(moved, 0, "a warmed-up Maglev never moves a client");
+    assert!(
+        same_as_cold < 300,
+        "the cold selector answered alike: the test proves nothing"
+    );
+    assert_eq!(a.plugin().stats().calls(CallResult::Starting), 0);
+}
+
+/// A warm-up call that traps makes the selector a configuration error that says so.
+#[test]
+fn warm_up_trap_is_a_config_error() {
+    let h = PluginHandle::new(loaded("testing/misbehave"));
+    let w = WarmUp::new(
+        SocketAddrV4::new(VIP, 80).into(),
+        Protocol::Tcp,
+        0,
+        vec![candidate(0, 1)],
+    );
+    let e = host()
+        .selector_named(
+            &h,
+            &args(&[("mode", "trap-warm-up")]),
+            VIP.into(),
+            RealNames::default(),
+            w,
+        )
+        .err()
+        .unwrap();
+    assert!(format!("{e:#}").contains("warm-up call trapped"), "{e:#}");
+}
+
+/// With preparation off the data path, a selector never makes an instance in a call: after a trap the
+/// next connection is served by round-robin (`starting`) while the preparation thread makes one, and a
+/// new version is served by the old one until its own instance is ready.
+#[test]
+fn instances_are_made_off_the_data_path() {
+    let host = PluginHost::new(PluginLimits {
+        deadline: Duration::from_millis(50),
+        ..PluginLimits::default()
+    })
+    .unwrap();
+    host.prepare_off_path().unwrap();
+    let h = PluginHandle::new(host.load_file(&path("testing/misbehave")).unwrap());
+    let mut s = host
+        .selector(&h, &args(&[("mode", "trap"), ("after", "1")]), VIP.into())
+        .unwrap();
+    let c = [candidate(0, 1), candidate(1, 1)];
+    let stats = h.stats().clone();
+    pick(&mut s, 0, &c);
+    assert_eq!(stats.calls(CallResult::Ok), 1);
+    pick(&mut s, 1, &c);
+    assert_eq!(stats.calls(CallResult::Trap), 1);
+    pick(&mut s, 2, &c);
+    assert_eq!(
+        stats.calls(CallResult::Starting),
+        1,
+        "no instance was made in the call"
+    );
+    assert!(s.wait_ready(Duration::from_secs(10)));
+    pick(&mut s, 3, &c);
+    assert_eq!(
+        stats.calls(CallResult::Ok),
+        2,
+        "the fresh instance behaves for one call"
+    );
+
+    // A new version: the old instance serves (it traps: `after` is spent) until the new one is ready.
+    let v1 = s.version();
+    h.publish(host.load_file(&path("testing/misbehave")).unwrap());
+    pick(&mut s, 4, &c);
+    assert_eq!(
+        s.version(),
+        v1,
+        "switched before the new instance was ready"
+    );
+    assert!(s.wait_ready(Duration::from_secs(10)));
+    assert_eq!(s.version(), v1 + 1);
+    let ok = stats.calls(CallResult::Ok);
+    pick(&mut s, 5, &c);
+    assert_eq!(
+        stats.calls(CallResult::Ok),
+        ok + 1,
+        "the new version's fresh instance serves"
+    );
+    assert!(!s.is_quarantined());
 }

@@ -2,11 +2,17 @@
 //! server while the set of eligible servers stays the same; when one of N servers leaves, only about 1/N of
 //! the clients move.
 //!
-//! Arguments: `table_size` (default 65537, rounded up to a prime; at least 100 x the number of servers).
+//! Arguments: `table_size` (default 65537, rounded up to a prime; at least 100 x the number of servers);
+//! `key`: what is hashed, `client` (default: the client address, so a client keeps its server) or
+//! `connection` (the client address and port, as Katran does: each connection of a client may go to another
+//! server, and every director still agrees on it).
 //!
-//! A new table takes about a million steps to build, more than one call's CPU deadline, so it is built a
-//! slice per call ([`BUILD_STEPS_PER_CALL`]) while the previous table keeps serving; a client whose server of
-//! the old table is no longer eligible is rehashed over the eligible ones until the new table is ready.
+//! The first table is built whole in the host's warm-up call, before the instance takes traffic, so every
+//! director (every instance) answers a client the same from its first connection on. A later table (the
+//! set of eligible servers changed) takes about a million steps, more than one call's CPU deadline, so it is
+//! built a slice per call ([`BUILD_STEPS_PER_CALL`]) while the previous table keeps serving; a client whose
+//! server of the old table is no longer eligible is rehashed over the eligible ones until the new table is
+//! ready.
 
 use vipd_plugin_sdk::maglev::{self, Builder, Table};
 use vipd_plugin_sdk::{
@@ -19,6 +25,8 @@ pub const BUILD_STEPS_PER_CALL: u64 = 20_000;
 /// The policy state.
 pub struct Maglev {
     size: usize,
+    /// Hash the client port too (`key = "connection"`).
+    by_connection: bool,
     /// The table serving now and the backend keys of its positions.
     table: Option<(Table, Vec<u64>)>,
     /// The table being built and the (key, weight) set it is for.
@@ -34,6 +42,7 @@ impl Maglev {
     pub fn new(size: usize) -> Maglev {
         Maglev {
             size,
+            by_connection: false,
             table: None,
             building: None,
             scratch: Vec::new(),
@@ -97,24 +106,42 @@ impl Maglev {
 
 impl Selector for Maglev {
     fn init(args: &Args) -> Result<Self, InitError> {
-        args.only(&["table_size"])?;
+        args.only(&["table_size", "key"])?;
         let size: usize = args.parse_or("table_size", maglev::DEFAULT_SIZE)?;
         if !(7..=(1 << 24)).contains(&size) {
             return Err(InitError::InvalidArgument(format!(
                 "table_size = {size}: must be between 7 and 16777216"
             )));
         }
-        Ok(Maglev::new(size))
+        let by_connection = match args.get("key").unwrap_or("client") {
+            "client" => false,
+            "connection" => true,
+            other => {
+                return Err(InitError::InvalidArgument(format!(
+                    "key = {other:?}: must be \"client\" or \"connection\""
+                )));
+            }
+        };
+        Ok(Maglev {
+            by_connection,
+            ..Maglev::new(size)
+        })
     }
 
     fn select(&mut self, conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError> {
-        self.pick(
-            maglev::hash_ip(conn.client_addr),
-            candidates,
-            BUILD_STEPS_PER_CALL,
-        )
-        .map(|i| candidates[i].index)
-        .ok_or(SelectError::NoServer)
+        // The warm-up call has the init deadline: the whole table fits in it.
+        let steps = if conn.is_warm_up() {
+            u64::MAX
+        } else {
+            BUILD_STEPS_PER_CALL
+        };
+        let mut hash = maglev::hash_ip(conn.client_addr);
+        if self.by_connection {
+            hash = maglev::mix(hash ^ u64::from(conn.client_port));
+        }
+        self.pick(hash, candidates, steps)
+            .map(|i| candidates[i].index)
+            .ok_or(SelectError::NoServer)
     }
 }
 
@@ -198,6 +225,64 @@ mod tests {
             .count();
         let share = heavy as f64 / 40_000.0;
         assert!((share - 0.75).abs() < 0.02, "{share}");
+    }
+
+    /// The host's warm-up call builds the whole table, so two instances warmed up alike answer every client
+    /// the same from the first call on; a client's call builds only a slice.
+    #[test]
+    fn warm_up_builds_the_whole_table() {
+        let c = servers(3);
+        let mut warm_up = vipd_plugin_sdk::testing::connection(Ipv4Addr::UNSPECIFIED);
+        warm_up.client_port = 0;
+        assert!(warm_up.is_warm_up());
+        let (mut a, mut b) = (
+            Maglev::new(maglev::DEFAULT_SIZE),
+            Maglev::new(maglev::DEFAULT_SIZE),
+        );
+        a.select(&warm_up, &c).unwrap();
+        assert!(a.table.is_some() && a.building.is_none());
+        b.select(&warm_up, &c).unwrap();
+        for i in 0..1000u32 {
+            let conn = vipd_plugin_sdk::testing::connection(Ipv4Addr::from(0xc633_0000 + i));
+            assert!(!conn.is_warm_up());
+            assert_eq!(a.select(&conn, &c), b.select(&conn, &c));
+        }
+        let mut cold = Maglev::new(maglev::DEFAULT_SIZE);
+        cold.select(
+            &vipd_plugin_sdk::testing::connection(Ipv4Addr::LOCALHOST),
+            &c,
+        )
+        .unwrap();
+        assert!(
+            cold.building.is_some(),
+            "a client's call builds a slice only"
+        );
+    }
+
+    /// `key = "connection"` spreads one client's connections over the servers; `client` keeps them on one.
+    #[test]
+    fn key_connection_spreads_one_client() {
+        let c = servers(2);
+        let mut warm_up = vipd_plugin_sdk::testing::connection(Ipv4Addr::UNSPECIFIED);
+        warm_up.client_port = 0;
+        let picks = |key: &str| {
+            let mut m = Maglev::init(&Args::new(vec![("key".into(), key.into())])).unwrap();
+            m.select(&warm_up, &c).unwrap();
+            let mut seen = [0; 2];
+            for port in 1000..1200 {
+                let mut conn = vipd_plugin_sdk::testing::connection(Ipv4Addr::new(198, 51, 100, 2));
+                conn.client_port = port;
+                seen[m.select(&conn, &c).unwrap() as usize] += 1;
+            }
+            seen
+        };
+        assert!(picks("client").contains(&0), "one client, one server");
+        assert!(
+            picks("connection").iter().all(|&n| n > 60),
+            "{:?}",
+            picks("connection")
+        );
+        assert!(Maglev::init(&Args::new(vec![("key".into(), "port".into())])).is_err());
     }
 
     /// A bad table size is refused with the reason.

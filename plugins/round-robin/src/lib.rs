@@ -15,7 +15,11 @@ impl Selector for RoundRobin {
         Ok(RoundRobin(SmoothWeighted::new()))
     }
 
-    fn select(&mut self, _conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError> {
+    fn select(&mut self, conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError> {
+        // Nothing to build; the rotation starts with the first client.
+        if conn.is_warm_up() {
+            return Err(SelectError::Defer);
+        }
         self.0
             .next(candidates)
             .map(|i| candidates[i].index)

@@ -3,8 +3,9 @@
 //! Argument `mode`: `trap` (panics, a Wasm trap), `spin` (loops forever), `hog` (allocates without bound),
 //! `out-of-range` (answers an index past the list), `ineligible` (answers a failed server), `named`
 //! (answers index 0 and counts `picked-NAME` with the server's configured name), `fail-init`
-//! (refuses `init`), `first` (answers index 0: behaves). `after` (default 0): behave like `first` for that
-//! many calls before misbehaving.
+//! (refuses `init`), `first` (answers index 0: behaves), `trap-warm-up` (panics in the host's warm-up call,
+//! behaves after). `after` (default 0): behave like `first` for that many calls before misbehaving. The
+//! host's warm-up call is answered with index 0 and not counted, except by `trap-warm-up`.
 
 use vipd_plugin_sdk::{
     Args, Candidate, Connection, InitError, SelectError, Selector, export_selector, host,
@@ -30,7 +31,16 @@ impl Selector for Misbehave {
         })
     }
 
-    fn select(&mut self, _conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError> {
+    fn select(&mut self, conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError> {
+        if conn.is_warm_up() {
+            if self.mode == "trap-warm-up" {
+                panic!("asked to trap in the warm-up");
+            }
+            return Ok(0);
+        }
+        if self.mode == "trap-warm-up" {
+            return Ok(0);
+        }
         self.calls += 1;
         if self.calls <= self.after {
             return Ok(0);
