@@ -401,6 +401,14 @@ fn selector(
             let selector = p
                 .host
                 .selector_named(&handle, &args, serves, reals, warm_up(bindings, port))
+                .map(|s| {
+                    // The shadow thread may wait for its instances; the data path never does.
+                    if key == "shadow_policy" {
+                        s.in_call()
+                    } else {
+                        s
+                    }
+                })
                 .with_context(|| {
                     format!(
                         "{}: virtual machine {:?} port {}: {key} {name:?}",

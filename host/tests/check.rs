@@ -179,18 +179,28 @@ fn old_interface_plugin_is_refused_for_ipv6_only() {
     );
 }
 
-/// The shipped cluster and pair configs pass `vipd check`; the cluster one is warned about its round-robin
-/// policy (not consistent across directors), and a cluster director made a standby is warned about too.
+/// The shipped cluster and pair configs pass `vipd check` without warnings; a cluster port whose policy is
+/// round-robin (not consistent across directors) is warned about, and so is a cluster director made a
+/// standby.
 #[test]
 fn shipped_ha_and_ecmp_configs_pass_and_cluster_warnings_are_printed() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let key = write("sync.key", "a shared secret of 32 bytes.....");
     let with_key = |from: &str, name: &str, edit: &dyn Fn(String) -> String| {
         let text = std::fs::read_to_string(examples.join(from)).unwrap();
-        let text = edit(text.replace(
-            "key_file = \"sync.key\"",
-            &format!("key_file = \"{}\"", key.display()),
-        ));
+        let text = edit(
+            text.replace(
+                "key_file = \"sync.key\"",
+                &format!("key_file = \"{}\"", key.display()),
+            )
+            .replace(
+                "plugins = \"/usr/lib/vipd/plugins\"",
+                &format!(
+                    "plugins = {:?}",
+                    common::built_plugins().display().to_string()
+                ),
+            ),
+        );
         write(name, &text)
     };
     for (from, name) in [
@@ -205,12 +215,20 @@ fn shipped_ha_and_ecmp_configs_pass_and_cluster_warnings_are_printed() {
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            stdout.contains("policy round-robin on a cluster"),
-            from.starts_with("ecmp"),
-            "{from}: {stdout}"
-        );
+        assert!(!stdout.contains("warning"), "{from}: {stdout}");
     }
+    let out = vipd_check(&with_key("ecmp/vipd.toml", "ecmp-rr.toml", &|t| {
+        t.replace("policy = \"maglev\"", "policy = \"round-robin\"")
+            .replace("policy_args = { key = \"connection\" }", "")
+    }));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains(
+                "policy round-robin on a cluster is not in [cluster] consistent_policies"
+            ),
+        "{stdout}"
+    );
     let out = vipd_check(&with_key("ecmp/vipd.toml", "ecmp-standby.toml", &|t| {
         t.replace("role = \"active\"", "role = \"standby\"")
     }));

@@ -287,6 +287,8 @@ pub struct PluginSelector {
     coming: Option<Coming>,
     /// Why the last instance made for `running` could not be (counted at the next call).
     unmade: Option<String>,
+    /// Makes its instances in the call that needs them even when the host prepares them off the path.
+    in_call: bool,
     failures: u32,
     quarantined: bool,
     fallback: RoundRobin,
@@ -327,10 +329,19 @@ impl PluginSelector {
             live: Some(live),
             coming: None,
             unmade: None,
+            in_call: false,
             failures: 0,
             quarantined: false,
             fallback: RoundRobin::new(),
         })
+    }
+
+    /// Makes its instances in the call that needs them, also when the host prepares them off the data path
+    /// ([`super::PluginHost::prepare_off_path`]): for a thread that may wait, like the shadow thread, whose
+    /// every call must reach the plugin.
+    pub fn in_call(mut self) -> PluginSelector {
+        self.in_call = true;
+        self
     }
 
     /// Blocks until an instance being made off the data path has arrived (or `timeout` passed); whether
@@ -354,7 +365,7 @@ impl PluginSelector {
         conn: &NewConnection,
         candidates: &[Candidate],
     ) -> bool {
-        let Some(preparer) = self.host.preparer.get() else {
+        let Some(preparer) = self.host.preparer.get().filter(|_| !self.in_call) else {
             return false;
         };
         let (reply, receive) = sync_channel(1);
