@@ -27,8 +27,13 @@ fn main() {
         .unwrap();
     // Another instance of the same plugin: its call before a timed one warms what the two share (the
     // compiled code, the host's call path), not the timed instance's own memory.
+    let other_plugin = std::env::var("OTHER").unwrap_or("round-robin".into());
+    let other_handle = PluginHandle::new(
+        host.load_file(&dir.join(format!("{other_plugin}.wasm")))
+            .unwrap(),
+    );
     let mut other = host
-        .selector(&handle, &[], Ipv4Addr::new(192, 0, 2, 1).into())
+        .selector(&other_handle, &[], Ipv4Addr::new(192, 0, 2, 1).into())
         .unwrap();
     let cands: Vec<Candidate> = (0..2)
         .map(|i| Candidate {

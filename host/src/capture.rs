@@ -64,6 +64,12 @@ pub trait Handler {
     fn wakeup(&mut self, behind: bool) {
         let _ = behind;
     }
+    /// Light work between wake-ups (keeping the policy plugins warm); when it wants to run again, if
+    /// before the next tick: the loop then wakes up for it.
+    fn upkeep(&mut self, now: Duration) -> Option<Duration> {
+        let _ = now;
+        None
+    }
 }
 
 /// What the control callback tells the loop between batches.
@@ -794,10 +800,11 @@ impl DataPath {
                 next_stats = now + self.cfg.stats_every;
             }
             let now = self.epoch.elapsed();
+            let wake_by = handler.upkeep(now).map_or(next_tick, |t| t.min(next_tick));
             let timeout = if now < spin_until {
                 0
             } else {
-                let wait = next_tick.saturating_sub(now);
+                let wait = wake_by.saturating_sub(now);
                 wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
             };
             for fd in &mut fds {

@@ -49,6 +49,8 @@ pub const DEFAULT_NEW_PER_WAKEUP: u32 = 64;
 
 /// `[director] plugin_deadline` when not given.
 pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(1);
+/// `[director] plugin_keep_warm` when not given.
+pub const DEFAULT_PLUGIN_KEEP_WARM: Duration = Duration::from_millis(2);
 /// `[sync] max_datagram` when not given: below a 1500-byte MTU less the IPv6 and UDP headers (48 bytes).
 pub const DEFAULT_SYNC_MAX_DATAGRAM: u16 = 1400;
 /// The shortest `[sync] key_file` accepted: 16 bytes (128 bits) of secret.
@@ -114,6 +116,9 @@ pub struct DirectorConfig {
     pub plugin_memory: u64,
     /// CPU deadline per plugin call.
     pub plugin_deadline: Duration,
+    /// How often a plugin that served a connection in the last second is called with the warm-up
+    /// connection to keep its code in the CPU's caches; zero (`"off"`) never.
+    pub plugin_keep_warm: Duration,
     /// Interfaces whose frames a sender thread of their own sends (start only).
     pub send_threads: SendThreads,
     /// Send with `PACKET_QDISC_BYPASS`: straight to the driver, past the interface's qdisc (start only).
@@ -484,6 +489,7 @@ struct RawDirector {
     admin_token: Text,
     plugin_memory: Text,
     plugin_deadline: Text,
+    plugin_keep_warm: Text,
     send_threads: Text,
     qdisc_bypass: Option<Spanned<bool>>,
     syn_proxy: Option<Spanned<bool>>,
@@ -724,6 +730,7 @@ impl Checker<'_> {
                 admin_token: None,
                 plugin_memory: DEFAULT_PLUGIN_MEMORY,
                 plugin_deadline: DEFAULT_PLUGIN_DEADLINE,
+                plugin_keep_warm: DEFAULT_PLUGIN_KEEP_WARM,
                 send_threads: DEFAULT_SEND_THREADS,
                 qdisc_bypass: true,
                 syn_proxy: false,
@@ -821,6 +828,10 @@ impl Checker<'_> {
             "director.plugin_deadline",
             DEFAULT_PLUGIN_DEADLINE,
         );
+        let plugin_keep_warm = match &raw.plugin_keep_warm {
+            Some(v) if v.get_ref() == "off" => Duration::ZERO,
+            other => self.duration(other, "director.plugin_keep_warm", DEFAULT_PLUGIN_KEEP_WARM),
+        };
         let send_threads = match &raw.send_threads {
             None => DEFAULT_SEND_THREADS,
             Some(t) => {
@@ -874,6 +885,7 @@ impl Checker<'_> {
             admin_token,
             plugin_memory,
             plugin_deadline,
+            plugin_keep_warm,
             send_threads,
             qdisc_bypass: raw.qdisc_bypass.is_none_or(|b| b.into_inner()),
             syn_proxy: raw.syn_proxy.is_some_and(|b| b.into_inner()),
@@ -1868,6 +1880,7 @@ mod tests {
         assert_eq!(d.syn_retries, 2);
         assert_eq!(d.plugin_memory, 16 << 20);
         assert_eq!(d.plugin_deadline, Duration::from_millis(1));
+        assert_eq!(d.plugin_keep_warm, Duration::from_millis(2));
         assert_eq!((d.plugins.clone(), d.admin_token.clone()), (None, None));
         assert_eq!(
             (d.send_threads, d.qdisc_bypass),
@@ -1901,6 +1914,7 @@ syn_retries = 4
 admin_token = "secret"
 plugin_memory = "1GiB"
 plugin_deadline = "5ms"
+plugin_keep_warm = "off"
 send_threads = "both"
 qdisc_bypass = false
 [timeouts]
@@ -1943,6 +1957,7 @@ policy_args = { x = "y" }
         assert_eq!(c.director.admin_token.as_deref(), Some("secret"));
         assert_eq!(c.director.plugin_memory, 1 << 30);
         assert_eq!(c.director.plugin_deadline, Duration::from_millis(5));
+        assert_eq!(c.director.plugin_keep_warm, Duration::ZERO);
         assert_eq!(
             (c.director.send_threads, c.director.qdisc_bypass),
             (SendThreads::new(true, true), false)

@@ -565,6 +565,10 @@ impl Handler for Director {
     fn tick(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8])) {
         Director::tick(self, now, send)
     }
+
+    fn upkeep(&mut self, now: Duration) -> Option<Duration> {
+        Director::upkeep(self, now)
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ pub const NAMES: &[&str] = &[
     "vipd_send_failures_total",
     "vipd_plugin_calls_total",
     "vipd_plugin_call_duration_seconds",
+    "vipd_plugin_keep_warm_calls_total",
     "vipd_plugin_reloads_total",
     "vipd_plugin_metric",
     "vipd_plugin_counter_total",
@@ -326,6 +327,19 @@ pub fn render_plugins(out: &mut String, plugins: &[PluginEntry]) {
                 result.as_str()
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vipd_plugin_keep_warm_calls_total Warm-up calls that kept a policy plugin's code in the CPU's caches between connections ([director] plugin_keep_warm)."
+    );
+    let _ = writeln!(out, "# TYPE vipd_plugin_keep_warm_calls_total counter");
+    for p in plugins {
+        let _ = writeln!(
+            out,
+            "vipd_plugin_keep_warm_calls_total{{plugin=\"{}\"}} {}",
+            p.name,
+            p.stats.keep_warm_calls()
+        );
     }
     let _ = writeln!(
         out,

@@ -56,6 +56,23 @@ pub struct NewConnection {
     pub virtual_id: u32,
 }
 
+impl NewConnection {
+    /// The warm-up connection to `virtual_addr` (docs/plugins.md, "Warm-up"): from the unspecified
+    /// address of its family, port 0.
+    pub fn warm_up(virtual_addr: SocketAddr, protocol: Protocol, virtual_id: u32) -> NewConnection {
+        let client = match virtual_addr {
+            SocketAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            SocketAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        NewConnection {
+            client: SocketAddr::new(client, 0),
+            virtual_addr,
+            protocol,
+            virtual_id,
+        }
+    }
+}
+
 /// One real server port a virtual port is bound to, with its live state.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Candidate {
@@ -118,6 +135,9 @@ impl InstanceId {
     }
 }
 
+/// How long after its last connection a plugin is kept warm ([`Selector::keep_warm`]).
+pub const KEEP_WARM_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Picks a real server for each new connection (the patent's session distribution scheme).
 pub trait Selector: Send {
     /// Called once per new connection with the candidates bound to its virtual port.
@@ -157,6 +177,22 @@ pub trait Selector: Send {
     /// with an RST); no [`Selector::connection_closed`] follows for that placement. Called like
     /// [`Selector::connection_closed`]. Optional.
     fn connection_ditched(&mut self, _conn: &NewConnection, _real_id: u32) {}
+
+    /// Whether the policy is to be kept warm now ([`Selector::keep_warm`]): a plugin that served a
+    /// connection in the last [`KEEP_WARM_FOR`] and was not called for half of `period`. The built-ins
+    /// have nothing to keep warm.
+    fn wants_warm(&self, period: std::time::Duration) -> bool {
+        let _ = period;
+        false
+    }
+
+    /// Keeps the policy's code in the CPU's caches between connections: one call with the warm-up
+    /// connection `conn` (docs/plugins.md, "Warm-up") and the port's `candidates`, its answer unused.
+    /// Whether it called.
+    fn keep_warm(&mut self, conn: &NewConnection, candidates: &[Candidate]) -> bool {
+        let _ = (conn, candidates);
+        false
+    }
 }
 
 /// Smooth weighted round-robin (the nginx algorithm): over any window of `sum(weight)` picks every eligible

@@ -142,6 +142,7 @@ impl PluginLive {
             "memory",
             "bad_answer",
             "quarantined",
+            "starting",
         ]
         .iter()
         .map(|r| {
@@ -151,6 +152,11 @@ impl PluginLive {
             )
         })
         .sum()
+    }
+
+    fn keep_warm_calls(&self, plugin: &str) -> f64 {
+        self.metrics()
+            .get("vipd_plugin_keep_warm_calls_total", &[("plugin", plugin)])
     }
 
     fn calls(&self, plugin: &str, result: &str) -> f64 {
@@ -177,7 +183,8 @@ const ALL: [&str; 6] = [
 
 #[test]
 /// round-robin.wasm with weights 3:1: 40 new connections split exactly 30:10 (smooth weighted round-robin
-/// gives each server exactly its weight in any 4 consecutive picks), every one decided by the plugin.
+/// gives each server exactly its weight in any 4 consecutive picks), every one decided by the plugin. The
+/// plugin is kept warm between connections, and that changes none of its picks.
 fn round_robin_plugin_splits_by_weight() {
     let live = PluginLive::start(POLICIES, &ALL, "http://192.0.2.1/", None);
     let ok = live.calls("round-robin", "ok");
@@ -191,6 +198,9 @@ fn round_robin_plugin_splits_by_weight() {
     );
     wait_for("40 ok calls on /metrics", Duration::from_secs(5), || {
         live.calls("round-robin", "ok") >= ok + 40.0
+    });
+    wait_for("keep-warm calls", Duration::from_secs(5), || {
+        live.keep_warm_calls("round-robin") >= 10.0
     });
 }
 
@@ -785,4 +795,8 @@ fn python_and_javascript_policies_serve_like_rust() {
         assert!(live.calls(plugin, "ok") >= 6.0, "{plugin} decided");
         assert_eq!(live.fallbacks(plugin), 0.0, "{plugin}: no fallback");
     }
+    // The plugins are kept warm between connections (a plugin too dear to keep warm is a unit test's).
+    wait_for("keep-warm calls", Duration::from_secs(5), || {
+        live.keep_warm_calls("least-connections") >= 10.0
+    });
 }

@@ -183,7 +183,9 @@ impl Connection {
     /// the host calls `select` once with the port's candidates and a connection from the unspecified
     /// address (`0.0.0.0` or `::`) and port 0, under the init deadline (50 times a call's), and does not
     /// use the answer. Build there what the candidates need (a consistent-hashing table), so the first
-    /// client is answered as every later one, and as every other director answers it.
+    /// client is answered as every later one, and as every other director answers it. Later warm-up
+    /// calls, with a call's deadline, keep the plugin's code in the CPU's caches between connections
+    /// (`[director] plugin_keep_warm`): answer them as cheaply as a client.
     pub fn is_warm_up(&self) -> bool {
         self.client_port == 0 && std::net::IpAddr::from(self.client_addr).is_unspecified()
     }

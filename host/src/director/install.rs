@@ -171,6 +171,7 @@ impl Director {
             wscale: d.syn_proxy_wscale,
         });
         self.new_per_wakeup = d.new_per_wakeup;
+        self.keep_warm = d.plugin_keep_warm;
         if let Some(sync) = &config.sync {
             self.garp = (sync.garp_repeat, sync.garp_interval);
         }

@@ -168,6 +168,11 @@ pub struct Director {
     consistent: Vec<String>,
     placeable: Vec<bool>,
     returns: crate::binding::Returns,
+    /// `[director] plugin_keep_warm` (zero: off), when the policies are next asked to keep warm, and when
+    /// one was last asked for a connection.
+    keep_warm: Duration,
+    keep_warm_next: Duration,
+    last_select: Option<Duration>,
     /// The MAC the latest unicast frame on the outside came from (the router, behind ECMP): where a reply
     /// translated without a connection goes.
     outside_peer: Option<MacAddr>,
@@ -253,6 +258,9 @@ impl Director {
             consistent: Vec::new(),
             placeable: Vec::new(),
             returns: crate::binding::Returns::new(),
+            keep_warm: Duration::ZERO,
+            keep_warm_next: Duration::ZERO,
+            last_select: None,
             outside_peer: None,
         };
         director.install(bindings, selectors);
@@ -381,6 +389,23 @@ impl Director {
         }
         self.new_budget -= 1;
         true
+    }
+
+    /// Between wake-ups: asks the policies to keep warm (`[director] plugin_keep_warm`) while one served a
+    /// connection in the last [`crate::policy::KEEP_WARM_FOR`]. The time it wants to run again, if any.
+    pub fn upkeep(&mut self, now: Duration) -> Option<Duration> {
+        let active = !self.keep_warm.is_zero()
+            && self
+                .last_select
+                .is_some_and(|t| now.saturating_sub(t) < crate::policy::KEEP_WARM_FOR);
+        if !active {
+            return None;
+        }
+        if now >= self.keep_warm_next {
+            self.keep_policies_warm(now);
+            self.keep_warm_next = now + self.keep_warm;
+        }
+        Some(self.keep_warm_next)
     }
 
     /// Periodic work: expires idle connections (bounded), syncs connections with peers (bounded), tells policies how the connections they placed

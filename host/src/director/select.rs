@@ -108,6 +108,77 @@ impl Director {
         exclude: Option<u32>,
         now: Duration,
     ) -> Option<(u32, Endpoint, Option<InstanceId>)> {
+        let trial = self.fill_candidates(port_id, exclude, now)?;
+        if let Some(i) = trial {
+            let c = self.candidates.get(i)?;
+            let h = self.health.get_mut(c.real_id as usize)?;
+            h.retry_at = now + h.retry_after;
+            self.counters.trials += 1;
+            return Some((c.real_id, c.target.into(), None));
+        }
+        let port = self.bindings.ports.get(port_id as usize)?;
+        let new = NewConnection {
+            client: client.into(),
+            virtual_addr: virt.into(),
+            protocol,
+            virtual_id: port.virtual_id,
+        };
+        let selector = self.selectors.get_mut(port_id as usize)?;
+        let (selection, outcome) = selector.select_outcome(&new, &self.candidates);
+        self.last_select = Some(now);
+        // The call just warmed what a keep-warm call would.
+        self.keep_warm_next = now + self.keep_warm;
+        let placed_by = match outcome {
+            Outcome::Picked => selector.instance(),
+            _ => None,
+        };
+        let chosen = match selection {
+            Selection::Pick(i) => self
+                .candidates
+                .get(i)
+                .filter(|c| c.eligible())
+                .map(|c| (c.real_id, c.target.into(), placed_by)),
+            Selection::Reject => None,
+        };
+        if exclude.is_none() {
+            self.shadow(port_id, new, chosen.map(|c| c.0));
+        }
+        chosen
+    }
+
+    /// Asks the policies that want it to keep warm ([`crate::policy::Selector::keep_warm`]), each with its
+    /// port's candidates as they are now.
+    pub(super) fn keep_policies_warm(&mut self, now: Duration) {
+        for port_id in 0..self.selectors.len() {
+            if !self.selectors[port_id].wants_warm(self.keep_warm) {
+                continue;
+            }
+            let Some(port) = self.bindings.ports.get(port_id) else {
+                continue;
+            };
+            let Some(vm) = self.bindings.virtuals.get(port.virtual_id as usize) else {
+                continue;
+            };
+            let conn = NewConnection::warm_up(
+                std::net::SocketAddr::new(vm.address, port.port),
+                port.protocol,
+                port.virtual_id,
+            );
+            if self.fill_candidates(port_id as u32, None, now).is_none() {
+                continue;
+            }
+            self.selectors[port_id].keep_warm(&conn, &self.candidates);
+        }
+    }
+
+    /// Fills `self.candidates` with port `port_id`'s bound targets and their live state (see
+    /// [`Director::select`]); the index of a failed server whose trial is due, if any. `None`: no such port.
+    fn fill_candidates(
+        &mut self,
+        port_id: u32,
+        exclude: Option<u32>,
+        now: Duration,
+    ) -> Option<Option<usize>> {
         let bindings = &self.bindings;
         let port = bindings.ports.get(port_id as usize)?;
         self.candidates.clear();
@@ -157,37 +228,7 @@ impl Director {
                 ditched: live.ditched,
             });
         }
-        if let Some(i) = trial {
-            let c = self.candidates.get(i)?;
-            let h = self.health.get_mut(c.real_id as usize)?;
-            h.retry_at = now + h.retry_after;
-            self.counters.trials += 1;
-            return Some((c.real_id, c.target.into(), None));
-        }
-        let new = NewConnection {
-            client: client.into(),
-            virtual_addr: virt.into(),
-            protocol,
-            virtual_id: port.virtual_id,
-        };
-        let selector = self.selectors.get_mut(port_id as usize)?;
-        let (selection, outcome) = selector.select_outcome(&new, &self.candidates);
-        let placed_by = match outcome {
-            Outcome::Picked => selector.instance(),
-            _ => None,
-        };
-        let chosen = match selection {
-            Selection::Pick(i) => self
-                .candidates
-                .get(i)
-                .filter(|c| c.eligible())
-                .map(|c| (c.real_id, c.target.into(), placed_by)),
-            Selection::Reject => None,
-        };
-        if exclude.is_none() {
-            self.shadow(port_id, new, chosen.map(|c| c.0));
-        }
-        chosen
+        Some(trial)
     }
 
     /// Hands a new connection and the live choice to the port's shadow policy, if it has one: a copy into

@@ -1220,3 +1220,68 @@ fn cluster_places_moved_flows_by_a_consistent_policy() {
     let _ = d.handle(Interface::Outside, &mut bad, secs(3));
     assert_eq!(d.table().len(), 1);
 }
+
+/// A selector that always wants to be kept warm and records the keep-warm calls (connection, candidates).
+struct Warm(std::sync::Arc<std::sync::Mutex<Vec<(crate::policy::NewConnection, usize)>>>);
+
+impl Selector for Warm {
+    fn select(
+        &mut self,
+        _conn: &crate::policy::NewConnection,
+        _candidates: &[Candidate],
+    ) -> crate::policy::Selection {
+        crate::policy::Selection::Pick(0)
+    }
+
+    fn wants_warm(&self, _period: Duration) -> bool {
+        true
+    }
+
+    fn keep_warm(&mut self, conn: &crate::policy::NewConnection, candidates: &[Candidate]) -> bool {
+        self.0.lock().unwrap().push((*conn, candidates.len()));
+        true
+    }
+}
+
+/// Keeping the policies warm runs only within `KEEP_WARM_FOR` of the last connection a policy placed, every
+/// `plugin_keep_warm`, with each port's warm-up connection and candidates, and never with
+/// `plugin_keep_warm = "off"`.
+#[test]
+fn keep_warm_follows_the_last_connection() {
+    let mut config = config(1, 1, true, false);
+    let bindings = BindingTable::from_config(&config);
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let selectors = bindings
+        .ports
+        .iter()
+        .map(|_| Box::new(Warm(std::sync::Arc::clone(&calls))) as Box<dyn Selector>)
+        .collect();
+    let mut d = Director::with_selectors(&config, bindings, selectors, L2);
+    assert_eq!(d.upkeep(secs(1)), None, "no connection yet");
+    syn_to(&mut d, WEB, 1000, secs(1));
+    let period = crate::config::DEFAULT_PLUGIN_KEEP_WARM;
+    assert_eq!(d.upkeep(secs(1)), Some(secs(1) + period));
+    assert!(
+        calls.lock().unwrap().is_empty(),
+        "the connection's call just warmed it"
+    );
+    assert_eq!(d.upkeep(secs(1) + period), Some(secs(1) + 2 * period));
+    {
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 2, "one per port: {calls:?}");
+        let (conn, candidates) = calls[0];
+        assert_eq!(
+            (conn.client.port(), conn.client.ip().is_unspecified()),
+            (0, true)
+        );
+        assert_eq!(
+            (conn.virtual_addr, candidates),
+            (SocketAddr::from((WEB, 80)), 3)
+        );
+    }
+    assert_eq!(d.upkeep(secs(1) + crate::policy::KEEP_WARM_FOR), None);
+    config.director.plugin_keep_warm = Duration::ZERO;
+    d.set_limits(&config);
+    syn_to(&mut d, WEB, 1001, secs(5));
+    assert_eq!(d.upkeep(secs(5)), None, "off");
+}

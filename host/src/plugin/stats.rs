@@ -90,6 +90,8 @@ pub struct PluginStats {
     duration_sum_ns: AtomicU64,
     /// Cumulative-free counts per bucket; the last is +Inf.
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    /// Keep-warm calls (not connections: not in `calls` or the durations).
+    keep_warm: AtomicU64,
     /// Plugin-defined metrics: written by plugin host calls (once per connection at most), never per packet.
     metrics: Mutex<Vec<PluginMetric>>,
 }
@@ -98,6 +100,16 @@ pub struct PluginStats {
 pub const MAX_PLUGIN_METRICS: usize = 64;
 
 impl PluginStats {
+    /// Counts one keep-warm call.
+    pub fn record_keep_warm(&self) {
+        self.keep_warm.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keep-warm calls so far.
+    pub fn keep_warm_calls(&self) -> u64 {
+        self.keep_warm.load(Ordering::Relaxed)
+    }
+
     /// Counts one call and its duration.
     pub fn record_call(&self, result: CallResult, took: Duration) {
         self.calls[result as usize].fetch_add(1, Ordering::Relaxed);

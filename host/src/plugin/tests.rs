@@ -777,7 +777,11 @@ fn instances_are_made_off_the_data_path() {
     host.prepare_off_path().unwrap();
     let h = PluginHandle::new(host.load_file(&path("testing/misbehave")).unwrap());
     let mut s = host
-        .selector(&h, &args(&[("mode", "trap"), ("after", "1")]), VIP.into())
+        .selector(
+            &h,
+            &args(&[("mode", "trap"), ("after", "1"), ("slow_warm_up", "20")]),
+            VIP.into(),
+        )
         .unwrap();
     let c = [candidate(0, 1), candidate(1, 1)];
     let stats = h.stats().clone();
@@ -799,10 +803,12 @@ fn instances_are_made_off_the_data_path() {
         "the fresh instance behaves for one call"
     );
 
-    // A new version: the old instance serves (it traps: `after` is spent) until the new one is ready.
+    // A new version: the old instance goes on serving until the new one is ready (its warm-up takes 20 ms).
     let v1 = s.version();
+    let starting = stats.calls(CallResult::Starting);
     h.publish(host.load_file(&path("testing/misbehave")).unwrap());
     pick(&mut s, 4, &c);
+    assert_eq!(stats.calls(CallResult::Starting), starting);
     assert_eq!(
         s.version(),
         v1,
@@ -818,4 +824,43 @@ fn instances_are_made_off_the_data_path() {
         "the new version's fresh instance serves"
     );
     assert!(!s.is_quarantined());
+}
+
+/// Keeping warm: nothing before the first connection or within half a period of the last call; a warm-up
+/// call after it, counted apart from the connections' calls; never a plugin whose warm-up calls are dear.
+#[test]
+fn keep_warm_calls_between_connections() {
+    let period = Duration::from_millis(2);
+    let warm = NewConnection::warm_up(SocketAddrV4::new(VIP, 80).into(), Protocol::Tcp, 0);
+    let h = PluginHandle::new(loaded("round-robin"));
+    let mut s = host().selector(&h, &[], VIP.into()).unwrap();
+    let c = [candidate(0, 1), candidate(1, 1)];
+    assert!(!s.wants_warm(period), "no connection yet");
+    pick(&mut s, 0, &c);
+    assert!(!s.wants_warm(period), "just called");
+    std::thread::sleep(period / 2);
+    assert!(s.wants_warm(period));
+    let calls = h.stats().calls(CallResult::Ok);
+    assert!(s.keep_warm(&warm, &c));
+    assert!(!s.wants_warm(period), "just warmed");
+    assert_eq!(h.stats().keep_warm_calls(), 1);
+    assert_eq!(
+        h.stats().calls(CallResult::Ok),
+        calls,
+        "not a connection's call"
+    );
+    // The rotation is the connections' own: round-robin answers the warm-up with `defer`.
+    assert_eq!(pick(&mut s, 1, &c), 1);
+
+    // A plugin whose warm-up takes 1 ms is tried a few times, then left cold.
+    let h = PluginHandle::new(loaded("testing/misbehave"));
+    let mut s = host()
+        .selector(&h, &args(&[("slow_warm_up", "1")]), VIP.into())
+        .unwrap();
+    pick(&mut s, 0, &c);
+    for _ in 0..selector::KEEP_WARM_TRIALS {
+        assert!(s.keep_warm(&warm, &c));
+    }
+    std::thread::sleep(period);
+    assert!(!s.wants_warm(period), "warming it costs more than it saves");
 }

@@ -7,7 +7,7 @@
 //! `connection` (the client address and port, as Katran does: each connection of a client may go to another
 //! server, and every director still agrees on it).
 //!
-//! The first table is built whole in the host's warm-up call, before the instance takes traffic, so every
+//! The first table is built whole in the host's first warm-up call, before the instance takes traffic, so every
 //! director (every instance) answers a client the same from its first connection on. A later table (the
 //! set of eligible servers changed) takes about a million steps, more than one call's CPU deadline, so it is
 //! built a slice per call ([`BUILD_STEPS_PER_CALL`]) while the previous table keeps serving; a client whose
@@ -129,8 +129,9 @@ impl Selector for Maglev {
     }
 
     fn select(&mut self, conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError> {
-        // The warm-up call has the init deadline: the whole table fits in it.
-        let steps = if conn.is_warm_up() {
+        // The first warm-up call has the init deadline: the whole first table fits in it. Later ones
+        // (keeping the plugin warm) have a call's deadline, like a client's.
+        let steps = if conn.is_warm_up() && self.table.is_none() {
             u64::MAX
         } else {
             BUILD_STEPS_PER_CALL

@@ -5,7 +5,8 @@
 //! (answers index 0 and counts `picked-NAME` with the server's configured name), `fail-init`
 //! (refuses `init`), `first` (answers index 0: behaves), `trap-warm-up` (panics in the host's warm-up call,
 //! behaves after). `after` (default 0): behave like `first` for that many calls before misbehaving. The
-//! host's warm-up call is answered with index 0 and not counted, except by `trap-warm-up`.
+//! host's warm-up call is answered with index 0 and not counted, except by `trap-warm-up`; `slow_warm_up`
+//! (milliseconds, default 0) makes it take that long first.
 
 use vipd_plugin_sdk::{
     Args, Candidate, Connection, InitError, SelectError, Selector, export_selector, host,
@@ -15,6 +16,7 @@ use vipd_plugin_sdk::{
 pub struct Misbehave {
     mode: String,
     after: u64,
+    slow_warm_up_us: u64,
     calls: u64,
 }
 
@@ -27,12 +29,17 @@ impl Selector for Misbehave {
         Ok(Misbehave {
             mode,
             after: args.parse_or("after", 0)?,
+            slow_warm_up_us: args.parse_or::<u64>("slow_warm_up", 0)? * 1000,
             calls: 0,
         })
     }
 
     fn select(&mut self, conn: &Connection, candidates: &[Candidate]) -> Result<u32, SelectError> {
         if conn.is_warm_up() {
+            let until = host::now_us() + self.slow_warm_up_us;
+            while host::now_us() < until {
+                std::hint::spin_loop();
+            }
             if self.mode == "trap-warm-up" {
                 panic!("asked to trap in the warm-up");
             }
