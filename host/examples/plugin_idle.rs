@@ -57,8 +57,9 @@ fn main() {
         s.select(&conn(i), &cands);
     }
     let faults = || {
-        // SAFETY: a zeroed rusage is valid; getrusage only writes it.
+        // SAFETY: a zeroed rusage (integers and timevals) is a valid value.
         let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `u` is a live, writable rusage; getrusage only writes it.
         unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
         u.ru_minflt + u.ru_majflt
     };
