@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vipd::plugin::{PluginHandle, PluginHost, PluginLimits};
-use vipd::policy::{Candidate, NewConnection, Selector, ServerState};
+use vipd::policy::{Candidate, NewConnection, Selector};
 use vipd::wire::Protocol;
 
 fn main() {
@@ -36,15 +36,9 @@ fn main() {
         .selector(&other_handle, &[], Ipv4Addr::new(192, 0, 2, 1).into())
         .unwrap();
     let cands: Vec<Candidate> = (0..2)
-        .map(|i| Candidate {
-            real_id: i,
-            target: SocketAddrV4::new(Ipv4Addr::from(0x0a00_0001 + i), 80).into(),
-            weight: 1,
-            state: ServerState::Up,
-            active: 0,
-            total: 0,
-            syn_rtt_us: 0,
-            ditched: 0,
+        .map(|i| {
+            let target = SocketAddrV4::new(Ipv4Addr::from(0x0a00_0001 + i), 80);
+            Candidate::up(i, target.into(), 1)
         })
         .collect();
     let conn = |i: u32| NewConnection {

@@ -19,7 +19,7 @@ use crate::binding::{BindingTable, Target};
 use crate::config::Config;
 use crate::director::{Director, Layer2};
 use crate::plugin::{PluginDir, PluginHost, PluginLimits, RealInfo, VirtualInfo, WarmUp};
-use crate::policy::{Candidate, RoundRobin, Selector, ServerState};
+use crate::policy::{Candidate, RoundRobin, Selector};
 use crate::shadow::ShadowPort;
 use crate::wire::Protocol;
 
@@ -359,19 +359,8 @@ fn warm_up(bindings: &BindingTable, port: &crate::binding::VirtualPort) -> WarmU
         .iter()
         .filter_map(|t| {
             let real = bindings.reals.get(t.real_id as usize)?;
-            Some(Candidate {
-                real_id: t.real_id,
-                target: std::net::SocketAddr::new(real.address, t.port),
-                weight: match t.weight {
-                    Some(w) if real.weight > 0 => w,
-                    _ => real.weight,
-                },
-                state: ServerState::Up,
-                active: 0,
-                total: 0,
-                syn_rtt_us: 0,
-                ditched: 0,
-            })
+            let target = std::net::SocketAddr::new(real.address, t.port);
+            Some(Candidate::up(t.real_id, target, t.weight_on(real.weight)))
         })
         .collect();
     WarmUp::new(

@@ -83,6 +83,17 @@ pub struct Target {
     pub weight: Option<u32>,
 }
 
+impl Target {
+    /// The weight of this binding on its own server, whose weight is now `server`: the binding's own, unless
+    /// the server is drained (weight 0), which stays drained.
+    pub fn weight_on(&self, server: u32) -> u32 {
+        match self.weight {
+            Some(w) if server > 0 => w,
+            _ => server,
+        }
+    }
+}
+
 /// The answer to "where does this packet's destination belong?".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {

@@ -93,6 +93,20 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// A candidate that is up, with nothing measured yet: no connections, no SYN round trip, no ditches.
+    pub fn up(real_id: u32, target: SocketAddr, weight: u32) -> Candidate {
+        Candidate {
+            real_id,
+            target,
+            weight,
+            state: ServerState::Up,
+            active: 0,
+            total: 0,
+            syn_rtt_us: 0,
+            ditched: 0,
+        }
+    }
+
     /// Whether a policy may give it a new connection.
     pub fn eligible(&self) -> bool {
         self.state == ServerState::Up && self.weight > 0

@@ -269,20 +269,11 @@ fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::ServerState;
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     fn candidate(real_id: u32) -> Candidate {
-        Candidate {
-            real_id,
-            target: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, real_id as u8 + 1)), 80),
-            weight: 1,
-            state: ServerState::Up,
-            active: 0,
-            total: 0,
-            syn_rtt_us: 0,
-            ditched: 0,
-        }
+        let address = IpAddr::V4(Ipv4Addr::new(10, 0, 0, real_id as u8 + 1));
+        Candidate::up(real_id, SocketAddr::new(address, 80), 1)
     }
 
     #[test]

@@ -206,11 +206,11 @@ impl Director {
                 target_port = backup.port.unwrap_or(target_port);
             }
             let live = self.reals.get(real_id as usize)?;
-            // A binding's own weight applies to its own server (not to a backup standing in); a drained
-            // server (weight 0) stays drained.
-            let weight = match t.weight {
-                Some(w) if real_id == t.real_id && live.weight > 0 => w,
-                _ => live.weight,
+            // A binding's own weight applies to its own server, not to a backup standing in.
+            let weight = if real_id == t.real_id {
+                t.weight_on(live.weight)
+            } else {
+                live.weight
             };
             self.candidates.push(Candidate {
                 real_id,

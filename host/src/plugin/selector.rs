@@ -34,11 +34,12 @@ use crate::policy::{
 /// until a new version of the file is loaded.
 pub const QUARANTINE_AFTER: u32 = 5;
 
-/// A plugin whose keep-warm calls cost more than this, in CPU time, is not kept warm: 10% of a core at the
-/// default 2 ms. Far above a cold call of a Rust plugin (about 65 µs) and a warm one in Python or JavaScript
-/// (26 and 63 µs). Judged by the cheapest of its first [`KEEP_WARM_TRIALS`] keep-warm calls.
-pub const KEEP_WARM_MAX_COST: Duration = Duration::from_micros(200);
-/// Keep-warm calls made before a plugin's cost is judged ([`KEEP_WARM_MAX_COST`]).
+/// A plugin whose keep-warm calls cost more than this share of the keep-warm period, in CPU time, is not
+/// kept warm: a quarter of a core while connections come. At the default 2 ms, 500 µs: far above a cold call
+/// of a Rust plugin (about 65 µs) and a warm one in Python or JavaScript (26 and 63 µs). Judged by the
+/// cheapest of its first [`KEEP_WARM_TRIALS`] keep-warm calls.
+pub const KEEP_WARM_MAX_SHARE: u32 = 4;
+/// Keep-warm calls made before a plugin's cost is judged ([`KEEP_WARM_MAX_SHARE`]).
 pub const KEEP_WARM_TRIALS: u32 = 8;
 
 /// What a selector's instances are warmed up with before they take traffic: one `select` call, under the
@@ -624,7 +625,9 @@ impl Selector for PluginSelector {
             && !self.quarantined
             && self.live.is_some()
             && !(self.warm_calls >= KEEP_WARM_TRIALS
-                && self.warm_cost.is_some_and(|c| c > KEEP_WARM_MAX_COST))
+                && self
+                    .warm_cost
+                    .is_some_and(|c| c > period / KEEP_WARM_MAX_SHARE))
     }
 
     fn keep_warm(&mut self, conn: &NewConnection, candidates: &[Candidate]) -> bool {

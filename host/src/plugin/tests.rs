@@ -71,16 +71,8 @@ fn selector(name: &str, a: &[(&str, &str)]) -> PluginSelector {
 }
 
 fn candidate(real_id: u32, weight: u32) -> Candidate {
-    Candidate {
-        real_id,
-        target: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + real_id as u8), 80).into(),
-        weight,
-        state: ServerState::Up,
-        active: 0,
-        total: 0,
-        syn_rtt_us: 0,
-        ditched: 0,
-    }
+    let target = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + real_id as u8), 80);
+    Candidate::up(real_id, target.into(), weight)
 }
 
 fn conn(client: u32) -> NewConnection {

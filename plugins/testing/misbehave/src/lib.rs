@@ -29,7 +29,9 @@ impl Selector for Misbehave {
         Ok(Misbehave {
             mode,
             after: args.parse_or("after", 0)?,
-            slow_warm_up_us: args.parse_or::<u64>("slow_warm_up", 0)? * 1000,
+            slow_warm_up_us: args
+                .parse_or::<u64>("slow_warm_up", 0)?
+                .saturating_mul(1000),
             calls: 0,
         })
     }
