@@ -32,6 +32,7 @@ fn connection(i: u32) -> Connection {
         proxy: None,
         placed_by: None,
         adopted: false,
+        offloaded: false,
         synced: vipd::conntable::SyncMark::NEVER,
     }
 }

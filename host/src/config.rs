@@ -40,6 +40,41 @@ pub const DEFAULT_SEND_THREADS: SendThreads = SendThreads::new(true, false);
 /// `[director] send_threads`: which interfaces get a sender thread of their own.
 pub type SendThreads = Sides<bool>;
 
+/// `[director] offload_connections` when not given: 2 x 131,072 kernel flow entries pin about 44 MB.
+pub const DEFAULT_OFFLOAD_CONNECTIONS: u32 = 131_072;
+
+/// `[director] offload`: where established connections are translated (docs/offload.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Offload {
+    /// Every frame through the libpcap path.
+    #[default]
+    None,
+    /// Established connections' frames translated by an XDP program, attached in this mode.
+    Xdp(XdpMode),
+}
+
+/// `[director] xdp_mode`: how the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native where both interfaces' drivers run it and can take redirected frames; generic otherwise.
+    #[default]
+    Auto,
+    /// In the driver (`XDP_FLAGS_DRV_MODE`); refused where the driver has no XDP.
+    Native,
+    /// In the kernel's network stack, after the skb is made (`XDP_FLAGS_SKB_MODE`): any interface.
+    Generic,
+}
+
+impl XdpMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
+
 /// `[director] syn_proxy_mss` when not given: Ethernet's 1500-byte MTU less the IPv4 and TCP headers.
 pub const DEFAULT_SYN_PROXY_MSS: u16 = 1460;
 /// `[director] syn_proxy_wscale` when not given: what Linux servers announce with default buffers.
@@ -132,6 +167,10 @@ pub struct DirectorConfig {
     /// When the data path is behind (8 wake-ups in a row left frames in a ring), at most this many connections
     /// are opened per wake-up and the rest dropped as `shed`; 0: never shed.
     pub new_per_wakeup: u32,
+    /// `offload` and `xdp_mode` (start only).
+    pub offload: Offload,
+    /// Connections the offload holds at most; the rest stay on the libpcap path (start only).
+    pub offload_connections: u32,
 }
 
 /// The `[sync]` table: this director's end of the connection sync (docs/high-availability.md).
@@ -496,6 +535,9 @@ struct RawDirector {
     syn_proxy_mss: Int,
     syn_proxy_wscale: Int,
     new_per_wakeup: Int,
+    offload: Text,
+    xdp_mode: Text,
+    offload_connections: Int,
 }
 
 #[derive(Deserialize)]
@@ -737,6 +779,8 @@ impl Checker<'_> {
                 syn_proxy_mss: DEFAULT_SYN_PROXY_MSS,
                 syn_proxy_wscale: DEFAULT_SYN_PROXY_WSCALE,
                 new_per_wakeup: DEFAULT_NEW_PER_WAKEUP,
+                offload: Offload::None,
+                offload_connections: DEFAULT_OFFLOAD_CONNECTIONS,
             };
         };
         let span = raw.span();
@@ -875,6 +919,55 @@ impl Checker<'_> {
             u32::MAX.into(),
             DEFAULT_NEW_PER_WAKEUP,
         );
+        let xdp_mode = match &raw.xdp_mode {
+            None => XdpMode::Auto,
+            Some(m) => match m.get_ref().as_str() {
+                "auto" => XdpMode::Auto,
+                "native" => XdpMode::Native,
+                "generic" => XdpMode::Generic,
+                other => {
+                    self.report(
+                        m.span(),
+                        "director.xdp_mode",
+                        format!(
+                            "\"{other}\" is not a choice; use \"auto\", \"native\" or \"generic\""
+                        ),
+                    );
+                    XdpMode::Auto
+                }
+            },
+        };
+        let offload = match &raw.offload {
+            None => Offload::None,
+            Some(o) => match o.get_ref().as_str() {
+                "none" => Offload::None,
+                "xdp" => Offload::Xdp(xdp_mode),
+                other => {
+                    self.report(
+                        o.span(),
+                        "director.offload",
+                        format!("\"{other}\" is not a choice; use \"none\" or \"xdp\""),
+                    );
+                    Offload::None
+                }
+            },
+        };
+        if offload == Offload::None
+            && let Some(m) = &raw.xdp_mode
+        {
+            self.report(
+                m.span(),
+                "director.xdp_mode",
+                "applies only with offload = \"xdp\"",
+            );
+        }
+        let offload_connections = self.int(
+            &raw.offload_connections,
+            "director.offload_connections",
+            1,
+            i64::from(u32::MAX / 2),
+            DEFAULT_OFFLOAD_CONNECTIONS,
+        );
         DirectorConfig {
             outside,
             inside,
@@ -892,6 +985,8 @@ impl Checker<'_> {
             syn_proxy_mss,
             syn_proxy_wscale,
             new_per_wakeup,
+            offload,
+            offload_connections,
         }
     }
 

@@ -230,6 +230,9 @@ pub struct Connection {
     /// Installed from a peer's record and no client frame of it seen here yet (`[sync]`): the first one
     /// that arrives is a flow the router moved to this director.
     pub adopted: bool,
+    /// Its two directions are in the kernel's flow map (`[director] offload`): their frames are translated
+    /// there and reach the director only when they open or close it.
+    pub offloaded: bool,
 }
 
 /// When a connection was last synced, to a tenth of a second (four bytes: it is in every connection).
@@ -870,6 +873,7 @@ mod tests {
             placed_by: None,
             synced: SyncMark::NEVER,
             adopted: false,
+            offloaded: false,
         }
     }
 
@@ -1271,6 +1275,7 @@ mod tests {
             placed_by: None,
             synced: SyncMark::NEVER,
             adopted: false,
+            offloaded: false,
         }
     }
 

@@ -114,6 +114,37 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let mut loaded = loaded;
     let first_shadows = loaded.take_shadows(0);
     let mut director = loaded.director(l2);
+    if let crate::config::Offload::Xdp(mode) = config.director.offload {
+        for (cap, why) in [
+            (Capability::Bpf, "to load the XDP program (offload = \"xdp\")"),
+            (
+                Capability::NetAdmin,
+                "to attach the XDP program (offload = \"xdp\")",
+            ),
+        ] {
+            privileges::require(cap, why)?;
+        }
+        let xdp = crate::offload::Xdp::start(
+            &crate::offload::Interfaces {
+                outside: &outside.name,
+                inside: &inside.name,
+                outside_mac: outside.mac,
+                inside_mac: inside.mac,
+            },
+            mode,
+            config.director.offload_connections,
+        )
+        .context("offload = \"xdp\" cannot start; set offload = \"none\" to run without it")?;
+        tracing::info!(
+            mode = xdp.mode().as_str(),
+            connections = config.director.offload_connections,
+            "offload: established connections translated by XDP ({} mode) on {} and {}",
+            xdp.mode().as_str(),
+            outside.name,
+            inside.name
+        );
+        director.set_offload(Box::new(xdp));
+    }
     // Shadow policies: their own thread, fed by the data path through a bounded queue.
     let (shadows, shadow_tx) = Shadows::start().context("starting the shadow policy thread")?;
     director.set_shadow(shadow_tx);
@@ -469,6 +500,11 @@ fn start_only_changes(running: &DirectorConfig, new: &DirectorConfig) -> Vec<&'s
             running.plugin_deadline != new.plugin_deadline,
         ),
         ("send_threads", running.send_threads != new.send_threads),
+        ("offload", running.offload != new.offload),
+        (
+            "offload_connections",
+            running.offload_connections != new.offload_connections,
+        ),
         ("qdisc_bypass", running.qdisc_bypass != new.qdisc_bypass),
     ]
     .into_iter()

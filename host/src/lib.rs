@@ -64,6 +64,7 @@ pub mod director;
 pub mod health;
 pub mod ifcheck;
 pub mod metrics;
+pub mod offload;
 pub mod plugin;
 pub mod policy;
 pub mod privileges;

@@ -147,10 +147,46 @@ pub fn render(
         text.push_str(&global.render());
     }
     render_plugins(&mut text, plugins);
+    render_offload(&mut text, snapshot);
     if let Some(shadows) = shadows {
         render_shadows(&mut text, snapshot, shadows);
     }
     text
+}
+
+/// `[director] offload = "xdp"`: `vipd_offload_info{mode}` (native or generic XDP),
+/// `vipd_offload_connections` (in the kernel now), `vipd_offload_connections_total{result}` (offloaded, or
+/// kept on the libpcap path: full, failed) and `vipd_xdp_frames_total{interface, verdict}` (what the program
+/// did with each frame it saw: `redirected`, translated in the kernel; any other verdict passed the frame
+/// to the libpcap path). Nothing without the offload.
+pub fn render_offload(out: &mut String, snapshot: &Snapshot) {
+    use std::fmt::Write as _;
+    let Some(mode) = snapshot.offload_mode else {
+        return;
+    };
+    let c = &snapshot.counters;
+    let _ = writeln!(
+        out,
+        "# HELP vipd_offload_info 1, labelled with how the XDP offload runs (native or generic).\n\
+         # TYPE vipd_offload_info gauge\nvipd_offload_info{{mode=\"{mode}\"}} 1\n\
+         # HELP vipd_offload_connections Connections translated in the kernel now.\n\
+         # TYPE vipd_offload_connections gauge\nvipd_offload_connections {}\n\
+         # HELP vipd_offload_connections_total Established connections handed to the kernel (offloaded), or kept on the libpcap path (full, failed).\n\
+         # TYPE vipd_offload_connections_total counter\n\
+         vipd_offload_connections_total{{result=\"offloaded\"}} {}\n\
+         vipd_offload_connections_total{{result=\"full\"}} {}\n\
+         vipd_offload_connections_total{{result=\"failed\"}} {}\n\
+         # HELP vipd_xdp_frames_total Frames the XDP program saw, by interface and verdict (redirected: translated in the kernel; the rest went to the libpcap path).\n\
+         # TYPE vipd_xdp_frames_total counter",
+        snapshot.offloaded_now, c.offloaded, c.offload_full, c.offload_failed
+    );
+    for (iface, verdict, n) in &snapshot.offload_verdicts {
+        let _ = writeln!(
+            out,
+            "vipd_xdp_frames_total{{interface=\"{}\",verdict=\"{verdict}\"}} {n}",
+            iface.as_str()
+        );
+    }
 }
 
 /// Connection sync (`[sync]`): `vipd_sync_synced`, `vipd_sync_records_total{direction}` (sent, received,

@@ -18,6 +18,8 @@ use anyhow::{Result, bail};
 pub enum Capability {
     NetAdmin = 12,
     NetRaw = 13,
+    /// Loading BPF programs and maps (Linux 5.8).
+    Bpf = 39,
 }
 
 impl Capability {
@@ -25,6 +27,7 @@ impl Capability {
         match self {
             Capability::NetAdmin => "CAP_NET_ADMIN",
             Capability::NetRaw => "CAP_NET_RAW",
+            Capability::Bpf => "CAP_BPF",
         }
     }
 }

@@ -353,35 +353,6 @@ fn active_check_rise_fall_does_not_flap() {
     assert_eq!(vipd.changes("b").len(), 2, "{:?}", vipd.changes("b"));
 }
 
-/// An nginx in `ns` on `port` serving the files of `root`, and "dl on host NAME" at `/`; its config dir.
-fn file_server(ns: &Netns, port: u16, name: &str, root: &Path) -> (Proc, TempDir) {
-    let dir = TempDir::new("vipd-files");
-    let d = dir.0.display();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  \
-         client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
-         uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-         server {{ listen {port}; root {}; location = / {{ default_type text/plain; \
-         return 200 \"dl on host {name}\\n\"; }} }}\n}}\n",
-        root.display()
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let proc = ns.spawn(
-        &dir,
-        "nginx-files",
-        "nginx",
-        &[
-            "-p",
-            &d.to_string(),
-            "-c",
-            dir.join("nginx.conf").to_str().unwrap(),
-        ],
-    );
-    ns.wait_port(std::net::Ipv4Addr::LOCALHOST, port, Duration::from_secs(10));
-    (proc, dir)
-}
-
 /// A rate-limited 3 MiB download runs while its server is drained by a reload (`weight = 0`): the
 /// download completes intact, and every new connection goes to the other server.
 #[test]

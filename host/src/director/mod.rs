@@ -24,6 +24,8 @@
 //! - `stats.rs`: counters, drop reasons, and the [`Snapshot`] published for metrics and the admin API.
 //! - `sync.rs`: connection sync (`[sync]`): records for the peers at the moments they must hear of, the
 //!   refresh and bulk-resync walks, and installing the peers' records.
+//! - `offload.rs`: `[director] offload`: established connections handed to the kernel's XDP program and
+//!   taken back when they close, and what the kernel did folded into the counters and the idle expiry.
 //! - `install.rs`: putting a new binding table and its selectors in place (start and reload).
 //!
 //! What fails: every frame that cannot be translated is dropped with a [`DropReason`] and counted; nothing on
@@ -49,6 +51,7 @@ use crate::wire::MacAddr;
 mod install;
 mod neighbours;
 mod notify;
+mod offload;
 mod path;
 mod reals;
 mod select;
@@ -176,6 +179,11 @@ pub struct Director {
     /// The MAC the latest unicast frame on the outside came from (the router, behind ECMP): where a reply
     /// translated without a connection goes.
     outside_peer: Option<MacAddr>,
+    /// `[director] offload`: where established connections go to be translated in the kernel, the kernel's
+    /// totals already folded into `counters`, and when the kernel's last-seen times are next read.
+    offload: Option<Box<dyn crate::offload::Offload>>,
+    offload_folded: crate::Sides<(u64, u64)>,
+    offload_seen_next: Duration,
 }
 
 /// Whether a frame is for the director: unicast to `ours`, or broadcast or multicast (the group bit: ARP
@@ -262,6 +270,9 @@ impl Director {
             keep_warm_next: Duration::ZERO,
             last_select: None,
             outside_peer: None,
+            offload: None,
+            offload_folded: crate::Sides::new((0, 0), (0, 0)),
+            offload_seen_next: Duration::ZERO,
         };
         director.install(bindings, selectors);
         director.set_checked(config);
@@ -413,6 +424,7 @@ impl Director {
     /// send go through `send`.
     pub fn tick(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8])) {
         self.now = now;
+        self.offload_tick(now);
         self.expire(now, EXPIRE_BUDGET);
         self.sync_tick(now);
         self.deliver_notices();
@@ -430,12 +442,13 @@ impl Director {
             flows,
             notices,
             sync,
+            offload,
             ..
         } = self;
         let timeouts = table.timeouts();
         table.expire(now, budget, |conn| {
             counters.expired += 1;
-            release(reals, flows, conn);
+            release(reals, flows, offload, conn);
             notices.push(Ended::Closed, conn, counters);
             sync::sync_removed(sync, counters, conn, &timeouts, now);
         });

@@ -240,9 +240,13 @@ impl Director {
     fn learn(&mut self, ip: IpAddr, mac: MacAddr, now: Duration) -> Verdict {
         match self.neighbours.get_mut(&ip) {
             Some(n) if !n.static_entry => {
+                let moved = n.mac.is_some_and(|old| old != mac);
                 n.mac = Some(mac);
                 n.updated = now;
                 n.suspect = false;
+                if moved {
+                    self.reoffload_real(ip, mac);
+                }
                 Verdict::Consumed
             }
             _ => Verdict::Drop(DropReason::Ignored),

@@ -257,6 +257,7 @@ impl Director {
         if protocol == Protocol::Tcp {
             self.track_client_flags(id, flags, now);
         }
+        self.offload_if_ready(id, false);
         self.forward_inbound(id, frame, p)
     }
 
@@ -345,6 +346,7 @@ impl Director {
             placed_by,
             synced: SyncMark::NEVER,
             adopted: false,
+            offloaded: false,
         };
         match self.table.insert(conn) {
             Ok(inserted) => {
@@ -510,6 +512,7 @@ impl Director {
             }
             self.track_server_flags(id, flags, now);
         }
+        self.offload_if_ready(id, true);
         let conn = self.table.get(id);
         let (virt, client_mac) = (conn.virtual_addr, conn.client_mac);
         wire::rewrite_source(frame, &p, virt.ip(), virt.port());
@@ -586,6 +589,8 @@ impl Director {
     /// Connection `id` saw a FIN or RST: closing, and no longer open to its server.
     fn closing(&mut self, id: ConnId, now: Duration) {
         self.table.set_state(id, ConnState::Closing, now);
+        // Closing is handled here, frame by frame: the kernel stops translating it.
+        self.unoffload(id);
         let real_id = self.table.get(id).real_id as usize;
         if let Some(r) = self.reals.get_mut(real_id) {
             r.closing += 1;
@@ -595,7 +600,7 @@ impl Director {
 
     pub(super) fn close(&mut self, id: ConnId) {
         let conn = self.table.remove(id);
-        release(&mut self.reals, &mut self.flows, &conn);
+        release(&mut self.reals, &mut self.flows, &mut self.offload, &conn);
         self.notices.push(Ended::Closed, &conn, &mut self.counters);
         let timeouts = self.table.timeouts();
         sync_removed(
@@ -613,7 +618,7 @@ impl Director {
             ConnState::Closing => self.counters.evicted_closing += 1,
             _ => self.counters.evicted_half_open += 1,
         }
-        release(&mut self.reals, &mut self.flows, evicted);
+        release(&mut self.reals, &mut self.flows, &mut self.offload, evicted);
         self.notices
             .push(Ended::Closed, evicted, &mut self.counters);
         let timeouts = self.table.timeouts();

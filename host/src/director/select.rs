@@ -65,7 +65,7 @@ impl Director {
             && self.table.retarget(id, target, real_id).is_ok()
         {
             self.counters.reselected += 1;
-            release(&mut self.reals, &mut self.flows, &conn);
+            release(&mut self.reals, &mut self.flows, &mut self.offload, &conn);
             if let Some(r) = self.reals.get_mut(real_id as usize) {
                 r.active += 1;
                 r.total += 1;

@@ -154,6 +154,13 @@ pub struct Counters {
     /// policy.
     pub cluster_moved_policy: u64,
     pub sync_dropped: crate::sync::PerDropped,
+    /// `[director] offload`: connections handed to the kernel, and those kept here because its flow map
+    /// was full or it refused them; frames the kernel translated, by the interface they arrived on (also
+    /// in `rx_frames`, `forwarded` and the byte counts).
+    pub offloaded: u64,
+    pub offload_full: u64,
+    pub offload_failed: u64,
+    pub offload_frames: Sides<u64>,
 }
 
 impl Counters {
@@ -210,6 +217,11 @@ pub struct Snapshot {
     pub rejected: Vec<PerReason>,
     /// The install `bindings` belong to: shadow counts of the same generation name the same ports.
     pub shadow_generation: u64,
+    /// `[director] offload`: how it runs (`native` or `generic` XDP), connections in the kernel now, and
+    /// what the program did with the frames it saw, by interface and verdict.
+    pub offload_mode: Option<&'static str>,
+    pub offloaded_now: usize,
+    pub offload_verdicts: Vec<(crate::Interface, &'static str, u64)>,
 }
 
 impl Snapshot {
@@ -260,12 +272,29 @@ impl Director {
             flows: self.flows.clone(),
             rejected: self.rejected.clone(),
             shadow_generation: self.shadow_generation,
+            offload_mode: self.offload.as_deref().map(|o| o.mode()),
+            offloaded_now: self.offload.as_deref().map_or(0, |o| o.held()),
+            offload_verdicts: self
+                .offload
+                .as_deref_mut()
+                .map(|o| o.verdicts())
+                .unwrap_or_default(),
         }));
     }
 }
 
 /// A connection left the table: its server has one connection fewer.
-pub(super) fn release(reals: &mut [RealLive], flows: &mut [FlowCount], conn: &Connection) {
+pub(super) fn release(
+    reals: &mut [RealLive],
+    flows: &mut [FlowCount],
+    offload: &mut Option<Box<dyn crate::offload::Offload>>,
+    conn: &Connection,
+) {
+    if conn.offloaded
+        && let Some(o) = offload
+    {
+        o.remove(conn);
+    }
     if let Some(f) = flow_mut(flows, reals.len(), conn) {
         f.active = f.active.saturating_sub(1);
     }

@@ -200,6 +200,7 @@ impl Director {
             Role::Standby => {
                 stats.synced.store(true, Ordering::Relaxed);
                 self.announce_left = 0;
+                self.unoffload_all();
             }
         }
         self.publish_due = true;
@@ -384,6 +385,7 @@ impl Director {
                     placed_by: None,
                     synced: SyncMark::at(now),
                     adopted: true,
+                    offloaded: false,
                 };
                 if self.admit(conn).is_err() {
                     // Full of established connections, or a collision: counted like a full queue.
@@ -441,7 +443,7 @@ impl Director {
     /// Removes a connection on a peer's word: no delete is sent back.
     fn remove_synced(&mut self, id: ConnId) {
         let conn = self.table.remove(id);
-        release(&mut self.reals, &mut self.flows, &conn);
+        release(&mut self.reals, &mut self.flows, &mut self.offload, &conn);
         self.notices.push(Ended::Closed, &conn, &mut self.counters);
     }
 }

@@ -658,6 +658,11 @@ impl Fig3 {
         // The kernel answers ARP only for the inside address on the inside interface.
         f.director.sysctl("net.ipv4.conf.all.arp_ignore", "1");
 
+        if test_offload().is_some() {
+            // Native XDP redirects into a veth only while its peer has GRO on (or an XDP program).
+            f.client.exec_ok("ethtool", &["-K", "eth0", "gro", "on"]);
+            f.lan.exec_ok("ethtool", &["-K", "port-d", "gro", "on"]);
+        }
         for (i, s) in f.servers.iter().enumerate() {
             let port = ["port-a", "port-b", "port-c"][i];
             veth(s, "eth0", &f.lan, port);
@@ -703,13 +708,78 @@ impl Fig3 {
         ]
     }
 
-    /// Starts `vipd run --config CONFIG` in the director namespace.
+    /// Starts `vipd run --config CONFIG` in the director namespace (with the offload of
+    /// `VIPD_TEST_OFFLOAD`, see [`with_test_offload`]).
     pub fn start_vipd(&self, dir: &TempDir, config: &Path, extra: &[&str]) -> Proc {
+        let config = with_test_offload(dir, config);
         let mut args = vec!["run", "--config", config.to_str().unwrap()];
         args.extend_from_slice(extra);
         self.director
             .spawn(dir, "vipd", env!("CARGO_BIN_EXE_vipd"), &args)
     }
+}
+
+/// `VIPD_TEST_OFFLOAD`: `xdp` (native where the peers allow, see [`Fig3::new`]) or `generic` runs the live
+/// tests with `[director] offload = "xdp"` (`make test` runs them in both modes); unset or `none`: without.
+pub fn test_offload() -> Option<&'static str> {
+    match std::env::var("VIPD_TEST_OFFLOAD").as_deref() {
+        Ok("xdp") => Some("offload = \"xdp\"\n"),
+        Ok("generic") => Some("offload = \"xdp\"\nxdp_mode = \"generic\"\n"),
+        Ok("none") | Ok("") | Err(_) => None,
+        Ok(other) => panic!("VIPD_TEST_OFFLOAD={other}: use xdp, generic or none"),
+    }
+}
+
+/// `config` with [`test_offload`]'s keys added to its `[director]` table, written into `dir`; `config`
+/// itself when the offload is off. The copy's relative paths would be resolved against `dir`: the configs
+/// of the tests run this way have none.
+pub fn with_test_offload(dir: &TempDir, config: &Path) -> PathBuf {
+    let Some(keys) = test_offload() else {
+        return config.to_path_buf();
+    };
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(
+        text.contains("[director]\n"),
+        "{}: no [director] table",
+        config.display()
+    );
+    let text = text.replacen("[director]\n", &format!("[director]\n{keys}"), 1);
+    let name = format!(
+        "offload-{}",
+        config.file_name().unwrap().to_string_lossy()
+    );
+    let path = dir.join(&name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An nginx in `ns` on `port` serving the files of `root`, and "dl on host NAME" at `/`; its config dir.
+pub fn file_server(ns: &Netns, port: u16, name: &str, root: &Path) -> (Proc, TempDir) {
+    let dir = TempDir::new("vipd-files");
+    let d = dir.0.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  \
+         client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
+         uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+         server {{ listen {port}; root {}; location = / {{ default_type text/plain; \
+         return 200 \"dl on host {name}\\n\"; }} }}\n}}\n",
+        root.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let proc = ns.spawn(
+        &dir,
+        "nginx-files",
+        "nginx",
+        &[
+            "-p",
+            &d.to_string(),
+            "-c",
+            dir.join("nginx.conf").to_str().unwrap(),
+        ],
+    );
+    ns.wait_port(std::net::Ipv4Addr::LOCALHOST, port, Duration::from_secs(10));
+    (proc, dir)
 }
 
 // ---- Live-director helpers (host/tests/live*.rs) ----------------------------------------------------------
