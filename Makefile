@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 PLUGIN_DIR ?= target/plugins
-DEBIAN_PACKAGES = libpcap-dev nginx-light wrk curl ethtool iproute2 iputils-ping iperf3 tcpdump prometheus \
+DEBIAN_PACKAGES = libpcap-dev clang libbpf-dev linux-libc-dev bpftool nginx-light wrk curl ethtool iproute2 iputils-ping iperf3 tcpdump prometheus \
 	python3-venv keepalived bird2
 # Commands some steps need, and the Debian package that gives each when the command is missing (a Node.js
 # from elsewhere, e.g. NodeSource's, brings its own npm and conflicts with Debian's).
@@ -40,6 +40,9 @@ plugins: deps
 
 test: deps plugins deb-tools
 	$(CARGO) test --workspace
+	# The live tests again with established connections translated by XDP (docs/offload.md).
+	VIPD_TEST_OFFLOAD=generic $(CARGO) test -p vipd --test live
+	VIPD_TEST_OFFLOAD=xdp $(CARGO) test -p vipd --test failure
 
 demo: deps
 	examples/demo.sh

@@ -38,9 +38,14 @@ fn main() {
             "`{clang}` could not compile {SOURCE}: {}",
             String::from_utf8_lossy(&o.stderr).trim()
         ),
-        Err(e) => format!("`{clang}` could not be run ({e}); install Debian's clang and libbpf-dev"),
+        Err(e) => {
+            format!("`{clang}` could not be run ({e}); install Debian's clang and libbpf-dev")
+        }
     };
-    println!("cargo::warning=the XDP offload is not built: {}", why.lines().next().unwrap_or(""));
+    println!(
+        "cargo::warning=the XDP offload is not built: {}",
+        why.lines().next().unwrap_or("")
+    );
     std::fs::write(&object, b"").expect("OUT_DIR is writable");
     std::fs::write(&missing, why).expect("OUT_DIR is writable");
 }

@@ -422,7 +422,7 @@ def setup(bpf, m, if_out, if_in):
     bpf.map_update("config", struct.pack("<I", 0), cfg)
     m.enabled = True
     for ifx in (if_out, if_in):
-        bpf.map_update("tx_ports", struct.pack("<I", ifx), struct.pack("<I", ifx))
+        bpf.map_update("tx_ports", struct.pack("<I", ifx), struct.pack("<II", ifx, 0))
         m.tx_ports.add(ifx)
 
     def add(*a):
@@ -647,7 +647,7 @@ def run_tests(bpf, m, keys, if_out, if_in):
     bpf.map_delete("tx_ports", struct.pack("<I", if_in))
     m.tx_ports.discard(if_in)
     s.frame("egress not in tx_ports", OUTSIDE, hit(4, TCP, OUTSIDE), XDP_PASS, "no_egress")
-    bpf.map_update("tx_ports", struct.pack("<I", if_in), struct.pack("<I", if_in))
+    bpf.map_update("tx_ports", struct.pack("<I", if_in), struct.pack("<II", if_in, 0))
     m.tx_ports.add(if_in)
 
     # 11. Disabled.
@@ -738,7 +738,7 @@ def fixture_frames():
     """(side, name, frame) of every frame in vipd's tests/fixtures/*.{outside,inside}.pcap
     (their MACs are the ones used here: outside 02:..:01, inside 02:..:02)."""
     d = os.environ.get("VIPD_FIXTURES",
-                       os.path.join(HERE, "..", "main", "tests", "fixtures"))
+                       os.path.join(HERE, "..", "..", "tests", "fixtures"))
     out = []
     if not os.path.isdir(d):
         print("note: no fixtures at %s (set VIPD_FIXTURES); skipped" % d)

@@ -2645,6 +2645,55 @@ bind = ["ghost"]
 
     /// The bundled FIG. 3 example is valid.
     #[test]
+    fn offload_keys() {
+        let tail = format!(
+            "{ONE_REAL}[[virtual]]\nname = \"v\"\naddress = \"192.0.2.1\"\n[[virtual.port]]\nport = 80\nbind = [\"a\"]\n"
+        );
+        let with =
+            |keys: &str| format!("[director]\noutside = \"o\"\ninside = \"i\"\n{keys}\n{tail}");
+        let d = parse(&with("")).unwrap().director;
+        assert_eq!(
+            (d.offload, d.offload_connections),
+            (Offload::None, DEFAULT_OFFLOAD_CONNECTIONS)
+        );
+        let d = parse(&with("offload = \"xdp\"")).unwrap().director;
+        assert_eq!(d.offload, Offload::Xdp(XdpMode::Auto));
+        let d = parse(&with(
+            "offload = \"xdp\"\nxdp_mode = \"generic\"\noffload_connections = 1000",
+        ))
+        .unwrap()
+        .director;
+        assert_eq!(
+            (d.offload, d.offload_connections),
+            (Offload::Xdp(XdpMode::Generic), 1000)
+        );
+        assert_problem(
+            &with("offload = \"dpdk\""),
+            4,
+            "director.offload",
+            "\"none\" or \"xdp\"",
+        );
+        assert_problem(
+            &with("offload = \"xdp\"\nxdp_mode = \"hw\""),
+            5,
+            "director.xdp_mode",
+            "\"auto\", \"native\" or \"generic\"",
+        );
+        assert_problem(
+            &with("xdp_mode = \"native\""),
+            4,
+            "director.xdp_mode",
+            "only with offload = \"xdp\"",
+        );
+        assert_problem(
+            &with("offload = \"xdp\"\noffload_connections = 0"),
+            5,
+            "director.offload_connections",
+            "out of range",
+        );
+    }
+
+    #[test]
     fn fig3_example_loads() {
         let c = Config::parse(
             include_str!("../../examples/fig3.toml"),

@@ -116,7 +116,10 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let mut director = loaded.director(l2);
     if let crate::config::Offload::Xdp(mode) = config.director.offload {
         for (cap, why) in [
-            (Capability::Bpf, "to load the XDP program (offload = \"xdp\")"),
+            (
+                Capability::Bpf,
+                "to load the XDP program (offload = \"xdp\")",
+            ),
             (
                 Capability::NetAdmin,
                 "to attach the XDP program (offload = \"xdp\")",

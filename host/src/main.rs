@@ -503,6 +503,23 @@ fn check(path: &std::path::Path) -> ExitCode {
             for warning in assembly.cluster_warnings() {
                 println!("  warning: {warning}");
             }
+            let director = &assembly.config.director;
+            if let vipd::config::Offload::Xdp(mode) = director.offload {
+                println!(
+                    "  offload: xdp (xdp_mode {}), at most {} established connections translated in the kernel",
+                    mode.as_str(),
+                    director.offload_connections
+                );
+                if let Err(why) = vipd::offload::built() {
+                    println!("  warning: offload = \"xdp\" cannot start: {why}");
+                }
+                if director.syn_proxy {
+                    println!(
+                        "  warning: with syn_proxy = true no connection is offloaded (the SYN proxy translates \
+                         sequence numbers, which the XDP program does not)"
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -297,9 +297,8 @@ impl Xdp {
                 ))
             })?;
         let map = |ebpf: &mut aya::Ebpf, name: &str| {
-            ebpf.take_map(name).ok_or_else(|| {
-                start_error(format_args!("the XDP object has no map named {name}"))
-            })
+            ebpf.take_map(name)
+                .ok_or_else(|| start_error(format_args!("the XDP object has no map named {name}")))
         };
         let flows = aya::maps::HashMap::try_from(map(&mut ebpf, "flows")?)
             .map_err(|e| start_error(format_args!("the flows map: {}", error_chain(&e))))?;
@@ -335,7 +334,9 @@ impl Xdp {
         for (program, interface) in [("xdp_outside", ifs.outside), ("xdp_inside", ifs.inside)] {
             let prog: &mut aya::programs::Xdp = ebpf
                 .program_mut(program)
-                .ok_or_else(|| start_error(format_args!("the XDP object has no program {program}")))?
+                .ok_or_else(|| {
+                    start_error(format_args!("the XDP object has no program {program}"))
+                })?
                 .try_into()
                 .map_err(|e| start_error(format_args!("{program}: {}", error_chain(&e))))?;
             prog.load().map_err(|e| {
@@ -629,13 +630,7 @@ mod netdev {
     }
 
     /// Sends one request with one attribute and returns the attributes of the answer.
-    fn request(
-        fd: &OwnedFd,
-        family: u16,
-        cmd: u8,
-        attr: u16,
-        value: &[u8],
-    ) -> io::Result<Vec<u8>> {
+    fn request(fd: &OwnedFd, family: u16, cmd: u8, attr: u16, value: &[u8]) -> io::Result<Vec<u8>> {
         let attr_len = 4 + value.len();
         let padded = attr_len.div_ceil(4) * 4;
         let len = 16 + 4 + padded;
@@ -670,7 +665,8 @@ mod netdev {
             let errno = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
             return Err(io::Error::from_raw_os_error(-errno));
         }
-        let msg_len = (u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize).min(buf.len());
+        let msg_len =
+            (u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize).min(buf.len());
         Ok(buf.get(20..msg_len).unwrap_or_default().to_vec())
     }
 
@@ -722,10 +718,16 @@ mod tests {
         assert_eq!(&out.src[..4], &[10, 0, 0, 9]);
         assert_eq!(&out.src[4..], &[0; 12]);
         assert_eq!(&out.dst[..4], &[192, 0, 2, 1]);
-        assert_eq!((out.sport, out.dport), (40000u16.to_be_bytes(), 80u16.to_be_bytes()));
+        assert_eq!(
+            (out.sport, out.dport),
+            (40000u16.to_be_bytes(), 80u16.to_be_bytes())
+        );
         assert_eq!(inside.side, 1);
         assert_eq!(&inside.src[..4], &[10, 1, 0, 2]);
         assert_eq!(&inside.dst[..4], &[10, 0, 0, 9]);
-        assert_eq!((inside.sport, inside.dport), (8001u16.to_be_bytes(), 40000u16.to_be_bytes()));
+        assert_eq!(
+            (inside.sport, inside.dport),
+            (8001u16.to_be_bytes(), 40000u16.to_be_bytes())
+        );
     }
 }

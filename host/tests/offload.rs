@@ -96,10 +96,10 @@ impl Setup {
     }
 
     fn metrics(&self) -> String {
-        let out = self
-            .fig
-            .director
-            .exec("curl", &["-sS", "--max-time", "5", &format!("{ADMIN}/metrics")]);
+        let out = self.fig.director.exec(
+            "curl",
+            &["-sS", "--max-time", "5", &format!("{ADMIN}/metrics")],
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -211,7 +211,10 @@ fn counted_once(director: &str, gro_peers: bool, mode: &str) {
     args.extend(urls.iter().flat_map(|u| ["-o", "/dev/null", *u]));
     assert!(s.fig.client.exec("curl", &args).status.success());
     for _ in 0..10 {
-        let c = s.fig.client.curl("http://192.0.2.1/", Duration::from_secs(5));
+        let c = s
+            .fig
+            .client
+            .curl("http://192.0.2.1/", Duration::from_secs(5));
         assert_eq!((c.exit, c.status), (0, 200), "{c:?}");
     }
     let after = settled(&s);
@@ -263,9 +266,11 @@ fn counted_once(director: &str, gro_peers: bool, mode: &str) {
     // 3 downloads, 1 keep-alive connection, 10 single requests (and the readiness probes before).
     assert!(series(&m, "vipd_offload_connections_total{result=\"offloaded\"}") >= 14);
     // Every connection closed: none is left in the kernel.
-    wait_for("no connection left in the kernel", Duration::from_secs(10), || {
-        series(&s.metrics(), "vipd_offload_connections") == 0
-    });
+    wait_for(
+        "no connection left in the kernel",
+        Duration::from_secs(10),
+        || series(&s.metrics(), "vipd_offload_connections") == 0,
+    );
 }
 
 #[test]
@@ -301,8 +306,11 @@ fn offloaded_connection_expires_only_when_idle() {
     let s = Setup::start("offload = \"xdp\"", "established = \"3s\"", false);
     let request = b"GET / HTTP/1.1\r\nHost: 192.0.2.1\r\n\r\n";
     let mut conn = s.fig.client.run_in(|| {
-        TcpStream::connect_timeout(&SocketAddr::from(([192, 0, 2, 1], 80)), Duration::from_secs(5))
-            .unwrap()
+        TcpStream::connect_timeout(
+            &SocketAddr::from(([192, 0, 2, 1], 80)),
+            Duration::from_secs(5),
+        )
+        .unwrap()
     });
     conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let ask = |conn: &mut TcpStream| -> std::io::Result<String> {
@@ -314,13 +322,17 @@ fn offloaded_connection_expires_only_when_idle() {
     // 9 requests 1 s apart: 9 s of use, three times the idle timeout, all of it through the kernel.
     let before = s.metrics();
     for i in 0..9 {
-        let answer = ask(&mut conn).unwrap_or_else(|e| panic!("request {i}: {e}\n{}", s.vipd.log()));
+        let answer =
+            ask(&mut conn).unwrap_or_else(|e| panic!("request {i}: {e}\n{}", s.vipd.log()));
         assert!(answer.contains("site 1 on host A"), "{answer}");
         std::thread::sleep(Duration::from_secs(1));
     }
     let during = s.metrics();
     let redirected = |m: &str| {
-        series(m, "vipd_xdp_frames_total{interface=\"outside\",verdict=\"redirected\"}")
+        series(
+            m,
+            "vipd_xdp_frames_total{interface=\"outside\",verdict=\"redirected\"}",
+        )
     };
     assert!(
         redirected(&during) >= redirected(&before) + 9,
@@ -328,13 +340,18 @@ fn offloaded_connection_expires_only_when_idle() {
     );
     assert_eq!(series(&during, "vipd_offload_connections"), 1);
     // Idle now: expired after the timeout, and out of the kernel.
-    wait_for("the idle connection expired", Duration::from_secs(10), || {
-        series(&s.metrics(), "vipd_offload_connections") == 0
-    });
+    wait_for(
+        "the idle connection expired",
+        Duration::from_secs(10),
+        || series(&s.metrics(), "vipd_offload_connections") == 0,
+    );
     let m = s.metrics();
     // Its next frame reaches the director, which has no connection for it.
     let dropped = |m: &str| {
-        series(m, "vipd_drops_total{interface=\"outside\",reason=\"no_connection\"}")
+        series(
+            m,
+            "vipd_drops_total{interface=\"outside\",reason=\"no_connection\"}",
+        )
     };
     let before_drop = dropped(&m);
     assert!(ask(&mut conn).is_err(), "an expired connection answered");

@@ -17,6 +17,10 @@
 #   vipd-kstack vipd without the nftables ingress drop (the kernel stack also sees every frame; on demand)
 #   vipd-200k vipd, with IDLE half-open connections put in its table first (synflood.py) and held during
 #             the measurements (syn timeout 1h; the sink drops the SYNs so nothing closes them)
+#   vipd-xdp  vipd with `offload = "xdp"` in native mode: established connections translated by its XDP
+#             program (docs/offload.md); GRO is turned on at the peers of the director's veths (the client's
+#             eth0, the bridge's port-d), which native XDP needs to redirect into a veth
+#   vipd-xdp-generic vipd with `offload = "xdp"`, `xdp_mode = "generic"` (peers as for the others)
 #   vipd-wasm vipd with the round-robin Wasm plugin (only when target/plugins/round-robin.wasm exists)
 #   vipd-maglev vipd with the maglev plugin (only when target/plugins/maglev.wasm exists)
 #   vipd-shadow vipd-wasm with the same plugin asked again as a shadow policy (on demand)
@@ -351,6 +355,10 @@ vipd6_config >"$TMP/vipd6.toml"
 head -c 32 /dev/urandom >"$TMP/sync.key"
 { cat "$TMP/vipd.toml"; printf '\n[sync]\nlisten = "10.20.0.1:8848"\npeers = ["%s:8848"]\nkey_file = "%s"\nrole = "active"\n' \
     "$SINK" "$TMP/sync.key"; } >"$TMP/vipd-sync.toml"
+awk '{ print } $0 == "[director]" { print "offload = \"xdp\""; print "xdp_mode = \"native\"" }' \
+    "$TMP/vipd.toml" >"$TMP/vipd-xdp.toml"
+awk '{ print } $0 == "[director]" { print "offload = \"xdp\""; print "xdp_mode = \"generic\"" }' \
+    "$TMP/vipd.toml" >"$TMP/vipd-xdp-generic.toml"
 # vipd-x1..x3: vipd with the [director] lines of X1..X3 added (e.g. X1='send_threads = "none"'), to measure
 # a setting against the default in the same run.
 for x in 1 2 3; do
@@ -381,7 +389,7 @@ plugin_ok() {   # NAME PLUGIN: copies PLUGIN_DIR/PLUGIN.wasm to a folder of its 
 if [[ ${#CONTENDERS[@]} -eq 0 ]]; then
     CONTENDERS=(none dnat haproxy)
     [[ -n $STREAM_MODULE ]] && CONTENDERS+=(nginx) || NOTES+=("nginx skipped: ngx_stream_module.so not found (Debian: libnginx-mod-stream)")
-    CONTENDERS+=(vipd vipd-sync vipd-200k none6 dnat6 vipd6)
+    CONTENDERS+=(vipd vipd-xdp vipd-xdp-generic vipd-sync vipd-200k none6 dnat6 vipd6)
     [[ -n ${VIPD_BASE:-} ]] && CONTENDERS+=(vipd-base)
     plugin_ok vipd-wasm "$WASM_PLUGIN" && CONTENDERS+=(vipd-wasm)
     plugin_ok vipd-maglev "$MAGLEV_PLUGIN" && CONTENDERS+=(vipd-maglev)
@@ -509,6 +517,12 @@ start_vipd-sync() { start_vipd_with "$TMP/vipd-sync.toml"; }
 start_vipd-rt() { start_vipd_with "$TMP/vipd.toml"; chrt -f -p 50 "$DPID"; }
 start_vipd-kstack() { VIPD_KERNEL_DROP=0 start_vipd_with "$TMP/vipd.toml"; }
 start_vipd-base() { start_vipd_with "$TMP/vipd.toml" "$VIPD_BASE"; }
+start_vipd-xdp() {
+    in_ns "$NS_CLIENT" ethtool -K eth0 gro on >/dev/null
+    in_ns "$NS_LAN" ethtool -K port-d gro on >/dev/null
+    start_vipd_with "$TMP/vipd-xdp.toml"
+}
+start_vipd-xdp-generic() { start_vipd_with "$TMP/vipd-xdp-generic.toml"; }
 start_vipd-wasm() { start_vipd_with "$TMP/vipd-wasm.toml"; }
 start_vipd-shadow() { start_vipd_with "$TMP/vipd-shadow.toml"; }
 start_vipd-wasm-base() { start_vipd_with "$TMP/vipd-wasm.toml" "$VIPD_BASE"; }

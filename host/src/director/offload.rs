@@ -142,3 +142,184 @@ impl Director {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::super::tests::{WEB, client, config, secs, server, syn_to};
+    use super::*;
+    use crate::Sides;
+    use crate::binding::BindingTable;
+    use crate::conntable::{Connection, Endpoint, Timeouts};
+    use crate::director::Verdict;
+    use crate::wire::MacAddr;
+
+    /// What the kernel would hold: connections by client port, with the MAC given and the age to report.
+    #[derive(Default)]
+    struct Kernel {
+        held: BTreeMap<u16, (MacAddr, Duration)>,
+        inserts: u32,
+        removes: u32,
+        totals: Sides<(u64, u64)>,
+    }
+
+    struct Recording(Arc<Mutex<Kernel>>);
+
+    impl Offload for Recording {
+        fn insert(&mut self, conn: &Connection, real_mac: MacAddr) -> Result<(), Refused> {
+            let mut k = self.0.lock().unwrap();
+            k.inserts += 1;
+            assert!(
+                k.held
+                    .insert(conn.client.port(), (real_mac, Duration::MAX))
+                    .is_none()
+            );
+            Ok(())
+        }
+        fn remove(&mut self, conn: &Connection) {
+            let mut k = self.0.lock().unwrap();
+            k.removes += 1;
+            assert!(
+                k.held.remove(&conn.client.port()).is_some(),
+                "removed twice"
+            );
+        }
+        fn totals(&mut self) -> Sides<(u64, u64)> {
+            self.0.lock().unwrap().totals
+        }
+        fn for_each_seen(&mut self, f: &mut dyn FnMut(Protocol, Endpoint, Endpoint, Duration)) {
+            for (&port, &(_, age)) in &self.0.lock().unwrap().held {
+                if age != Duration::MAX {
+                    f(
+                        Protocol::Tcp,
+                        Endpoint::new(super::super::tests::CLIENT.into(), port),
+                        Endpoint::new(WEB.into(), 80),
+                        age,
+                    );
+                }
+            }
+        }
+        fn mode(&self) -> &'static str {
+            "test"
+        }
+        fn held(&self) -> usize {
+            self.0.lock().unwrap().held.len()
+        }
+    }
+
+    fn offloading() -> (Director, Arc<Mutex<Kernel>>) {
+        let config = config(2, 1, true, false);
+        let mut d = Director::new(
+            &config,
+            BindingTable::from_config(&config),
+            super::super::tests::L2,
+        );
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        d.set_offload(Box::new(Recording(Arc::clone(&kernel))));
+        (d, kernel)
+    }
+
+    /// SYN, SYN-ACK, the client's ACK: the connection goes to the kernel with the ACK, not before.
+    fn establish(d: &mut Director, cport: u16, now: Duration) {
+        let to = syn_to(d, WEB, cport, now);
+        d.handle(Interface::Inside, &mut server(to, cport, false), now);
+        let mut ack = client(WEB, cport, false, false);
+        assert_eq!(
+            d.handle(Interface::Outside, &mut ack, now),
+            Verdict::Forward(Interface::Inside)
+        );
+    }
+
+    #[test]
+    fn established_goes_to_the_kernel_once_and_comes_back_when_closing() {
+        let (mut d, kernel) = offloading();
+        let to = syn_to(&mut d, WEB, 1000, secs(0));
+        d.handle(Interface::Inside, &mut server(to, 1000, false), secs(0));
+        assert_eq!(
+            kernel.lock().unwrap().inserts,
+            0,
+            "not before the client's ACK"
+        );
+        let mut ack = client(WEB, 1000, false, false);
+        d.handle(Interface::Outside, &mut ack, secs(0));
+        let real_mac = kernel.lock().unwrap().held.get(&1000).map(|h| h.0);
+        assert!(
+            real_mac.is_some_and(|m| m.0[..5] == [2, 0, 0, 0, 2]),
+            "{real_mac:?}"
+        );
+        // A frame that still reaches the director (one in flight) offloads nothing again.
+        d.handle(
+            Interface::Outside,
+            &mut client(WEB, 1000, false, false),
+            secs(1),
+        );
+        assert_eq!(kernel.lock().unwrap().inserts, 1);
+        assert_eq!(d.counters().offloaded, 1);
+        // The client's RST: closing is handled here again.
+        d.handle(
+            Interface::Outside,
+            &mut client(WEB, 1000, false, true),
+            secs(2),
+        );
+        let k = kernel.lock().unwrap();
+        assert_eq!((k.removes, k.held.len()), (1, 0));
+        assert!(d.table().iter().all(|(_, c)| !c.offloaded));
+    }
+
+    #[test]
+    fn leaving_the_table_leaves_the_kernel() {
+        let (mut d, kernel) = offloading();
+        establish(&mut d, 1000, secs(0));
+        establish(&mut d, 1001, secs(0));
+        assert_eq!(kernel.lock().unwrap().held.len(), 2);
+        let timeouts = Timeouts::default();
+        d.expire(secs(1) + timeouts.established, usize::MAX);
+        let k = kernel.lock().unwrap();
+        assert_eq!((k.removes, k.held.len(), d.table().len()), (2, 0, 0));
+    }
+
+    /// A connection whose frames flow only through the kernel is kept as long as the kernel saw one
+    /// within the idle timeout, and expires once it did not.
+    #[test]
+    fn the_kernels_last_seen_keeps_a_connection_alive() {
+        let (mut d, kernel) = offloading();
+        establish(&mut d, 1000, secs(0));
+        let established = Timeouts::default().established;
+        let mut now = secs(0);
+        for _ in 0..3 {
+            now += established - secs(1);
+            kernel.lock().unwrap().held.get_mut(&1000).unwrap().1 = secs(1);
+            d.tick(now, &mut |_, _| {});
+            assert_eq!(
+                d.table().len(),
+                1,
+                "expired while the kernel carried its frames"
+            );
+        }
+        // Idle in the kernel too: the last frame it saw was a whole timeout ago.
+        now += established;
+        kernel.lock().unwrap().held.get_mut(&1000).unwrap().1 = established;
+        d.tick(now, &mut |_, _| {});
+        assert_eq!(d.table().len(), 0);
+        assert_eq!(kernel.lock().unwrap().held.len(), 0);
+    }
+
+    #[test]
+    fn the_kernels_frames_are_folded_into_the_counters() {
+        let (mut d, kernel) = offloading();
+        let before = d.counters().clone();
+        kernel.lock().unwrap().totals = Sides::new((10, 1000), (30, 45000));
+        d.tick(secs(1), &mut |_, _| {});
+        kernel.lock().unwrap().totals = Sides::new((12, 1200), (30, 45000));
+        d.tick(secs(2), &mut |_, _| {});
+        let c = d.counters();
+        assert_eq!(c.rx_frames.outside - before.rx_frames.outside, 12);
+        assert_eq!(c.rx_bytes.inside - before.rx_bytes.inside, 45000);
+        assert_eq!(c.forwarded.inside - before.forwarded.inside, 12);
+        assert_eq!(c.forwarded.outside - before.forwarded.outside, 30);
+        assert_eq!(c.tx_bytes.outside - before.tx_bytes.outside, 45000);
+        assert_eq!(c.offload_frames, Sides::new(12, 30));
+    }
+}

@@ -658,7 +658,7 @@ impl Fig3 {
         // The kernel answers ARP only for the inside address on the inside interface.
         f.director.sysctl("net.ipv4.conf.all.arp_ignore", "1");
 
-        if test_offload().is_some() {
+        if std::env::var("VIPD_TEST_OFFLOAD").as_deref() == Ok("xdp") {
             // Native XDP redirects into a veth only while its peer has GRO on (or an XDP program).
             f.client.exec_ok("ethtool", &["-K", "eth0", "gro", "on"]);
             f.lan.exec_ok("ethtool", &["-K", "port-d", "gro", "on"]);
@@ -719,8 +719,9 @@ impl Fig3 {
     }
 }
 
-/// `VIPD_TEST_OFFLOAD`: `xdp` (native where the peers allow, see [`Fig3::new`]) or `generic` runs the live
-/// tests with `[director] offload = "xdp"` (`make test` runs them in both modes); unset or `none`: without.
+/// `VIPD_TEST_OFFLOAD`: `xdp` (native: [`Fig3::new`] turns GRO on at the peers, which native XDP needs to
+/// redirect into a veth) or `generic` (peers as usual) runs the live tests with `[director] offload = "xdp"`
+/// (`make test` runs live.rs in generic and failure.rs in native mode); unset or `none`: without.
 pub fn test_offload() -> Option<&'static str> {
     match std::env::var("VIPD_TEST_OFFLOAD").as_deref() {
         Ok("xdp") => Some("offload = \"xdp\"\n"),
@@ -730,9 +731,9 @@ pub fn test_offload() -> Option<&'static str> {
     }
 }
 
-/// `config` with [`test_offload`]'s keys added to its `[director]` table, written into `dir`; `config`
-/// itself when the offload is off. The copy's relative paths would be resolved against `dir`: the configs
-/// of the tests run this way have none.
+/// `config` with [`test_offload`]'s keys added to its `[director]` table; `config` itself when the
+/// offload is off. A repository file is copied into `dir` (its relative paths would then be resolved
+/// against `dir`: the configs of the tests run this way have none).
 pub fn with_test_offload(dir: &TempDir, config: &Path) -> PathBuf {
     let Some(keys) = test_offload() else {
         return config.to_path_buf();
@@ -744,11 +745,16 @@ pub fn with_test_offload(dir: &TempDir, config: &Path) -> PathBuf {
         config.display()
     );
     let text = text.replacen("[director]\n", &format!("[director]\n{keys}"), 1);
-    let name = format!(
-        "offload-{}",
-        config.file_name().unwrap().to_string_lossy()
-    );
-    let path = dir.join(&name);
+    // A test's own config (in the temporary folder) is changed in place: the test may rewrite it and
+    // reload, and the offload, a start-only key, stays as it started.
+    let path = if config.starts_with(std::env::temp_dir()) {
+        config.to_path_buf()
+    } else {
+        dir.join(&format!(
+            "offload-{}",
+            config.file_name().unwrap().to_string_lossy()
+        ))
+    };
     std::fs::write(&path, text).unwrap();
     path
 }
