@@ -683,6 +683,19 @@ impl ConnTable {
         &mut self,
         now: Duration,
         budget: usize,
+        on_expired: impl FnMut(&Connection),
+    ) -> usize {
+        self.expire_checked(now, budget, |_| None, on_expired)
+    }
+
+    /// [`ConnTable::expire`], asking `seen` of each connection about to expire whether it saw a frame
+    /// later than its `last_seen` (one that went elsewhere: the kernel's offload); if that is recent enough,
+    /// the connection is kept with that time.
+    pub fn expire_checked(
+        &mut self,
+        now: Duration,
+        budget: usize,
+        mut seen: impl FnMut(&Connection) -> Option<Duration>,
         mut on_expired: impl FnMut(&Connection),
     ) -> usize {
         let now_ns = nanos(now);
@@ -711,7 +724,15 @@ impl ConnTable {
                     continue;
                 }
                 steps += 1;
-                if nanos(entry.conn.last_seen.get()).saturating_add(timeout) <= now_ns {
+                let mut due = nanos(entry.conn.last_seen.get()).saturating_add(timeout) <= now_ns;
+                if due
+                    && let Some(later) = seen(&entry.conn)
+                    && later > entry.conn.last_seen.get()
+                {
+                    self.entries[head as usize].conn.last_seen = later.into();
+                    due = nanos(later).saturating_add(timeout) <= now_ns;
+                }
+                if due {
                     let conn = self.remove(head);
                     on_expired(&conn);
                     removed += 1;

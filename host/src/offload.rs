@@ -11,7 +11,7 @@
 //! What the kernel did comes back in two ways: the program's per-CPU counters of redirected frames and
 //! bytes are folded into the director's counters ([`Offload::totals`]), so `vipd_packets_total` and
 //! `vipd_bytes_total` read the same with and without the offload; and each flow's last-seen time
-//! ([`Offload::for_each_seen`]) refreshes its connection before the idle expiry looks at it.
+//! ([`Offload::seen`]) is asked for when the idle expiry or the sync refresh looks at its connection.
 //!
 //! The director sees the kernel through the [`Offload`] trait: [`Xdp`] is the real one; the director's
 //! unit tests use a recording one.
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::Sides;
 use crate::config::XdpMode;
-use crate::conntable::{Connection, Endpoint};
+use crate::conntable::Connection;
 use crate::wire::{MacAddr, Protocol};
 
 /// Why a connection was not offloaded; it stays on the libpcap path.
@@ -43,9 +43,9 @@ pub trait Offload: Send {
     fn remove(&mut self, conn: &Connection);
     /// Frames and bytes the kernel translated since the offload started, by the interface they arrived on.
     fn totals(&mut self) -> Sides<(u64, u64)>;
-    /// For each offloaded connection (protocol, client, virtual address), how long ago the kernel last
-    /// translated one of its client's frames or its server's.
-    fn for_each_seen(&mut self, f: &mut dyn FnMut(Protocol, Endpoint, Endpoint, Duration));
+    /// How long ago the kernel last translated a frame of `conn` (its client's or its server's); `None`
+    /// if it never did.
+    fn seen(&mut self, conn: &Connection) -> Option<Duration>;
     /// How it runs, for the metrics (`vipd_offload_info{mode}`): `native` or `generic` XDP.
     fn mode(&self) -> &'static str;
     /// Connections in the kernel now.
@@ -179,14 +179,6 @@ fn family_and_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
             (4, out)
         }
         IpAddr::V6(v6) => (6, v6.octets()),
-    }
-}
-
-fn ip_of(family: u8, bytes: [u8; 16]) -> IpAddr {
-    if family == 4 {
-        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
-    } else {
-        IpAddr::from(bytes)
     }
 }
 
@@ -456,41 +448,11 @@ impl Offload for Xdp {
         )
     }
 
-    fn for_each_seen(&mut self, f: &mut dyn FnMut(Protocol, Endpoint, Endpoint, Duration)) {
-        let now = monotonic_ns();
-        // Each connection's latest: the outside entry names it; the inside entry's time is looked up beside.
-        for item in self.flows.iter() {
-            let Ok((key, value)) = item else { continue };
-            if key.side != SIDE_OUTSIDE {
-                continue;
-            }
-            let protocol = if key.proto == 6 {
-                Protocol::Tcp
-            } else {
-                Protocol::Udp
-            };
-            let client = Endpoint::new(ip_of(key.family, key.src), u16::from_be_bytes(key.sport));
-            let virt = Endpoint::new(ip_of(key.family, key.dst), u16::from_be_bytes(key.dport));
-            let reply = FlowKey {
-                side: SIDE_INSIDE,
-                src: family_and_bytes(ip_of(key.family, value.addr)).1,
-                dst: key.src,
-                sport: value.port,
-                dport: key.sport,
-                ..key
-            };
-            let inside_seen = self.flows.get(&reply, 0).map_or(0, |v| v.last_seen_ns);
-            let seen = value.last_seen_ns.max(inside_seen);
-            if seen == 0 {
-                continue; // nothing through the kernel yet
-            }
-            f(
-                protocol,
-                client,
-                virt,
-                Duration::from_nanos(now.saturating_sub(seen)),
-            );
-        }
+    fn seen(&mut self, conn: &Connection) -> Option<Duration> {
+        let (out_key, in_key) = keys(conn);
+        let last = |key: &FlowKey| self.flows.get(key, 0).map_or(0, |v| v.last_seen_ns);
+        let seen = last(&out_key).max(last(&in_key));
+        (seen != 0).then(|| Duration::from_nanos(monotonic_ns().saturating_sub(seen)))
     }
 
     fn verdicts(&mut self) -> Vec<(crate::Interface, &'static str, u64)> {
@@ -691,6 +653,7 @@ mod netdev {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conntable::Endpoint;
 
     #[test]
     fn keys_name_both_directions() {

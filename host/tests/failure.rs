@@ -310,7 +310,7 @@ fn active_check_rise_fall_does_not_flap() {
                 let _ = s.read(&mut buf);
                 n += 1;
                 let ok = match mode.load(Ordering::Relaxed) {
-                    ALTERNATE => n % 2 == 0,
+                    ALTERNATE => n.is_multiple_of(2),
                     DOWN => false,
                     _ => true,
                 };

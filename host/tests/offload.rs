@@ -140,8 +140,12 @@ fn sent(ns: &Netns, dev: &str) -> (u64, u64) {
     (read("tx_packets"), read("tx_bytes"))
 }
 
-/// Both ends' counts once they stop moving (the director publishes every 250 ms).
-fn settled(s: &Setup) -> ((u64, u64), (u64, u64), (u64, u64), (u64, u64)) {
+/// (frames, bytes).
+type Count = (u64, u64);
+
+/// Both ends' counts once they stop moving (the director publishes every 250 ms): vipd's outside, the
+/// client's, vipd's inside, the bridge's.
+fn settled(s: &Setup) -> (Count, Count, Count, Count) {
     let read = || {
         let m = s.metrics();
         (
@@ -235,7 +239,7 @@ fn counted_once(director: &str, gro_peers: bool, mode: &str) {
     );
     // Exactly once: the director's in-counts moved as much as the peers' out-counts (settled() waited
     // for equality; here the deltas are checked to have been large and carried by the kernel).
-    let delta = |a: (u64, u64), b: (u64, u64)| (a.0 - b.0, a.1 - b.1);
+    let delta = |a: Count, b: Count| (a.0 - b.0, a.1 - b.1);
     eprintln!(
         "vipd outside {:?} client {:?}; vipd inside {:?} lan {:?}",
         delta(after.0, before.0),

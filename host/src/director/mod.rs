@@ -183,7 +183,6 @@ pub struct Director {
     /// totals already folded into `counters`, and when the kernel's last-seen times are next read.
     offload: Option<Box<dyn crate::offload::Offload>>,
     offload_folded: crate::Sides<(u64, u64)>,
-    offload_seen_next: Duration,
 }
 
 /// Whether a frame is for the director: unicast to `ours`, or broadcast or multicast (the group bit: ARP
@@ -272,7 +271,6 @@ impl Director {
             outside_peer: None,
             offload: None,
             offload_folded: crate::Sides::new((0, 0), (0, 0)),
-            offload_seen_next: Duration::ZERO,
         };
         director.install(bindings, selectors);
         director.set_checked(config);
@@ -424,7 +422,7 @@ impl Director {
     /// send go through `send`.
     pub fn tick(&mut self, now: Duration, send: &mut dyn FnMut(Interface, &[u8])) {
         self.now = now;
-        self.offload_tick(now);
+        self.offload_tick();
         self.expire(now, EXPIRE_BUDGET);
         self.sync_tick(now);
         self.deliver_notices();
@@ -446,9 +444,19 @@ impl Director {
             ..
         } = self;
         let timeouts = table.timeouts();
-        table.expire(now, budget, |conn| {
+        // An offloaded connection's frames may have gone through the kernel only: ask it before expiring.
+        let kernel = std::cell::RefCell::new(offload);
+        let seen = |conn: &crate::conntable::Connection| {
+            let age = kernel
+                .borrow_mut()
+                .as_deref_mut()
+                .filter(|_| conn.offloaded)?
+                .seen(conn)?;
+            Some(now.saturating_sub(age))
+        };
+        table.expire_checked(now, budget, seen, |conn| {
             counters.expired += 1;
-            release(reals, flows, offload, conn);
+            release(reals, flows, &mut kernel.borrow_mut(), conn);
             notices.push(Ended::Closed, conn, counters);
             sync::sync_removed(sync, counters, conn, &timeouts, now);
         });

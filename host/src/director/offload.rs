@@ -5,10 +5,9 @@
 //! numbers are translated here). It comes back when it starts closing (the kernel passes FIN and RST up and
 //! stops translating that direction at once), and it leaves the kernel with the table in every other way:
 //! expiry, eviction, a client reusing its port, a peer's word, becoming standby. Each tick folds the frames
-//! the kernel translated into the counters, and once a second each offloaded connection's last frame in the
-//! kernel into its idle time, before the expiry looks at it.
-
-use std::time::Duration;
+//! the kernel translated into the counters. An offloaded connection's last frame in the kernel is asked for
+//! when the idle expiry finds it due, and before the sync refresh sends its idle time to a peer: the cost
+//! is two map lookups per such connection, never a walk of the kernel's map.
 
 use super::Director;
 use crate::Interface;
@@ -16,10 +15,6 @@ use crate::config::Role;
 use crate::conntable::{ConnId, ConnState};
 use crate::offload::{Offload, Refused};
 use crate::wire::Protocol;
-
-/// How often the kernel's last-seen times are read into the table: an offloaded connection's idle time is
-/// known to within this.
-pub const SEEN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Director {
     /// Translates established connections in the kernel from now on (`vipd run` with `offload = "xdp"`).
@@ -101,9 +96,8 @@ impl Director {
         });
     }
 
-    /// Folds what the kernel translated into the counters, and (every [`SEEN_INTERVAL`]) the kernel's
-    /// last-seen times into the connections' idle times.
-    pub(super) fn offload_tick(&mut self, now: Duration) {
+    /// Folds what the kernel translated into the counters.
+    pub(super) fn offload_tick(&mut self) {
         let Some(offload) = self.offload.as_deref_mut() else {
             return;
         };
@@ -126,20 +120,24 @@ impl Director {
             self.counters.offload_frames[side] += df;
         }
         self.offload_folded = totals;
-        if now < self.offload_seen_next {
+    }
+
+    /// Brings connection `id`'s last-seen time up to the kernel's, if it is offloaded (before its idle time
+    /// is sent to a sync peer).
+    pub(super) fn freshen(&mut self, id: ConnId) {
+        let Some(offload) = self.offload.as_deref_mut() else {
+            return;
+        };
+        let conn = self.table.get(id);
+        if !conn.offloaded {
             return;
         }
-        self.offload_seen_next = now + SEEN_INTERVAL;
-        let table = &mut self.table;
-        offload.for_each_seen(&mut |protocol, client, virt, age| {
-            let Some(id) = table.lookup_inbound(protocol, client, virt) else {
-                return;
-            };
-            let seen = now.saturating_sub(age);
-            if seen > table.get(id).last_seen.get() {
-                table.touch(id, seen);
+        if let Some(age) = offload.seen(conn) {
+            let seen = self.now.saturating_sub(age);
+            if seen > conn.last_seen.get() {
+                self.table.touch(id, seen);
             }
-        });
+        }
     }
 }
 
@@ -147,12 +145,13 @@ impl Director {
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use super::super::tests::{WEB, client, config, secs, server, syn_to};
     use super::*;
     use crate::Sides;
     use crate::binding::BindingTable;
-    use crate::conntable::{Connection, Endpoint, Timeouts};
+    use crate::conntable::{Connection, Timeouts};
     use crate::director::Verdict;
     use crate::wire::MacAddr;
 
@@ -189,17 +188,10 @@ mod tests {
         fn totals(&mut self) -> Sides<(u64, u64)> {
             self.0.lock().unwrap().totals
         }
-        fn for_each_seen(&mut self, f: &mut dyn FnMut(Protocol, Endpoint, Endpoint, Duration)) {
-            for (&port, &(_, age)) in &self.0.lock().unwrap().held {
-                if age != Duration::MAX {
-                    f(
-                        Protocol::Tcp,
-                        Endpoint::new(super::super::tests::CLIENT.into(), port),
-                        Endpoint::new(WEB.into(), 80),
-                        age,
-                    );
-                }
-            }
+        fn seen(&mut self, conn: &Connection) -> Option<Duration> {
+            let k = self.0.lock().unwrap();
+            let age = k.held.get(&conn.client.port())?.1;
+            (age != Duration::MAX).then_some(age)
         }
         fn mode(&self) -> &'static str {
             "test"
@@ -298,6 +290,10 @@ mod tests {
                 "expired while the kernel carried its frames"
             );
         }
+        // Due now, but the kernel saw a frame a second ago: kept, with that time.
+        now += secs(2);
+        d.tick(now, &mut |_, _| {});
+        assert_eq!(d.table().len(), 1);
         // Idle in the kernel too: the last frame it saw was a whole timeout ago.
         now += established;
         kernel.lock().unwrap().held.get_mut(&1000).unwrap().1 = established;

@@ -318,8 +318,11 @@ impl Director {
                 .table
                 .slot(slot)
                 .is_some_and(|c| c.synced.older_than(now, timeouts.of(c.state) / 3));
-            if due && !self.sync_send(slot, now) {
-                break;
+            if due {
+                self.freshen(slot);
+                if !self.sync_send(slot, now) {
+                    break;
+                }
             }
         }
         if let Some(s) = &mut self.sync {

@@ -500,7 +500,7 @@ fn check_results_and_operator() {
 fn event_queue_is_bounded() {
     let mut d = director(2);
     for i in 0..EVENT_CAPACITY + 10 {
-        let state = if i % 2 == 0 {
+        let state = if i.is_multiple_of(2) {
             ServerState::Draining
         } else {
             ServerState::Up

@@ -27,7 +27,7 @@ pub fn pick(candidates: &[Candidate], roll: u64, explore_every: u64) -> Option<u
     if n == 0 {
         return None;
     }
-    if explore_every > 0 && roll % explore_every == 0 {
+    if explore_every > 0 && roll.is_multiple_of(explore_every) {
         return eligible()
             .nth(((roll / explore_every) % n) as usize)
             .map(|(i, _)| i);

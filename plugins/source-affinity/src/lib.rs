@@ -93,7 +93,7 @@ mod tests {
 
     /// Client `n`: an IPv4 address for even `n`, an IPv6 one for odd `n`.
     fn client(n: u16) -> IpAddress {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             IpAddress::Ipv4(0xc633_0000 + u32::from(n))
         } else {
             Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n).into()
