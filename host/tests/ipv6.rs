@@ -291,7 +291,7 @@ fn ipv6_end_to_end() {
     std::fs::write(_sites[0].dir.join("files/big"), &big).unwrap();
 
     let dir = TempDir::new("vipd-ipv6");
-    let config = t.config(&dir);
+    let config = with_test_offload(&dir, &t.config(&dir));
     let mut vipd = t.director.spawn(
         &dir,
         "vipd",

@@ -262,13 +262,13 @@ fn counted_once(director: &str, gro_peers: bool, mode: &str) {
     );
     assert!(server_frames > 2000, "{server_frames}");
     assert!(
-        redirected("inside") * 10 > server_frames * 9,
+        redirected("inside") * 4 > server_frames * 3,
         "most of the servers' frames should have gone through the kernel: {} of {server_frames}",
         redirected("inside")
     );
     assert!(redirected("outside") > 0);
-    // 3 downloads, 1 keep-alive connection, 10 single requests (and the readiness probes before).
-    assert!(series(&m, "vipd_offload_connections_total{result=\"offloaded\"}") >= 14);
+    // At least the 3 downloads (a single request is over before OFFLOAD_AFTER).
+    assert!(series(&m, "vipd_offload_connections_total{result=\"offloaded\"}") >= 3);
     // Every connection closed: none is left in the kernel.
     wait_for(
         "no connection left in the kernel",

@@ -10,13 +10,15 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-sync", "none6", "dnat6", "vipd6", "vipd-200k", "vipd-wasm", "vipd-wasm-base", "vipd-shadow", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
+ORDER = ["none", "dnat", "haproxy", "nginx", "vipd", "vipd-xdp", "vipd-xdp-generic", "vipd-sync", "none6", "dnat6", "vipd6", "vipd-200k", "vipd-wasm", "vipd-wasm-base", "vipd-shadow", "vipd-maglev", "vipd-rt", "vipd-kstack", "vipd-base", "vipd-x1", "vipd-x2", "vipd-x3"]
 NAMES = {
     "none": "no director (ceiling)",
     "dnat": "iptables DNAT + conntrack",
     "haproxy": "HAProxy mode tcp, 1 thread",
     "nginx": "nginx stream, 1 worker",
     "vipd": "vipd, built-in round-robin",
+    "vipd-xdp": "vipd, offload = \"xdp\", native (peers GRO on)",
+    "vipd-xdp-generic": "vipd, offload = \"xdp\", generic",
     "none6": "IPv6: no director (ceiling)",
     "dnat6": "IPv6: ip6tables DNAT + conntrack",
     "vipd6": "IPv6: vipd, built-in round-robin",
@@ -111,6 +113,7 @@ def main() -> None:
         out.append("| ratio | " + " | ".join(c[1] for c in cols) + " | p99 added |")
         out.append("|---|" + "---:|" * (len(cols) + 1))
         pairs = [("vipd", p) for p in ("none", "dnat", "haproxy", "nginx")]
+        pairs += [(x, p) for x in ("vipd-xdp", "vipd-xdp-generic") for p in ("none", "dnat", "vipd")]
         pairs += [("vipd6", "none6"), ("vipd6", "dnat6"), ("vipd6", "vipd")]
         pairs += [("vipd-sync", "vipd"), ("vipd-200k", "vipd"), ("vipd-wasm", "vipd"), ("vipd-maglev", "vipd"), ("vipd", "vipd-base"), ("vipd", "vipd-kstack"), ("vipd-rt", "vipd")]
         for a, b in pairs:

@@ -1,7 +1,8 @@
 //! `[director] offload`: established connections translated in the kernel ([`crate::offload`]).
 //!
-//! A connection goes to the kernel when the director has seen it established: the client acknowledged the
-//! server's SYN-ACK (TCP), or its server replied (UDP). A SYN-proxied connection never goes (its sequence
+//! A connection goes to the kernel when the director has seen it established (the client acknowledged the
+//! server's SYN-ACK, or a UDP server replied) and it has been open for [`OFFLOAD_AFTER`]: at its first frame
+//! after both. A SYN-proxied connection never goes (its sequence
 //! numbers are translated here). It comes back when it starts closing (the kernel passes FIN and RST up and
 //! stops translating that direction at once), and it leaves the kernel with the table in every other way:
 //! expiry, eviction, a client reusing its port, a peer's word, becoming standby. Each tick folds the frames
@@ -16,6 +17,13 @@ use crate::conntable::{ConnId, ConnState};
 use crate::offload::{Offload, Refused};
 use crate::wire::Protocol;
 
+/// How long a connection must have been open before it goes to the kernel. Handing one over and taking it
+/// back costs four map updates (system calls); a short connection (one request, `Connection: close`) is
+/// over before its frames could repay them: with no delay, new connections/s fell by a sixth to a quarter
+/// in the comparison (docs/benchmarks.md). A bulk transfer or a keep-alive connection still goes after
+/// 10 ms.
+pub const OFFLOAD_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl Director {
     /// Translates established connections in the kernel from now on (`vipd run` with `offload = "xdp"`).
     pub fn set_offload(&mut self, offload: Box<dyn Offload>) {
@@ -29,7 +37,8 @@ impl Director {
     }
 
     /// Hands connection `id` to the kernel if it is ready: established TCP (`from_server` or not), or UDP
-    /// whose server replied (`from_server`). Once per connection; one branch when the offload is off.
+    /// whose server replied (`from_server`), open for [`OFFLOAD_AFTER`] at least. Once per connection; one
+    /// branch when the offload is off.
     pub(super) fn offload_if_ready(&mut self, id: ConnId, from_server: bool) {
         if self.offload.is_none() || self.role != Role::Active {
             return;
@@ -39,7 +48,11 @@ impl Director {
             Protocol::Tcp => conn.state == ConnState::Established,
             Protocol::Udp => from_server,
         };
-        if !ready || conn.offloaded || conn.proxy.is_some() {
+        if !ready
+            || conn.offloaded
+            || conn.proxy.is_some()
+            || self.now < conn.created.get() + OFFLOAD_AFTER
+        {
             return;
         }
         let Some(real_mac) = self.neighbour(conn.real.ip()) else {
@@ -213,29 +226,50 @@ mod tests {
         (d, kernel)
     }
 
-    /// SYN, SYN-ACK, the client's ACK: the connection goes to the kernel with the ACK, not before.
+    /// SYN, SYN-ACK, and the client's ACK [`OFFLOAD_AFTER`] later: the connection goes to the kernel.
     fn establish(d: &mut Director, cport: u16, now: Duration) {
         let to = syn_to(d, WEB, cport, now);
         d.handle(Interface::Inside, &mut server(to, cport, false), now);
         let mut ack = client(WEB, cport, false, false);
         assert_eq!(
-            d.handle(Interface::Outside, &mut ack, now),
+            d.handle(Interface::Outside, &mut ack, now + OFFLOAD_AFTER),
             Verdict::Forward(Interface::Inside)
         );
+    }
+
+    /// A connection over within [`OFFLOAD_AFTER`] never goes to the kernel.
+    #[test]
+    fn a_short_connection_stays_here() {
+        let (mut d, kernel) = offloading();
+        let to = syn_to(&mut d, WEB, 1000, secs(0));
+        d.handle(Interface::Inside, &mut server(to, 1000, false), secs(0));
+        let half = OFFLOAD_AFTER / 2;
+        d.handle(
+            Interface::Outside,
+            &mut client(WEB, 1000, false, false),
+            half,
+        );
+        d.handle(
+            Interface::Outside,
+            &mut client(WEB, 1000, false, true),
+            half,
+        );
+        assert_eq!(kernel.lock().unwrap().inserts, 0);
+        assert_eq!(d.counters().offloaded, 0);
     }
 
     #[test]
     fn established_goes_to_the_kernel_once_and_comes_back_when_closing() {
         let (mut d, kernel) = offloading();
         let to = syn_to(&mut d, WEB, 1000, secs(0));
-        d.handle(Interface::Inside, &mut server(to, 1000, false), secs(0));
+        d.handle(Interface::Inside, &mut server(to, 1000, false), secs(1));
         assert_eq!(
             kernel.lock().unwrap().inserts,
             0,
             "not before the client's ACK"
         );
         let mut ack = client(WEB, 1000, false, false);
-        d.handle(Interface::Outside, &mut ack, secs(0));
+        d.handle(Interface::Outside, &mut ack, secs(1));
         let real_mac = kernel.lock().unwrap().held.get(&1000).map(|h| h.0);
         assert!(
             real_mac.is_some_and(|m| m.0[..5] == [2, 0, 0, 0, 2]),
