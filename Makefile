@@ -41,7 +41,7 @@ plugins: deps
 test: deps plugins deb-tools
 	$(CARGO) test --workspace
 	# The live tests again with established connections translated by XDP (docs/offload.md).
-	VIPD_TEST_OFFLOAD=generic $(CARGO) test -p vipd --test live --test ipv6
+	VIPD_TEST_OFFLOAD=generic $(CARGO) test -p vipd --test live --test ipv6 --test sync --test ha
 	VIPD_TEST_OFFLOAD=xdp $(CARGO) test -p vipd --test failure
 
 demo: deps

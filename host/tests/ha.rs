@@ -61,7 +61,7 @@ fn vipd_config(dir: &TempDir, i: usize) -> PathBuf {
     let name = ["vipd-a.toml", "vipd-b.toml"][i];
     let path = dir.join(name);
     std::fs::write(&path, example(&format!("ha/{name}"))).unwrap();
-    path
+    with_test_offload(dir, &path)
 }
 
 /// The shipped keepalived config of director `i`, calling this build's vipd; VRRPv3 with `advert_int`
