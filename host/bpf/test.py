@@ -13,7 +13,11 @@ checked field by field, and every checksum in them is verified by a full recompu
 At the end the per-flow counters and the per-CPU stats are compared with the counts
 the model kept.
 
-    sudo python3 test.py            # or: make test
+`cargo test --test xdp_program` runs it on the object build.rs compiled (VIPD_XDP_OBJ) with
+vipd's replay fixtures (VIPD_FIXTURES); by hand:
+
+    clang -O2 -target bpf -I/usr/include/$(uname -m)-linux-gnu -c vipd_xdp.c -o vipd_xdp.o
+    sudo python3 test.py
 """
 
 import copy

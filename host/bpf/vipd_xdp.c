@@ -27,8 +27,9 @@
  * map, a flow whose egress device is not in `tx_ports`, and everything while the
  * config map's enabled bit is clear.
  *
- * Build: clang -O2 -g -target bpf -I/usr/include/$(uname -m)-linux-gnu \
- *              -c vipd_xdp.c -o vipd_xdp.o
+ * Built by host/build.rs into the vipd binary; by hand:
+ *   clang -O2 -g -target bpf -I/usr/include/$(uname -m)-linux-gnu -c vipd_xdp.c -o vipd_xdp.o
+ * Loaded by host/src/offload.rs (aya), which mirrors the map layouts below byte for byte.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -41,7 +42,7 @@
 #include <bpf/bpf_endian.h>
 
 /* ---------------------------------------------------------------- ABI -------
- * Everything in this block is the contract with the user-space loader; README.md
+ * Everything in this block is the contract with the user-space loader; host/src/offload.rs
  * restates it byte by byte. All multi-byte address and port fields are in network
  * byte order (exactly the bytes on the wire); counters are host order.
  */
@@ -77,7 +78,7 @@ struct flow_value {
 	__u32 egress_ifindex; /* egress device; must be a key of tx_ports */
 	__u32 flags;          /* FLOW_SLOW; user space inserts 0 */
 	/* Written by the program (atomic adds / plain store); user space reads them and
-	 * must not overwrite a live entry (an update resets them, see README). */
+	 * must not overwrite a live entry (an update resets them). */
 	__u64 packets;      /* frames redirected */
 	__u64 bytes;        /* their length: Ethernet header to the end of the frame,
 			     * as vipd counts frame.len() */

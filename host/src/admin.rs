@@ -791,11 +791,14 @@ fn metrics(admin: &Admin) -> Reply {
              # TYPE vipd_cluster_client_established_total counter\nvipd_cluster_client_established_total {}\n\
              # HELP vipd_cluster_moved_total Flows the router moved to this director, by what placed them here (synced: a peer's record; policy: the port's consistent policy).\n\
              # TYPE vipd_cluster_moved_total counter\nvipd_cluster_moved_total{{placed_by=\"synced\"}} {}\n\
-             vipd_cluster_moved_total{{placed_by=\"policy\"}} {}",
+             vipd_cluster_moved_total{{placed_by=\"policy\"}} {}\n\
+             # HELP vipd_cluster_moved_unplaced_total Frames of moved flows dropped unplaced: the consistent policy failed or deferred, and a fallback would have chosen a server other directors do not.\n\
+             # TYPE vipd_cluster_moved_unplaced_total counter\nvipd_cluster_moved_unplaced_total {}",
             snapshot.counters.cluster_returns,
             snapshot.counters.cluster_client_established,
             snapshot.counters.cluster_moved_synced,
-            snapshot.counters.cluster_moved_policy
+            snapshot.counters.cluster_moved_policy,
+            snapshot.counters.cluster_moved_unplaced
         );
     }
     reply(

@@ -453,11 +453,19 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
         next_hops(&c) == hops_of(&[1])
     });
     let ok = downloads_complete(held, BIG);
-    let placed = Metrics::scrape(&c.directors[1])
-        .get("vipd_cluster_moved_total", &[("placed_by", "policy")]);
+    let m = Metrics::scrape(&c.directors[1]);
+    let placed = m.get("vipd_cluster_moved_total", &[("placed_by", "policy")]);
     println!(
-        "placement: {ok} of 20 downloads completed, {placed} flows placed by the policy on director 1"
+        "placement: {ok} of 20 downloads completed, {placed} flows placed by the policy on director 1, \
+         {} frames left unplaced (the policy failed or deferred)",
+        m.get("vipd_cluster_moved_unplaced_total", &[])
     );
+    for line in
+        m.0.lines()
+            .filter(|l| l.starts_with("vipd_plugin_calls_total"))
+    {
+        println!("  director 1: {line}");
+    }
     assert!(placed >= 1.0, "no flow was placed by the policy");
     assert_eq!(
         ok, 20,

@@ -170,6 +170,8 @@ pub struct Director {
     /// there with no connection (a flow the router moved) is placed by the policy rather than dropped.
     consistent: Vec<String>,
     placeable: Vec<bool>,
+    /// Set while a moved flow is being placed: only the consistent policy's own answer will do.
+    placing_moved: bool,
     returns: crate::binding::Returns,
     /// `[director] plugin_keep_warm` (zero: off), when the policies are next asked to keep warm, and when
     /// one was last asked for a connection.
@@ -264,6 +266,7 @@ impl Director {
             cluster: false,
             consistent: Vec::new(),
             placeable: Vec::new(),
+            placing_moved: false,
             returns: crate::binding::Returns::new(),
             keep_warm: Duration::ZERO,
             keep_warm_next: Duration::ZERO,

@@ -239,7 +239,10 @@ impl Director {
                 if !self.take_new() {
                     return Verdict::Drop(DropReason::Shed);
                 }
-                let id = match self.open(frame, p, protocol, client, virt, None, now) {
+                self.placing_moved = true;
+                let opened = self.open(frame, p, protocol, client, virt, None, now);
+                self.placing_moved = false;
+                let id = match opened {
                     Ok(id) => id,
                     Err(v) => return v,
                 };
@@ -323,6 +326,11 @@ impl Director {
         let Some((real_id, target, placed_by)) =
             self.select(port_id, client, virt, protocol, None, now)
         else {
+            if self.placing_moved {
+                // Not the consistent policy's own answer: no RST for a connection that lives elsewhere.
+                self.counters.cluster_moved_unplaced += 1;
+                return Err(Verdict::Drop(DropReason::NoConnection));
+            }
             return Err(self.refuse(frame, p, protocol, virtual_id, DropReason::NoServer));
         };
         let state = match protocol {

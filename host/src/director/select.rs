@@ -109,7 +109,8 @@ impl Director {
         now: Duration,
     ) -> Option<(u32, Endpoint, Option<InstanceId>)> {
         let trial = self.fill_candidates(port_id, exclude, now)?;
-        if let Some(i) = trial {
+        // A moved flow is placed only where every director would place it: no trial connection.
+        if let Some(i) = trial.filter(|_| !self.placing_moved) {
             let c = self.candidates.get(i)?;
             let h = self.health.get_mut(c.real_id as usize)?;
             h.retry_at = now + h.retry_after;
@@ -128,6 +129,10 @@ impl Director {
         self.last_select = Some(now);
         // The call just warmed what a keep-warm call would.
         self.keep_warm_next = now + self.keep_warm;
+        if self.placing_moved && outcome != Outcome::Picked {
+            // A fallback (the policy failed, or deferred) picks what other directors would not.
+            return None;
+        }
         let placed_by = match outcome {
             Outcome::Picked => selector.instance(),
             _ => None,

@@ -153,6 +153,10 @@ pub struct Counters {
     /// `[cluster]`: flows the router moved here that no peer's record had, placed by the port's consistent
     /// policy.
     pub cluster_moved_policy: u64,
+    /// `[cluster]`: frames of moved flows not placed, because the consistent policy did not answer itself
+    /// (it failed or deferred, and a fallback would pick what other directors would not): dropped, for the
+    /// client's retransmission to try again.
+    pub cluster_moved_unplaced: u64,
     pub sync_dropped: crate::sync::PerDropped,
     /// `[director] offload`: connections handed to the kernel, and those kept here because its flow map
     /// was full or it refused them; frames the kernel translated, by the interface they arrived on (also
