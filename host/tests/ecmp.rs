@@ -174,11 +174,36 @@ fn connections_total(ns: &Netns) -> f64 {
 /// are past their handshakes and synced (a connection is lost with its director only within the one sync
 /// batch, 20 ms, after its handshake; docs/scale-out.md).
 fn synced_everywhere(c: &Cluster, directors: &[usize], n: usize) {
-    wait_for(
-        "the downloads established and synced on every director",
-        Duration::from_secs(15),
-        || directors.iter().all(|&i| established(&c.directors[i]) >= n),
-    );
+    // 30 s: a connection whose SYN-ACK was lost opens after its client's SYN retransmissions (1, 3, 7 s).
+    let start = Instant::now();
+    loop {
+        let counts: Vec<usize> = directors
+            .iter()
+            .map(|&i| established(&c.directors[i]))
+            .collect();
+        if counts.iter().all(|&k| k >= n) {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let drops: Vec<String> = directors
+                .iter()
+                .map(|&i| {
+                    let m = Metrics::scrape(&c.directors[i]);
+                    format!(
+                        "director {i}: sync dropped {}, records received {}, installed {}",
+                        m.get("vipd_sync_dropped_total", &[]),
+                        m.get("vipd_sync_records_total", &[("direction", "received")]),
+                        m.get("vipd_sync_records_total", &[("direction", "installed")])
+                    )
+                })
+                .collect();
+            panic!(
+                "the downloads were not established and synced on every director after 30 s: \
+                 established {counts:?} of {n} on directors {directors:?}; {drops:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Whether keepalived's gateway address 10.20.0.1 is on director `i`'s inside.
