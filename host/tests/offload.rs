@@ -360,4 +360,19 @@ fn offloaded_connection_expires_only_when_idle() {
     let before_drop = dropped(&m);
     assert!(ask(&mut conn).is_err(), "an expired connection answered");
     assert!(dropped(&s.metrics()) > before_drop);
+
+    // A vipd that dies, however it dies, leaves no translation behind: the program is attached through
+    // BPF links, which the kernel removes with the process.
+    let attached = |dev: &str| {
+        let out = s.fig.director.exec_ok("ip", &["link", "show", "dev", dev]);
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    };
+    assert!(attached("vipd-out") && attached("vipd-in"));
+    let mut vipd = s.vipd;
+    vipd.signal(libc::SIGKILL);
+    wait_for(
+        "the XDP program gone with vipd",
+        Duration::from_secs(10),
+        || !attached("vipd-out") && !attached("vipd-in"),
+    );
 }
