@@ -368,8 +368,7 @@ fn offloaded_connection_expires_only_when_idle() {
         String::from_utf8_lossy(&out.stdout).contains("xdp")
     };
     assert!(attached("vipd-out") && attached("vipd-in"));
-    let mut vipd = s.vipd;
-    vipd.signal(libc::SIGKILL);
+    s.vipd.signal(libc::SIGKILL);
     wait_for(
         "the XDP program gone with vipd",
         Duration::from_secs(10),
