@@ -54,15 +54,7 @@ impl Routes {
     /// Creates the device, brings it up, and starts the thread that keeps routes in `table`.
     pub fn start(table: u32) -> Result<Routes> {
         let device = create_tun(DEVICE)?;
-        let name = std::ffi::CString::new(DEVICE)?;
-        // SAFETY: a NUL-terminated name; if_nametoindex reads it only.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            bail!(
-                "the announcement device {DEVICE} has no index: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        let index = crate::ifcheck::index(DEVICE).context("the announcement device")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

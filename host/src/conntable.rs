@@ -842,7 +842,7 @@ impl ConnTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
@@ -872,7 +872,8 @@ mod tests {
     }
 
     /// A connection from client port `c` to VIP 192.0.2.1:`v`, given to 10.0.0.1:`r`.
-    fn conn(c: u16, v: u16, r: u16, state: ConnState, now: Duration) -> Connection {
+    /// Client 198.51.100.7:`c`, virtual 192.0.2.1:`v`, real 10.0.0.1:`r`, in `state` since `now`.
+    pub(crate) fn conn(c: u16, v: u16, r: u16, state: ConnState, now: Duration) -> Connection {
         Connection {
             protocol: if state == ConnState::Udp {
                 Protocol::Udp

@@ -212,6 +212,18 @@ pub fn forwarding_enabled() -> Vec<&'static str> {
     .collect()
 }
 
+/// The kernel's index of interface `dev` in this namespace.
+pub fn index(dev: &str) -> anyhow::Result<u32> {
+    let name =
+        std::ffi::CString::new(dev).with_context(|| format!("{dev:?} is not an interface name"))?;
+    // SAFETY: a NUL-terminated name that outlives the call; if_nametoindex only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface {dev}: {}", std::io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
 fn parse_mac(s: &str) -> anyhow::Result<MacAddr> {
     Ok(s.trim().parse::<MacAddr>()?)
 }

@@ -16,9 +16,10 @@
 //! The director sees the kernel through the [`Offload`] trait: [`Xdp`] is the real one; the director's
 //! unit tests use a recording one.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
 
 use crate::Sides;
 use crate::config::XdpMode;
@@ -71,22 +72,6 @@ impl Attached {
             Attached::Generic => "generic",
         }
     }
-}
-
-/// Why the XDP offload could not start: `vipd run` refuses to start with it.
-#[derive(Debug)]
-pub struct StartError(String);
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
-
-fn start_error(what: impl fmt::Display) -> StartError {
-    StartError(what.to_string())
 }
 
 // ------------------------------------------------------------------------------------------------------
@@ -274,51 +259,35 @@ pub struct Xdp {
 impl Xdp {
     /// Loads the program, fills its maps and attaches it to both interfaces in the mode `mode` asks for.
     /// Holds at most `connections` connections. Any failure is an error that names what failed.
-    pub fn start(ifs: &Interfaces<'_>, mode: XdpMode, connections: u32) -> Result<Xdp, StartError> {
-        built().map_err(StartError)?;
-        let outside_index = ifindex(ifs.outside)?;
-        let inside_index = ifindex(ifs.inside)?;
+    pub fn start(ifs: &Interfaces<'_>, mode: XdpMode, connections: u32) -> Result<Xdp> {
+        built().map_err(anyhow::Error::msg)?;
+        let outside_index = crate::ifcheck::index(ifs.outside)?;
+        let inside_index = crate::ifcheck::index(ifs.inside)?;
         let attach = choose_mode(ifs, mode, Sides::new(outside_index, inside_index))?;
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries("flows", connections.saturating_mul(2))
             .load(OBJECT)
-            .map_err(|e| {
-                start_error(format_args!(
-                    "loading the XDP program failed: {}",
-                    error_chain(&e)
-                ))
-            })?;
-        let map = |ebpf: &mut aya::Ebpf, name: &str| {
+            .context("loading the XDP program failed")?;
+        let mut map = |name: &str| {
             ebpf.take_map(name)
-                .ok_or_else(|| start_error(format_args!("the XDP object has no map named {name}")))
+                .with_context(|| format!("the XDP object has no map named {name}"))
         };
-        let flows = aya::maps::HashMap::try_from(map(&mut ebpf, "flows")?)
-            .map_err(|e| start_error(format_args!("the flows map: {}", error_chain(&e))))?;
-        let stats = aya::maps::PerCpuArray::try_from(map(&mut ebpf, "stats")?)
-            .map_err(|e| start_error(format_args!("the stats map: {}", error_chain(&e))))?;
+        let flows = aya::maps::HashMap::try_from(map("flows")?).context("the flows map")?;
+        let stats = aya::maps::PerCpuArray::try_from(map("stats")?).context("the stats map")?;
         let mut config: aya::maps::Array<_, ProgramConfig> =
-            aya::maps::Array::try_from(map(&mut ebpf, "config")?)
-                .map_err(|e| start_error(format_args!("the config map: {}", error_chain(&e))))?;
-        let mut ports = aya::maps::DevMapHash::try_from(map(&mut ebpf, "tx_ports")?)
-            .map_err(|e| start_error(format_args!("the tx_ports map: {}", error_chain(&e))))?;
+            aya::maps::Array::try_from(map("config")?).context("the config map")?;
+        let mut ports =
+            aya::maps::DevMapHash::try_from(map("tx_ports")?).context("the tx_ports map")?;
         for index in [outside_index, inside_index] {
-            ports.insert(index, index, None, 0).map_err(|e| {
-                start_error(format_args!(
-                    "adding interface {index} to tx_ports: {}",
-                    error_chain(&e)
-                ))
-            })?;
+            ports
+                .insert(index, index, None, 0)
+                .with_context(|| format!("adding interface {index} to tx_ports"))?;
         }
-        config
-            .set(
-                0,
-                ProgramConfig {
-                    mac: [ifs.outside_mac.0, ifs.inside_mac.0],
-                    flags: CONFIG_ENABLED,
-                },
-                0,
-            )
-            .map_err(|e| start_error(format_args!("the config map: {}", error_chain(&e))))?;
+        let enabled = ProgramConfig {
+            mac: [ifs.outside_mac.0, ifs.inside_mac.0],
+            flags: CONFIG_ENABLED,
+        };
+        config.set(0, enabled, 0).context("the config map")?;
         let flags = match attach {
             Attached::Native => aya::programs::XdpMode::Driver,
             Attached::Generic => aya::programs::XdpMode::Skb,
@@ -326,23 +295,16 @@ impl Xdp {
         for (program, interface) in [("xdp_outside", ifs.outside), ("xdp_inside", ifs.inside)] {
             let prog: &mut aya::programs::Xdp = ebpf
                 .program_mut(program)
-                .ok_or_else(|| {
-                    start_error(format_args!("the XDP object has no program {program}"))
-                })?
+                .with_context(|| format!("the XDP object has no program {program}"))?
                 .try_into()
-                .map_err(|e| start_error(format_args!("{program}: {}", error_chain(&e))))?;
-            prog.load().map_err(|e| {
-                start_error(format_args!(
-                    "the kernel refused {program}: {}",
-                    error_chain(&e)
-                ))
-            })?;
-            prog.attach(interface, flags).map_err(|e| {
-                start_error(format_args!(
-                    "attaching {program} to {interface} in {} mode failed: {}",
-                    attach.as_str(),
-                    error_chain(&e)
-                ))
+                .context(program)?;
+            prog.load()
+                .with_context(|| format!("the kernel refused {program}"))?;
+            prog.attach(interface, flags).with_context(|| {
+                format!(
+                    "attaching {program} to {interface} in {} mode failed",
+                    attach.as_str()
+                )
             })?;
         }
         Ok(Xdp {
@@ -422,9 +384,9 @@ impl Offload for Xdp {
                 if !self.logged_failure {
                     self.logged_failure = true;
                     tracing::warn!(
-                        "the kernel refused an offloaded connection ({}); such connections stay on the \
+                        "the kernel refused an offloaded connection ({:#}); such connections stay on the \
                          libpcap path (this is logged once)",
-                        error_chain(&e)
+                        anyhow::Error::new(e)
                     );
                 }
                 Err(Refused::Failed)
@@ -469,36 +431,10 @@ impl Offload for Xdp {
     }
 }
 
-fn ifindex(name: &str) -> Result<u32, StartError> {
-    let c = std::ffi::CString::new(name)
-        .map_err(|_| start_error(format_args!("{name:?} is not an interface name")))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        return Err(start_error(format_args!("no interface named {name}")));
-    }
-    Ok(index)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// The attach mode for `mode`: native needs both drivers to run XDP and to take redirected frames
 /// (`xdp_features` basic and ndo-xmit; a veth takes them only while its peer has GRO on or an XDP program
 /// of its own, and drops them otherwise). `auto` falls back to generic, and says why in the log.
-fn choose_mode(
-    ifs: &Interfaces<'_>,
-    mode: XdpMode,
-    index: Sides<u32>,
-) -> Result<Attached, StartError> {
+fn choose_mode(ifs: &Interfaces<'_>, mode: XdpMode, index: Sides<u32>) -> Result<Attached> {
     if mode == XdpMode::Generic {
         return Ok(Attached::Generic);
     }
@@ -523,9 +459,7 @@ fn choose_mode(
     }
     let why = missing.join("; ");
     match mode {
-        XdpMode::Native => Err(start_error(format_args!(
-            "xdp_mode = \"native\" is not possible: {why}"
-        ))),
+        XdpMode::Native => bail!("xdp_mode = \"native\" is not possible: {why}"),
         _ => {
             tracing::info!("offload: generic XDP, not native: {why}");
             Ok(Attached::Generic)
@@ -653,32 +587,19 @@ mod netdev {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntable::Endpoint;
 
     #[test]
     fn keys_name_both_directions() {
-        let conn = Connection {
-            protocol: Protocol::Tcp,
-            client: Endpoint::new([10, 0, 0, 9].into(), 40000),
-            virtual_addr: Endpoint::new([192, 0, 2, 1].into(), 80),
-            real: Endpoint::new([10, 1, 0, 2].into(), 8001),
-            client_mac: MacAddr([2, 0, 0, 0, 0, 9]),
-            real_id: 0,
-            port_id: 0,
-            state: crate::conntable::ConnState::Established,
-            syn_resends: 0,
-            fin_seen: 0,
-            created: Duration::ZERO.into(),
-            last_seen: Duration::ZERO.into(),
-            proxy: None,
-            placed_by: None,
-            synced: crate::conntable::SyncMark::NEVER,
-            adopted: false,
-            offloaded: false,
-        };
+        let conn = crate::conntable::tests::conn(
+            40000,
+            80,
+            8001,
+            crate::conntable::ConnState::Established,
+            Duration::ZERO,
+        );
         let (out, inside) = keys(&conn);
         assert_eq!((out.side, out.proto, out.family), (0, 6, 4));
-        assert_eq!(&out.src[..4], &[10, 0, 0, 9]);
+        assert_eq!(&out.src[..4], &[198, 51, 100, 7]);
         assert_eq!(&out.src[4..], &[0; 12]);
         assert_eq!(&out.dst[..4], &[192, 0, 2, 1]);
         assert_eq!(
@@ -686,8 +607,8 @@ mod tests {
             (40000u16.to_be_bytes(), 80u16.to_be_bytes())
         );
         assert_eq!(inside.side, 1);
-        assert_eq!(&inside.src[..4], &[10, 1, 0, 2]);
-        assert_eq!(&inside.dst[..4], &[10, 0, 0, 9]);
+        assert_eq!(&inside.src[..4], &[10, 0, 0, 1]);
+        assert_eq!(&inside.dst[..4], &[198, 51, 100, 7]);
         assert_eq!(
             (inside.sport, inside.dport),
             (8001u16.to_be_bytes(), 40000u16.to_be_bytes())

@@ -170,6 +170,28 @@ fn connections_total(ns: &Netns) -> f64 {
     Metrics::scrape(ns).get("vipd_connections_total", &[])
 }
 
+/// [`placements`]'s filter for established connections only.
+const ESTABLISHED: &str = "state=established&";
+
+/// The connections of the director in `d` (`filter`: "" for all, or [`ESTABLISHED`]): client address and
+/// port -> real server.
+fn placements(d: &Netns, filter: &str) -> std::collections::BTreeMap<String, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&admin_get(d, &format!("/connections?{filter}limit=10000")))
+            .unwrap_or_default();
+    v["connections"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                    (s("client"), s("real_address"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Waits until each of `directors` holds at least `n` established connections: the downloads just started
 /// are past their handshakes and synced (a connection is lost with its director only within the one sync
 /// batch, 20 ms, after its handshake; docs/scale-out.md).
@@ -319,41 +341,15 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
     let held = paced_downloads(&c.client, &dir, "drain", 20, BIG, 10);
     synced_everywhere(&c, &[0, 1, 2], 20);
     // Agreement: every director sends each of these flows to the same real server.
-    let placement = |d: &Netns| -> Vec<(String, String)> {
-        let v: serde_json::Value =
-            serde_json::from_str(&admin_get(d, "/connections?state=established&limit=10000"))
-                .unwrap_or_default();
-        let mut rows: Vec<(String, String)> = v["connections"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| {
-                        let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
-                        (s("client"), s("real_address"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        rows.sort();
-        rows
-    };
-    let first = placement(&c.directors[0]);
+    let first = placements(&c.directors[0], ESTABLISHED);
     for d in &c.directors[1..] {
-        assert_eq!(placement(d), first, "directors disagree on a flow's server");
+        assert_eq!(
+            placements(d, ESTABLISHED),
+            first,
+            "directors disagree on a flow's server"
+        );
     }
-    let placements = |ns: &Netns| -> std::collections::BTreeMap<String, String> {
-        let v: serde_json::Value =
-            serde_json::from_str(&admin_get(ns, "/connections?limit=10000")).unwrap_or_default();
-        v["connections"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| (c["client"].to_string(), c["real_address"].to_string()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let on_0 = placements(&c.directors[0]);
+    let on_0 = placements(&c.directors[0], "");
     let out = c.directors[0].exec(env!("CARGO_BIN_EXE_vipd"), &["ha", "drain"]);
     assert!(
         out.status.success(),
@@ -501,7 +497,7 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
                 >= 1.0
         },
     );
-    let on_1 = placements(&c.directors[1]);
+    let on_1 = placements(&c.directors[1], "");
     let ok = downloads_complete(held, BIG);
     let disagree: Vec<_> = on_0
         .iter()

@@ -262,7 +262,8 @@ fn counted_once(director: &str, gro_peers: bool, mode: &str) {
     );
     assert!(server_frames > 2000, "{server_frames}");
     assert!(
-        redirected("inside") * 4 > server_frames * 3,
+        // (The first 10 ms of each download, and the single requests, stay in user space.)
+        redirected("inside") * 2 > server_frames,
         "most of the servers' frames should have gone through the kernel: {} of {server_frames}",
         redirected("inside")
     );

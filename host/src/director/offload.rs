@@ -31,11 +31,6 @@ impl Director {
         self.offload_folded = crate::Sides::new((0, 0), (0, 0));
     }
 
-    /// The offload in use, if any.
-    pub fn offload(&mut self) -> Option<&mut (dyn Offload + 'static)> {
-        self.offload.as_deref_mut()
-    }
-
     /// Hands connection `id` to the kernel if it is ready: established TCP (`from_server` or not), or UDP
     /// whose server replied (`from_server`), open for [`OFFLOAD_AFTER`] at least. Once per connection; one
     /// branch when the offload is off.
