@@ -13,7 +13,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::bindings::{ipv4, v0_1, v0_2};
-use super::sandbox::{PluginState, RealNames};
+use super::sandbox::{PluginState, RealNames, set_deadline};
 use super::selector::{init_error, init_error_v0_1};
 use super::{HostInner, InterfaceVersion, PluginHandle, Version, check_supports};
 use crate::wire::Protocol;
@@ -251,7 +251,7 @@ impl Binder {
             .filter(|r| r.addr.is_ipv6() == vm.addr.is_ipv6())
             .collect();
         let _armed = self.host.arm();
-        store.set_epoch_deadline(self.host.slow_ticks);
+        set_deadline(store, self.host.slow_ticks);
         let answer = match instance.bind(&mut *store, vm, &reals) {
             Ok(a) => a,
             Err(e) => {
@@ -298,7 +298,7 @@ fn instantiate(
     })?;
     let mut store = host.new_store(plugin, reals.clone());
     let _armed = host.arm();
-    store.set_epoch_deadline(host.slow_ticks);
+    set_deadline(&mut store, host.slow_ticks);
     let instance = match pre {
         BinderPre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
         BinderPre::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),

@@ -3,11 +3,11 @@
 //! no arguments, no network, stdio discarded) and trapping where WASI would block the calling thread.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, ResourceLimiter, Store};
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginLimits;
@@ -25,6 +25,67 @@ pub(crate) struct PluginState {
     reals: RealNames,
     start: Instant,
     rng: u64,
+    deadline: Deadline,
+}
+
+/// The epoch deadline of the call in progress. A call is first interrupted at the next epoch tick: the few
+/// calls that run that long note the thread's CPU time there and go on for the rest of their ticks. One
+/// interrupted at its deadline tells from that note whether it burned the time or was descheduled. Calls
+/// that end before a tick (nearly all) read no clock: the thread's CPU clock is a system call, which cost
+/// a live call more than the call itself.
+#[derive(Default)]
+struct Deadline {
+    /// Ticks left after the first one.
+    rest: u64,
+    /// Thread CPU time and wall time at the first tick.
+    mark: Option<(Duration, Instant)>,
+    /// The last call interrupted at its deadline ran under half of the time since its first tick.
+    descheduled: bool,
+}
+
+/// Arms the deadline of one call into `store`: interrupted after `ticks` epoch ticks.
+pub(crate) fn set_deadline(store: &mut Store<PluginState>, ticks: u64) {
+    store.data_mut().deadline = Deadline {
+        rest: ticks.saturating_sub(1),
+        ..Deadline::default()
+    };
+    store.set_epoch_deadline(1);
+}
+
+/// Whether the last call interrupted at its deadline spent most of it descheduled (a busy machine, not a
+/// stuck plugin).
+pub(crate) fn descheduled(store: &Store<PluginState>) -> bool {
+    store.data().deadline.descheduled
+}
+
+/// The epoch callback: the first tick of a call notes the clocks, the last interrupts it.
+fn on_deadline(state: &mut PluginState) -> wasmtime::Result<UpdateDeadline> {
+    let d = &mut state.deadline;
+    if d.mark.is_none() && d.rest > 0 {
+        d.mark = Some((thread_cpu_time(), Instant::now()));
+        return Ok(UpdateDeadline::Continue(std::mem::take(&mut d.rest)));
+    }
+    d.descheduled = d
+        .mark
+        .is_some_and(|(cpu, wall)| thread_cpu_time().saturating_sub(cpu) < wall.elapsed() / 2);
+    Err(wasmtime::Trap::Interrupt.into())
+}
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
+pub(crate) fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// The real servers' names by their id in the binding table, as plugins ask for them (`real-name`).
@@ -169,9 +230,11 @@ pub(crate) fn new_store(
         reals,
         start,
         rng: seed,
+        deadline: Deadline::default(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_callback(|mut cx| on_deadline(cx.data_mut()));
     store
 }
 
@@ -194,4 +257,77 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<PluginState>> {
     }
     linker.allow_shadowing(false);
     Ok(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store<PluginState> {
+        let engine = Engine::default();
+        let limits = PluginLimits::default();
+        let stats = Arc::new(PluginStats::default());
+        new_store(
+            &engine,
+            &limits,
+            "t".into(),
+            stats,
+            Arc::new([]),
+            Instant::now(),
+        )
+    }
+
+    /// One call's deadline: the first tick notes the clocks and grants the rest of the ticks, the last
+    /// interrupts. Returns whether it judged the call descheduled.
+    fn deadline_after(work: impl FnOnce()) -> bool {
+        let mut store = store();
+        set_deadline(&mut store, 3);
+        let first = on_deadline(store.data_mut()).expect("the first tick continues");
+        assert!(matches!(first, UpdateDeadline::Continue(2)));
+        work();
+        let Err(e) = on_deadline(store.data_mut()) else {
+            panic!("the deadline continued instead of interrupting");
+        };
+        assert_eq!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::Interrupt)
+        );
+        descheduled(&store)
+    }
+
+    /// A call off the CPU until its deadline was descheduled; one that ran was not (on a loaded machine the
+    /// running one may really be descheduled: one of a few tries must be judged running).
+    #[test]
+    fn the_deadline_tells_descheduled_from_running() {
+        assert!(deadline_after(|| std::thread::sleep(
+            Duration::from_millis(20)
+        )));
+        let spin = || {
+            let cpu = thread_cpu_time();
+            while thread_cpu_time() < cpu + Duration::from_millis(20) {
+                std::hint::spin_loop();
+            }
+        };
+        assert!((0..5).any(|_| !deadline_after(spin)));
+    }
+
+    /// A call armed for one tick is interrupted at it, as run by a clock nobody read.
+    #[test]
+    fn one_tick_interrupts_at_once() {
+        let mut store = store();
+        set_deadline(&mut store, 1);
+        assert!(on_deadline(store.data_mut()).is_err());
+        assert!(!descheduled(&store));
+    }
+
+    /// The thread CPU clock moves with work done on this thread.
+    #[test]
+    fn thread_cpu_time_advances() {
+        let before = thread_cpu_time();
+        let mut x = 0u64;
+        while thread_cpu_time() < before + Duration::from_millis(2) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(thread_cpu_time() >= before + Duration::from_millis(2));
+    }
 }

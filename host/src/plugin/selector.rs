@@ -23,7 +23,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::bindings::{ipv4, v0_1, v0_2};
-use super::sandbox::{PluginState, RealNames};
+use super::sandbox::{PluginState, RealNames, descheduled, set_deadline, thread_cpu_time};
 use super::stats::CallResult;
 use super::{HostInner, InterfaceVersion, PluginHandle, Version, check_supports};
 use crate::policy::{
@@ -35,7 +35,7 @@ use crate::policy::{
 pub const QUARANTINE_AFTER: u32 = 5;
 
 /// A plugin whose keep-warm calls cost more than this share of the keep-warm period, in CPU time, is not
-/// kept warm: a quarter of a core while connections come. At the default 2 ms, 500 µs: far above a cold call
+/// kept warm: a quarter of a core while connections come. At the default 1 ms, 250 µs: far above a cold call
 /// of a Rust plugin (about 65 µs) and a warm one in Python or JavaScript (26 and 63 µs). Judged by the
 /// cheapest of its first [`KEEP_WARM_TRIALS`] keep-warm calls.
 pub const KEEP_WARM_MAX_SHARE: u32 = 4;
@@ -296,6 +296,8 @@ pub struct PluginSelector {
     warm_cost: Option<Duration>,
     warm_calls: u32,
     failures: u32,
+    /// The last call that timed out was descheduled for most of its deadline.
+    descheduled: bool,
     quarantined: bool,
     fallback: RoundRobin,
 }
@@ -339,6 +341,7 @@ impl PluginSelector {
             last_call: None,
             last_any: None,
             warm_cost: None,
+            descheduled: false,
             warm_calls: 0,
             failures: 0,
             quarantined: false,
@@ -510,7 +513,7 @@ impl PluginSelector {
         }
         if let Some(live) = self.live.as_mut() {
             let _armed = self.host.arm();
-            live.store.set_epoch_deadline(self.host.call_ticks);
+            set_deadline(&mut live.store, self.host.call_ticks);
             if let Err(e) = call(&live.instance, &mut live.store) {
                 tracing::debug!(plugin = self.plugin.name(), "notification failed: {e:#}");
                 self.live = None;
@@ -549,7 +552,7 @@ impl PluginSelector {
         let live = self.live.as_mut().expect("instantiated above");
         live.store.data_mut().limiter.hit = false;
         let _armed = self.host.arm();
-        live.store.set_epoch_deadline(self.host.call_ticks);
+        set_deadline(&mut live.store, self.host.call_ticks);
         let answer = live.instance.select(&mut live.store, conn, candidates);
         match answer {
             Ok(Ok(i)) => match candidates.get(i as usize) {
@@ -574,6 +577,7 @@ impl PluginSelector {
             Err(e) => {
                 let kind = if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
                 {
+                    self.descheduled = descheduled(&live.store);
                     CallResult::Timeout
                 } else if live.store.data().limiter.hit {
                     CallResult::Memory
@@ -634,14 +638,18 @@ impl Selector for PluginSelector {
         let Some(live) = self.live.as_mut() else {
             return false;
         };
-        // Its cost is judged in CPU time: on a busy machine the wall clock also counts other threads.
-        let cpu = thread_cpu_time();
+        // Its cost is judged in CPU time (on a busy machine the wall clock also counts other threads), by
+        // the first calls only: the clock is a system call, which would cool the caches this call warms.
+        let judging = self.warm_calls < KEEP_WARM_TRIALS;
+        let cpu = judging.then(thread_cpu_time);
         let _armed = self.host.arm();
-        live.store.set_epoch_deadline(self.host.call_ticks);
+        set_deadline(&mut live.store, self.host.call_ticks);
         let answer = live.instance.select(&mut live.store, conn, candidates);
-        let cost = thread_cpu_time().saturating_sub(cpu);
+        if let Some(cpu) = cpu {
+            let cost = thread_cpu_time().saturating_sub(cpu);
+            self.warm_cost = Some(self.warm_cost.map_or(cost, |c| c.min(cost)));
+        }
         self.last_any = Some(Instant::now());
-        self.warm_cost = Some(self.warm_cost.map_or(cost, |c| c.min(cost)));
         self.warm_calls = self.warm_calls.saturating_add(1);
         self.plugin.stats().record_keep_warm();
         if let Err(e) = answer {
@@ -671,7 +679,6 @@ impl Selector for PluginSelector {
             stats.record_call(CallResult::Quarantined, start.elapsed());
             return (s, Outcome::Failed);
         }
-        let cpu_before = thread_cpu_time();
         let answer = self.call(conn, candidates);
         match answer {
             Ok(selection) => {
@@ -684,8 +691,7 @@ impl Selector for PluginSelector {
                 (selection, outcome)
             }
             Err((result, why)) => {
-                let cpu = thread_cpu_time().saturating_sub(cpu_before);
-                if counts_towards_quarantine(result, cpu, self.host.limits.deadline) {
+                if counts_towards_quarantine(result, std::mem::take(&mut self.descheduled)) {
                     self.failures += 1;
                     tracing::warn!(
                         plugin = self.plugin.name(),
@@ -731,7 +737,7 @@ fn make(
         && !warm_up.candidates.is_empty()
     {
         let _armed = host.arm();
-        live.store.set_epoch_deadline(host.slow_ticks);
+        set_deadline(&mut live.store, host.slow_ticks);
         // Its answer (a pick, a refusal, a deferral) is not used; only a trap matters.
         let _answer = live
             .instance
@@ -756,7 +762,7 @@ fn instantiate(
     })?;
     let mut store = host.new_store(plugin, reals.clone());
     let _armed = host.arm();
-    store.set_epoch_deadline(host.slow_ticks);
+    set_deadline(&mut store, host.slow_ticks);
     let instance = match pre {
         SelectorPre::V0_1(pre) => pre.instantiate(&mut store).map(|world| Instance::V0_1 {
             world,
@@ -851,27 +857,10 @@ fn candidate_v0_1(index: usize, c: &Candidate) -> Option<v0_1::Candidate> {
 }
 
 /// Whether a failed call counts towards quarantine. The deadline is wall-clock time: a call that timed out
-/// having used under half its deadline in CPU was descheduled (a busy machine), not stuck. It falls back like
-/// any failure, but does not count.
-fn counts_towards_quarantine(result: CallResult, cpu: Duration, deadline: Duration) -> bool {
-    result.is_failure() && !(result == CallResult::Timeout && cpu < deadline / 2)
-}
-
-/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(
-        ts.tv_sec.max(0) as u64,
-        ts.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
+/// having run under half of it was descheduled (a busy machine), not stuck. It falls back like any failure,
+/// but does not count.
+fn counts_towards_quarantine(result: CallResult, descheduled: bool) -> bool {
+    result.is_failure() && !(result == CallResult::Timeout && descheduled)
 }
 
 #[cfg(test)]
@@ -881,29 +870,9 @@ mod tests {
     /// A timeout that burned its deadline counts; one spent descheduled does not; traps always count.
     #[test]
     fn preempted_timeouts_do_not_count_towards_quarantine() {
-        let ms = Duration::from_millis;
-        assert!(counts_towards_quarantine(CallResult::Timeout, ms(1), ms(1)));
-        assert!(!counts_towards_quarantine(
-            CallResult::Timeout,
-            Duration::from_micros(100),
-            ms(1)
-        ));
-        assert!(counts_towards_quarantine(
-            CallResult::Trap,
-            Duration::ZERO,
-            ms(1)
-        ));
-        assert!(!counts_towards_quarantine(CallResult::Reject, ms(5), ms(1)));
-    }
-
-    /// The thread CPU clock moves with work done on this thread.
-    #[test]
-    fn thread_cpu_time_advances() {
-        let before = thread_cpu_time();
-        let mut x = 0u64;
-        while thread_cpu_time() < before + Duration::from_millis(2) {
-            x = std::hint::black_box(x.wrapping_add(1));
-        }
-        assert!(thread_cpu_time() >= before + Duration::from_millis(2));
+        assert!(counts_towards_quarantine(CallResult::Timeout, false));
+        assert!(!counts_towards_quarantine(CallResult::Timeout, true));
+        assert!(counts_towards_quarantine(CallResult::Trap, true));
+        assert!(!counts_towards_quarantine(CallResult::Reject, false));
     }
 }
