@@ -87,7 +87,10 @@ fn main() {
             fault_count.get()
         )
     };
-    for pause_ms in [0u64, 1, 10, 50, 150, 300] {
+    let pauses: Vec<u64> = std::env::var("PAUSES")
+        .map(|p| p.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|_| vec![0, 1, 10, 50, 150, 300]);
+    for pause_ms in pauses {
         for spin in [false, true] {
             let (mut first, mut second) = (Vec::new(), Vec::new());
             for r in 0..rounds {

@@ -369,6 +369,10 @@ impl Waker {
 /// Most frames handed to one `sendmmsg(2)` call.
 pub const SEND_CHUNK: usize = 64;
 
+/// The shortest sleep of the capture loop when no frame waits and no busy polling is on: work that is
+/// already due (a tick, a keep-warm call) runs first, so this only bounds a loop that would otherwise spin.
+const MIN_WAIT: Duration = Duration::from_micros(50);
+
 /// Sends `msgs[..n]` on `fd` with as few `sendmmsg` calls as the kernel allows; a frame the kernel refuses
 /// is skipped. Returns (sent, failed).
 fn sendmmsg_all(fd: BorrowedFd<'_>, msgs: &mut [libc::mmsghdr], n: usize) -> (u64, u64) {
@@ -801,17 +805,30 @@ impl DataPath {
             }
             let now = self.epoch.elapsed();
             let wake_by = handler.upkeep(now).map_or(next_tick, |t| t.min(next_tick));
-            let timeout = if now < spin_until {
-                0
+            // To the microsecond (ppoll): keep-warm calls come every `plugin_keep_warm`, not every whole
+            // millisecond above it.
+            let wait = if now < spin_until {
+                Duration::ZERO
             } else {
-                let wait = wake_by.saturating_sub(now);
-                wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+                wake_by.saturating_sub(now).max(MIN_WAIT)
+            };
+            let timeout = libc::timespec {
+                tv_sec: wait.as_secs().min(i32::MAX as u64) as libc::time_t,
+                tv_nsec: wait.subsec_nanos() as libc::c_long,
             };
             for fd in &mut fds {
                 fd.revents = 0;
             }
-            // SAFETY: `fds` is a live array of 3 pollfd for the duration of the call.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            // SAFETY: `fds` is a live array of 3 pollfd and `timeout` a valid timespec for the duration of
+            // the call; no signal mask is passed.
+            let rc = unsafe {
+                libc::ppoll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    &timeout,
+                    std::ptr::null(),
+                )
+            };
             if rc < 0 {
                 let err = std::io::Error::last_os_error();
                 if err.kind() == std::io::ErrorKind::Interrupted {

@@ -85,7 +85,7 @@ pub const DEFAULT_NEW_PER_WAKEUP: u32 = 64;
 /// `[director] plugin_deadline` when not given.
 pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(1);
 /// `[director] plugin_keep_warm` when not given.
-pub const DEFAULT_PLUGIN_KEEP_WARM: Duration = Duration::from_millis(2);
+pub const DEFAULT_PLUGIN_KEEP_WARM: Duration = Duration::from_millis(1);
 /// `[sync] max_datagram` when not given: below a 1500-byte MTU less the IPv6 and UDP headers (48 bytes).
 pub const DEFAULT_SYNC_MAX_DATAGRAM: u16 = 1400;
 /// The shortest `[sync] key_file` accepted: 16 bytes (128 bits) of secret.
@@ -1975,7 +1975,7 @@ mod tests {
         assert_eq!(d.syn_retries, 2);
         assert_eq!(d.plugin_memory, 16 << 20);
         assert_eq!(d.plugin_deadline, Duration::from_millis(1));
-        assert_eq!(d.plugin_keep_warm, Duration::from_millis(2));
+        assert_eq!(d.plugin_keep_warm, Duration::from_millis(1));
         assert_eq!((d.plugins.clone(), d.admin_token.clone()), (None, None));
         assert_eq!(
             (d.send_threads, d.qdisc_bypass),

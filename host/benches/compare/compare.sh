@@ -647,13 +647,20 @@ measure() {   # ROUND CONTENDER
     calls1=$(plugin_calls) sync1=$(sync_sent)
     record "$r" "$c" call_us "$(call_us "$calls0" "$calls1")"
     # One new connection every 300 ms: a plugin call on an idle director (nothing else in between).
+    # The director's CPU meanwhile: what keeping the plugin warm costs when connections trickle in.
     calls0=$(plugin_calls)
+    local idle_t0 idle_w0
+    idle_t0=$(cpu_ticks "$DPID") idle_w0=$(date +%s.%N)
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         sleep 0.3
         in_ns "$NS_CLIENT" curl -s -o /dev/null --max-time 2 "http://$(url_host "$TARGET")/" || true
     done
     calls1=$(plugin_calls)
     record "$r" "$c" idle_call_us "$(call_us "$calls0" "$calls1")"
+    if [[ -n $DPID ]]; then
+        record "$r" "$c" idle_cpu "$(awk -v d=$(($(cpu_ticks "$DPID") - idle_t0)) -v t="$TCK" \
+            -v a="$idle_w0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", 100 * d / t / (b - a) }')"
+    fi
     read -r rps err req <"$out.conn.sum"
     record "$r" "$c" conn_s "$rps"; record "$r" "$c" conn_err "$err"
     if [[ $sync1 != "0 0 0" && $req -gt 0 ]]; then

@@ -48,6 +48,7 @@ COLUMNS = [
     ("idle_conn", "CPU idle % (new conn run)", "{:.0f}", False),
     ("call_us", "plugin µs/call (new conn run)", "{:.2f}", False),
     ("idle_call_us", "plugin µs/call (idle)", "{:.2f}", False),
+    ("idle_cpu", "director CPU % (idle)", "{:.1f}", False),
     ("errors", "errors", "{:.0f}", False),
 ]
 
