@@ -212,20 +212,38 @@ fn synced_everywhere(c: &Cluster, directors: &[usize], n: usize) {
                 .map(|&i| {
                     let m = Metrics::scrape(&c.directors[i]);
                     format!(
-                        "director {i}: sync dropped {}, records received {}, installed {}",
+                        "director {i}: sync dropped {}, records received {}, installed {}; \
+                         connections by state {}",
                         m.get("vipd_sync_dropped_total", &[]),
                         m.get("vipd_sync_records_total", &[("direction", "received")]),
-                        m.get("vipd_sync_records_total", &[("direction", "installed")])
+                        m.get("vipd_sync_records_total", &[("direction", "installed")]),
+                        states(&c.directors[i])
                     )
                 })
                 .collect();
+            let gateway: Vec<usize> = (0..N).filter(|&i| gateway_on(c, i)).collect();
             panic!(
                 "the downloads were not established and synced on every director after 30 s: \
-                 established {counts:?} of {n} on directors {directors:?}; {drops:?}"
+                 established {counts:?} of {n} on directors {directors:?}; {drops:?}; \
+                 the router's next hops {:?}; the servers' gateway on directors {gateway:?}",
+                next_hops(c)
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The connections in the table of the director in `ns`, counted by state (or why they could not be read).
+fn states(ns: &Netns) -> String {
+    let raw = admin_get(ns, "/connections?limit=10000");
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&raw) else {
+        return format!("unreadable: {raw:?}");
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for c in v["connections"].as_array().into_iter().flatten() {
+        *counts.entry(c["state"].to_string()).or_insert(0usize) += 1;
+    }
+    format!("{counts:?}")
 }
 
 /// Whether keepalived's gateway address 10.20.0.1 is on director `i`'s inside.
