@@ -195,7 +195,7 @@ fn placements(d: &Netns, filter: &str) -> std::collections::BTreeMap<String, Str
 /// Waits until each of `directors` holds at least `n` established connections: the downloads just started
 /// are past their handshakes and synced (a connection is lost with its director only within the one sync
 /// batch, 20 ms, after its handshake; docs/scale-out.md).
-fn synced_everywhere(c: &Cluster, directors: &[usize], n: usize) {
+fn synced_everywhere(c: &Cluster, directors: &[usize], n: usize, downloads: &mut [Proc]) {
     // 30 s: a connection whose SYN-ACK was lost opens after its client's SYN retransmissions (1, 3, 7 s).
     let start = Instant::now();
     loop {
@@ -222,10 +222,19 @@ fn synced_everywhere(c: &Cluster, directors: &[usize], n: usize) {
                 })
                 .collect();
             let gateway: Vec<usize> = (0..N).filter(|&i| gateway_on(c, i)).collect();
+            let curls: Vec<String> = downloads
+                .iter_mut()
+                .take(3)
+                .map(|d| match d.child.try_wait() {
+                    Ok(Some(status)) => format!("{}: ended {status}: {:?}", d.label, d.log()),
+                    _ => format!("{}: running: {:?}", d.label, d.log()),
+                })
+                .collect();
             panic!(
                 "the downloads were not established and synced on every director after 30 s: \
                  established {counts:?} of {n} on directors {directors:?}; {drops:?}; \
-                 the router's next hops {:?}; the servers' gateway on directors {gateway:?}",
+                 the router's next hops {:?}; the servers' gateway on directors {gateway:?}; \
+                 the first downloads: {curls:?}",
                 next_hops(c)
             );
         }
@@ -356,8 +365,8 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
     println!("server replies translated without a connection (by the binding table): {returns}");
 
     // Graceful removal: director 0 drains under 20 long downloads.
-    let held = paced_downloads(&c.client, &dir, "drain", 20, BIG, 10);
-    synced_everywhere(&c, &[0, 1, 2], 20);
+    let mut held = paced_downloads(&c.client, &dir, "drain", 20, BIG, 10);
+    synced_everywhere(&c, &[0, 1, 2], 20, &mut held);
     // Agreement: every director sends each of these flows to the same real server.
     let first = placements(&c.directors[0], ESTABLISHED);
     for d in &c.directors[1..] {
@@ -411,8 +420,8 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
     });
 
     // Crash: director 1's vipd is killed under 20 long downloads; its routes go with it.
-    let held = paced_downloads(&c.client, &dir, "crash", 20, BIG, 10);
-    synced_everywhere(&c, &[1, 2], 20);
+    let mut held = paced_downloads(&c.client, &dir, "crash", 20, BIG, 10);
+    synced_everywhere(&c, &[1, 2], 20, &mut held);
     let killed = Instant::now();
     vipd[1].signal(libc::SIGKILL);
     wait_for("director 1 withdrawn", Duration::from_secs(15), || {
@@ -427,8 +436,8 @@ fn ecmp_cluster_spreads_drains_survives_a_crash_and_rejoins() {
     assert_eq!(ok, 20, "downloads broken by a crashed director");
 
     // Joining: directors 0 and 1 come back under load; nothing established breaks.
-    let held = paced_downloads(&c.client, &dir, "join", 20, BIG, 10);
-    synced_everywhere(&c, &[2], 20);
+    let mut held = paced_downloads(&c.client, &dir, "join", 20, BIG, 10);
+    synced_everywhere(&c, &[2], 20, &mut held);
     vipd[0] = start_vipd(&c, &dir, 0, "vipd-0-again");
     vipd[1] = start_vipd(&c, &dir, 1, "vipd-1-again");
     wait_for("all three announced again", Duration::from_secs(30), || {
