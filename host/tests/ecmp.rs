@@ -198,6 +198,9 @@ fn placements(d: &Netns, filter: &str) -> std::collections::BTreeMap<String, Str
 fn synced_everywhere(c: &Cluster, directors: &[usize], n: usize, downloads: &mut [Proc]) {
     // 30 s: a connection whose SYN-ACK was lost opens after its client's SYN retransmissions (1, 3, 7 s).
     let start = Instant::now();
+    // For a failure: the most seen on each director, and the tables 5 s in (the downloads last about 10 s).
+    let mut best = vec![0; directors.len()];
+    let mut midway = None;
     loop {
         let counts: Vec<usize> = directors
             .iter()
@@ -205,6 +208,13 @@ fn synced_everywhere(c: &Cluster, directors: &[usize], n: usize, downloads: &mut
             .collect();
         if counts.iter().all(|&k| k >= n) {
             return;
+        }
+        for (b, k) in best.iter_mut().zip(&counts) {
+            *b = (*b).max(*k);
+        }
+        if midway.is_none() && start.elapsed() > Duration::from_secs(5) {
+            let tables: Vec<String> = directors.iter().map(|&i| states(&c.directors[i])).collect();
+            midway = Some(tables);
         }
         if start.elapsed() > Duration::from_secs(30) {
             let drops: Vec<String> = directors
@@ -234,7 +244,8 @@ fn synced_everywhere(c: &Cluster, directors: &[usize], n: usize, downloads: &mut
                 "the downloads were not established and synced on every director after 30 s: \
                  established {counts:?} of {n} on directors {directors:?}; {drops:?}; \
                  the router's next hops {:?}; the servers' gateway on directors {gateway:?}; \
-                 the first downloads: {curls:?}",
+                 the first downloads: {curls:?}; at most {best:?} established; the tables 5 s in, \
+                 by state: {midway:?}",
                 next_hops(c)
             );
         }
