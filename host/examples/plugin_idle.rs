@@ -3,7 +3,7 @@
 //! `vipd_plugin_call_duration_seconds` would see them, and the page faults the calls took (none: the time
 //! is not the kernel's). Needs `plugins/build.sh target/plugins`.
 //!
-//! `cargo run --release -p vipd --example plugin_idle [ROUNDS]`
+//! `cargo run --release -p vipd --example plugin_idle [ROUNDS]` (`PAUSES=1,2,5` sets the pauses, in ms)
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;

@@ -261,7 +261,8 @@ fn states(ns: &Netns) -> String {
     };
     let mut counts = std::collections::BTreeMap::new();
     for c in v["connections"].as_array().into_iter().flatten() {
-        *counts.entry(c["state"].to_string()).or_insert(0usize) += 1;
+        let state = c["state"].as_str().unwrap_or("?").to_owned();
+        *counts.entry(state).or_insert(0usize) += 1;
     }
     format!("{counts:?}")
 }

@@ -296,8 +296,6 @@ pub struct PluginSelector {
     warm_cost: Option<Duration>,
     warm_calls: u32,
     failures: u32,
-    /// The last call that timed out was descheduled for most of its deadline.
-    descheduled: bool,
     quarantined: bool,
     fallback: RoundRobin,
 }
@@ -341,7 +339,6 @@ impl PluginSelector {
             last_call: None,
             last_any: None,
             warm_cost: None,
-            descheduled: false,
             warm_calls: 0,
             failures: 0,
             quarantined: false,
@@ -526,17 +523,17 @@ impl PluginSelector {
         &mut self,
         conn: &NewConnection,
         candidates: &[Candidate],
-    ) -> Result<Selection, (CallResult, String)> {
+    ) -> Result<Selection, Failure> {
         if let Some(why) = self.unmade.take() {
-            return Err((CallResult::Trap, why));
+            return Err(Failure::new(CallResult::Trap, why));
         }
         if self.live.is_none() {
             if self.coming.is_some() {
-                return Err((CallResult::Starting, String::new()));
+                return Err(Failure::new(CallResult::Starting, String::new()));
             }
             let running = Arc::clone(&self.running);
             if self.prepare(&running, conn, candidates) {
-                return Err((CallResult::Starting, String::new()));
+                return Err(Failure::new(CallResult::Starting, String::new()));
             }
             let live = make(
                 &self.host,
@@ -546,7 +543,7 @@ impl PluginSelector {
                 &self.reals,
                 &WarmUp::like(conn, candidates),
             )
-            .map_err(|e| (CallResult::Trap, format!("{e:#}")))?;
+            .map_err(|e| Failure::new(CallResult::Trap, format!("{e:#}")))?;
             self.live = Some(live);
         }
         let live = self.live.as_mut().expect("instantiated above");
@@ -557,7 +554,7 @@ impl PluginSelector {
         match answer {
             Ok(Ok(i)) => match candidates.get(i as usize) {
                 Some(c) if c.eligible() => Ok(Selection::Pick(i as usize)),
-                Some(c) => Err((
+                Some(c) => Err(Failure::new(
                     CallResult::BadAnswer,
                     format!(
                         "picked candidate {i}, which is {} with weight {}",
@@ -565,7 +562,7 @@ impl PluginSelector {
                         c.weight
                     ),
                 )),
-                None => Err((
+                None => Err(Failure::new(
                     CallResult::BadAnswer,
                     format!("picked candidate {i} of {}", candidates.len()),
                 )),
@@ -573,20 +570,26 @@ impl PluginSelector {
             Ok(Err(v0_2::SelectError::Reject | v0_2::SelectError::NoServer)) => {
                 Ok(Selection::Reject)
             }
-            Ok(Err(v0_2::SelectError::Defer)) => Err((CallResult::Deferred, String::new())),
+            Ok(Err(v0_2::SelectError::Defer)) => {
+                Err(Failure::new(CallResult::Deferred, String::new()))
+            }
             Err(e) => {
                 let kind = if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
                 {
-                    self.descheduled = descheduled(&live.store);
                     CallResult::Timeout
                 } else if live.store.data().limiter.hit {
                     CallResult::Memory
                 } else {
                     CallResult::Trap
                 };
+                let failure = Failure {
+                    result: kind,
+                    why: format!("{:#}", anyhow::Error::from(e)),
+                    descheduled: descheduled(&live.store),
+                };
                 // A trapped component instance may not be entered again.
                 self.live = None;
-                Err((kind, format!("{:#}", anyhow::Error::from(e))))
+                Err(failure)
             }
         }
     }
@@ -690,8 +693,12 @@ impl Selector for PluginSelector {
                 stats.record_call(r, start.elapsed());
                 (selection, outcome)
             }
-            Err((result, why)) => {
-                if counts_towards_quarantine(result, std::mem::take(&mut self.descheduled)) {
+            Err(Failure {
+                result,
+                why,
+                descheduled,
+            }) => {
+                if counts_towards_quarantine(result, descheduled) {
                     self.failures += 1;
                     tracing::warn!(
                         plugin = self.plugin.name(),
@@ -854,6 +861,25 @@ fn candidate_v0_1(index: usize, c: &Candidate) -> Option<v0_1::Candidate> {
         syn_rtt_us: c.syn_rtt_us,
         ditched: c.ditched,
     })
+}
+
+/// How a call into the plugin failed.
+struct Failure {
+    result: CallResult,
+    /// For the log.
+    why: String,
+    /// It timed out having run under half of its deadline (see [`descheduled`]).
+    descheduled: bool,
+}
+
+impl Failure {
+    fn new(result: CallResult, why: String) -> Failure {
+        Failure {
+            result,
+            why,
+            descheduled: false,
+        }
+    }
 }
 
 /// Whether a failed call counts towards quarantine. The deadline is wall-clock time: a call that timed out
